@@ -1,0 +1,66 @@
+// Torch-free interface of the CPU pairwise-reduction kernels.
+//
+// One problem: rows x_i (N x d, raw) against columns z_j that were centred and packed once (pack_columns).
+// For each row the kernels look at t_ij = bias_j + scale * <x_i - center, z_j - center> (log2 units) and reduce
+// over j in one of three ways:
+//   ONLINE  running max m_i and S_i = sum_j w_j 2^(t_ij - m_i)     (softmin; FlashAttention-style online softmax)
+//   FIXED   S_i = sum_j w_j 2^(t_ij - m_i) with m_i given          (plan sums when the normaliser is known)
+//   ARGMAX  max_j t_ij and its first index                          (nearest centroid)
+// optionally with A_i = sum_j w_j 2^(t_ij - m_i) (z_j - center)     (barycentres, gradients w.r.t. the points).
+// Every function handles a block of rows [row_begin, row_end) against whole panels [panel_begin, panel_end), so
+// the caller can split both axes over threads and combine partial (m, S, A) triples.
+#pragma once
+
+#include <cstdint>
+
+namespace lvf {
+namespace cpu {
+
+enum class Reduction : int { Online = 0, Fixed = 1 };
+
+template <typename T>
+struct Columns {
+  const T* panels = nullptr;  // n_panels x d x panel_width, centred, zero padded
+  const T* rows = nullptr;    // m_pad x d_pad row-major centred copy (only for the weighted sum), zero padded
+  const T* bias = nullptr;    // m_pad, log2 units; padding columns are -inf
+  const T* weight = nullptr;  // m_pad or null (= 1); padding columns are 0
+  int64_t m = 0, m_pad = 0, d = 0, d_pad = 0;
+};
+
+template <typename T>
+struct Rows {
+  const T* x = nullptr;       // n x d row-major, raw
+  const T* center = nullptr;  // d, subtracted from every row (translation invariance: better fp32 dot products)
+  int64_t n = 0, d = 0;
+};
+
+template <typename T>
+struct KernelTable {
+  const char* name;
+  int panel_width;  // columns per packed panel (the micro-kernel width)
+  int row_block;    // rows per micro-kernel
+  // pack z (m x d raw) minus center into panels (and into row-major rows when rows_out is not null)
+  void (*pack_columns)(const T* z, int64_t m, int64_t d, const T* center, T* panels, T* rows_out, int64_t d_pad);
+  // rowmax / rowsum: (n) in and out (Fixed: rowmax holds m_i); acc: n x d_pad or null; half_norm: n or null
+  void (*reduce)(const Rows<T>& r, const Columns<T>& c, T scale, Reduction mode, int64_t row_begin,
+                 int64_t row_end, int64_t panel_begin, int64_t panel_end, T* rowmax, T* rowsum, T* acc,
+                 T* half_norm);
+  // best_j t_ij (scale 1) and the first j reaching it
+  void (*argmax)(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t row_end, T* best,
+                 int64_t* index);
+  // stored cost: t_ij = hb_j - scale * cost_ij over a row-major (n x m) cost, rows [row_begin, row_end)
+  void (*stored_rows)(const T* cost, int64_t m, const T* hb, T scale, int64_t row_begin, int64_t row_end,
+                      T* rowmax, T* rowsum);
+  // throughput probe for the benchmarks: sum of 2^buffer over `repeats` sweeps of an in-cache buffer
+  double (*exp2_sum)(const T* buffer, int64_t n, int64_t repeats);
+};
+
+const KernelTable<float>& kernels_f32();
+const KernelTable<double>& kernels_f64();
+// "auto" picks the widest instruction set this CPU supports; returns the name now in use
+const char* set_capability(const char* name);
+const char* capability();
+const char* best_capability();
+
+}  // namespace cpu
+}  // namespace lvf

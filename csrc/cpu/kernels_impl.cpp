@@ -1,0 +1,370 @@
+// The CPU pairwise-reduction kernels, written once and compiled once per instruction set.
+//
+// CMake compiles this file three times (generic / avx2 / avx512) with LVF_CAP_NS, LVF_CAP_NAME, LVF_VECTOR_BYTES
+// and LVF_ROW_BLOCK set; dispatch.cpp picks one table at run time. Structure of every row block:
+//   1. copy MR rows, centred and transposed (xt: d x MR), so the micro-kernel broadcasts one contiguous scalar;
+//   2. for each packed panel of NR columns: an MR x NR register tile of dot products (d FMAs per vector);
+//   3. turn it into log2 exponents t = bias_j + scale * dot and reduce (online max + sum, fixed sum, or argmax).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels.h"
+#include "simd.h"
+
+#if !defined(LVF_CAP_NS) || !defined(LVF_CAP_NAME) || !defined(LVF_ROW_BLOCK)
+#error "LVF_CAP_NS, LVF_CAP_NAME and LVF_ROW_BLOCK must be defined"
+#endif
+
+#define LVF_INLINE inline __attribute__((always_inline))
+
+namespace lvf {
+namespace cpu {
+namespace LVF_CAP_NS {
+
+// Columns per exp pass: a multiple of every panel width, small enough that the exponent tile stays in L1.
+constexpr int64_t kChunk = 256;
+
+template <typename T>
+struct Micro {
+  using V = simd::Vec<T>;
+  using v = typename V::v;
+  static constexpr int W = V::W;
+  static constexpr int NV = 2;  // vectors per row of the register tile
+  static constexpr int NR = NV * W;
+  static constexpr int MR = LVF_ROW_BLOCK;
+  static_assert(kChunk % NR == 0, "chunk must hold whole panels");
+};
+
+template <typename T>
+static constexpr T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+// ---------------------------------------------------------------------------------------------- packing
+template <typename T>
+void pack_columns(const T* z, int64_t m, int64_t d, const T* center, T* panels, T* rows_out, int64_t d_pad) {
+  constexpr int NR = Micro<T>::NR;
+  const int64_t n_panels = (m + NR - 1) / NR;
+  for (int64_t p = 0; p < n_panels; ++p) {
+    T* panel = panels + p * d * NR;
+    for (int c = 0; c < NR; ++c) {
+      const int64_t j = p * NR + c;
+      for (int64_t k = 0; k < d; ++k) panel[k * NR + c] = j < m ? z[j * d + k] - center[k] : T(0);
+    }
+  }
+  if (rows_out != nullptr) {
+    for (int64_t j = 0; j < n_panels * NR; ++j)
+      for (int64_t k = 0; k < d_pad; ++k)
+        rows_out[j * d_pad + k] = (j < m && k < d) ? z[j * d + k] - center[k] : T(0);
+  }
+}
+
+// Copy rows [rb, rb + nr) centred and transposed into xt (d x MR); missing rows are zero.
+template <typename T>
+static LVF_INLINE void load_row_block(const Rows<T>& r, int64_t rb, int64_t nr, T* xt, T* half_norm) {
+  constexpr int MR = Micro<T>::MR;
+  const int64_t d = r.d;
+  for (int rr = 0; rr < MR; ++rr) {
+    T norm = 0;
+    for (int64_t k = 0; k < d; ++k) {
+      const T v = rr < nr ? r.x[(rb + rr) * d + k] - r.center[k] : T(0);
+      xt[k * MR + rr] = v;
+      norm += v * v;
+    }
+    if (half_norm != nullptr && rr < nr) half_norm[rb + rr] = T(0.5) * norm;
+  }
+}
+
+// MR x NR tile of dot products between the row block and one packed panel.
+template <typename T>
+static LVF_INLINE void dot_tile(const T* __restrict xt, const T* __restrict panel, int64_t d,
+                                typename Micro<T>::v (&acc)[Micro<T>::MR][Micro<T>::NV]) {
+  using M = Micro<T>;
+  using V = typename M::V;
+#pragma GCC unroll 16
+  for (int rr = 0; rr < M::MR; ++rr)
+#pragma GCC unroll 4
+    for (int v = 0; v < M::NV; ++v) acc[rr][v] = V::set1(T(0));
+  for (int64_t k = 0; k < d; ++k) {
+    typename M::v z[M::NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < M::NV; ++v) z[v] = V::load(panel + k * M::NR + v * M::W);
+    const T* xk = xt + k * M::MR;
+#pragma GCC unroll 16
+    for (int rr = 0; rr < M::MR; ++rr) {
+      const T s = xk[rr];
+#pragma GCC unroll 4
+      for (int v = 0; v < M::NV; ++v) acc[rr][v] += s * z[v];
+    }
+  }
+}
+
+// out[0:NVD*W] += sum_c e[c] * rows[c * d_pad + 0:NVD*W]  (one row of the weighted-sum GEMM, in registers)
+template <typename T, int NVD>
+static LVF_INLINE void axpy_block(const T* __restrict e, const T* __restrict rows, int64_t ncols, int64_t d_pad,
+                                  T* __restrict out) {
+  using V = simd::Vec<T>;
+  typename V::v a[NVD];
+#pragma GCC unroll 4
+  for (int v = 0; v < NVD; ++v) a[v] = V::load(out + v * V::W);
+  for (int64_t c = 0; c < ncols; ++c) {
+    const T s = e[c];
+    const T* zr = rows + c * d_pad;
+#pragma GCC unroll 4
+    for (int v = 0; v < NVD; ++v) a[v] += s * V::load(zr + v * V::W);
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < NVD; ++v) V::store(out + v * V::W, a[v]);
+}
+
+template <typename T>
+static void weighted_rows_sum(const T* e, const T* rows, int64_t ncols, int64_t d_pad, T* out) {
+  constexpr int W = simd::Vec<T>::W;
+  int64_t k = 0;
+  for (; k + 4 * W <= d_pad; k += 4 * W) axpy_block<T, 4>(e, rows + k, ncols, d_pad, out + k);
+  switch ((d_pad - k) / W) {
+    case 3: axpy_block<T, 3>(e, rows + k, ncols, d_pad, out + k); break;
+    case 2: axpy_block<T, 2>(e, rows + k, ncols, d_pad, out + k); break;
+    case 1: axpy_block<T, 1>(e, rows + k, ncols, d_pad, out + k); break;
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- reduce
+template <typename T, bool ONLINE, bool ACC, bool WEIGHTED>
+static void reduce_impl(const Rows<T>& r, const Columns<T>& c, T scale, int64_t row_begin, int64_t row_end,
+                        int64_t panel_begin, int64_t panel_end, T* rowmax, T* rowsum, T* acc_out, T* half_norm) {
+  using M = Micro<T>;
+  using V = typename M::V;
+  constexpr int MR = M::MR, NR = M::NR, NV = M::NV, W = M::W;
+  const int64_t d = r.d, d_pad = c.d_pad;
+  std::vector<T> xt(std::max<int64_t>(d, 1) * MR);
+  alignas(64) T tile[MR * kChunk];
+  std::vector<T> acc(ACC ? MR * d_pad : 0);
+  const typename M::v vscale = V::set1(scale);
+
+  for (int64_t rb = row_begin; rb < row_end; rb += MR) {
+    const int64_t nr = std::min<int64_t>(MR, row_end - rb);
+    load_row_block(r, rb, nr, xt.data(), half_norm);
+    T m[MR], S[MR];
+    for (int rr = 0; rr < MR; ++rr) {
+      m[rr] = (ONLINE || rr >= nr) ? neg_inf<T>() : rowmax[rb + rr];
+      S[rr] = T(0);
+    }
+    if (ACC) std::fill(acc.begin(), acc.end(), T(0));
+
+    for (int64_t pc = panel_begin; pc < panel_end; pc += kChunk / NR) {
+      const int64_t np = std::min<int64_t>(kChunk / NR, panel_end - pc);
+      const int64_t ncols = np * NR;
+      for (int64_t q = 0; q < np; ++q) {
+        typename M::v dots[MR][NV];
+        dot_tile<T>(xt.data(), c.panels + (pc + q) * d * NR, d, dots);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const typename M::v b = V::load(c.bias + (pc + q) * NR + v * W);
+#pragma GCC unroll 16
+          for (int rr = 0; rr < MR; ++rr) V::store(tile + rr * kChunk + q * NR + v * W, b + vscale * dots[rr][v]);
+        }
+      }
+      for (int64_t rr = 0; rr < nr; ++rr) {
+        T* t = tile + rr * kChunk;
+        if (ONLINE) {
+          typename M::v mv = V::load(t);
+          for (int64_t cc = W; cc < ncols; cc += W) mv = V::max(mv, V::load(t + cc));
+          const T cm = V::hmax(mv);
+          if (cm > m[rr]) {
+            if (m[rr] != neg_inf<T>()) {
+              const T f = std::exp2(m[rr] - cm);
+              S[rr] *= f;
+              if (ACC)
+                for (int64_t k = 0; k < d_pad; ++k) acc[rr * d_pad + k] *= f;
+            }
+            m[rr] = cm;
+          }
+          if (m[rr] == neg_inf<T>()) {  // every column so far is masked with -inf: nothing to add
+            if (ACC) std::fill(t, t + ncols, T(0));
+            continue;
+          }
+        }
+        const typename M::v mm = V::set1(m[rr]);
+        typename M::v s0 = V::set1(T(0)), s1 = V::set1(T(0));
+        const T* w = WEIGHTED ? c.weight + pc * NR : nullptr;
+        for (int64_t cc = 0; cc < ncols; cc += 2 * W) {
+          typename M::v e0 = simd::exp2(V::load(t + cc) - mm);
+          typename M::v e1 = simd::exp2(V::load(t + cc + W) - mm);
+          if (WEIGHTED) {
+            e0 *= V::load(w + cc);
+            e1 *= V::load(w + cc + W);
+          }
+          s0 += e0;
+          s1 += e1;
+          if (ACC) {
+            V::store(t + cc, e0);
+            V::store(t + cc + W, e1);
+          }
+        }
+        S[rr] += V::hsum(s0 + s1);
+      }
+      if (ACC)
+        for (int64_t rr = 0; rr < nr; ++rr)
+          weighted_rows_sum<T>(tile + rr * kChunk, c.rows + pc * NR * d_pad, ncols, d_pad, acc.data() + rr * d_pad);
+    }
+    for (int64_t rr = 0; rr < nr; ++rr) {
+      if (ONLINE) rowmax[rb + rr] = m[rr];
+      rowsum[rb + rr] = S[rr];
+      if (ACC) std::copy(acc.begin() + rr * d_pad, acc.begin() + (rr + 1) * d_pad, acc_out + (rb + rr) * d_pad);
+    }
+  }
+}
+
+template <typename T>
+void reduce(const Rows<T>& r, const Columns<T>& c, T scale, Reduction mode, int64_t row_begin, int64_t row_end,
+            int64_t panel_begin, int64_t panel_end, T* rowmax, T* rowsum, T* acc, T* half_norm) {
+  const bool online = mode == Reduction::Online, with_acc = acc != nullptr, weighted = c.weight != nullptr;
+#define LVF_REDUCE(O, A, WT) \
+  return reduce_impl<T, O, A, WT>(r, c, scale, row_begin, row_end, panel_begin, panel_end, rowmax, rowsum, acc, half_norm)
+  if (online) {
+    if (with_acc) {
+      if (weighted) LVF_REDUCE(true, true, true);
+      LVF_REDUCE(true, true, false);
+    }
+    if (weighted) LVF_REDUCE(true, false, true);
+    LVF_REDUCE(true, false, false);
+  }
+  if (with_acc) {
+    if (weighted) LVF_REDUCE(false, true, true);
+    LVF_REDUCE(false, true, false);
+  }
+  if (weighted) LVF_REDUCE(false, false, true);
+  LVF_REDUCE(false, false, false);
+#undef LVF_REDUCE
+}
+
+// ---------------------------------------------------------------------------------------------- argmax
+template <typename T>
+void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t row_end, T* best_out,
+            int64_t* index_out) {
+  using M = Micro<T>;
+  using V = typename M::V;
+  using I = typename V::I;
+  constexpr int MR = M::MR, NR = M::NR, NV = M::NV, W = M::W;
+  const int64_t d = r.d;
+  const int64_t n_panels = c.m_pad / NR;
+  std::vector<T> xt(std::max<int64_t>(d, 1) * MR);
+  alignas(64) T best[MR * NR];
+  alignas(64) I index[MR * NR];
+  const typename V::vi lane = V::iota();
+
+  for (int64_t rb = row_begin; rb < row_end; rb += MR) {
+    const int64_t nr = std::min<int64_t>(MR, row_end - rb);
+    load_row_block(r, rb, nr, xt.data(), static_cast<T*>(nullptr));
+    std::fill(best, best + MR * NR, neg_inf<T>());
+    std::fill(index, index + MR * NR, I(0));
+    for (int64_t p = 0; p < n_panels; ++p) {
+      typename M::v dots[MR][NV];
+      dot_tile<T>(xt.data(), c.panels + p * d * NR, d, dots);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const typename M::v b = V::load(c.bias + p * NR + v * W);
+        const typename V::vi col = lane + I(p * NR + v * W);
+#pragma GCC unroll 16
+        for (int rr = 0; rr < MR; ++rr) {
+          const typename M::v t = b + dots[rr][v];
+          const typename M::v cur = V::load(best + rr * NR + v * W);
+          const typename V::vi better = t > cur;  // strict: the first maximum in each lane is kept
+          V::store(best + rr * NR + v * W, better ? t : cur);
+          V::storei(index + rr * NR + v * W, better ? col : V::loadi(index + rr * NR + v * W));
+        }
+      }
+    }
+    for (int64_t rr = 0; rr < nr; ++rr) {
+      T bv = neg_inf<T>();
+      int64_t bi = 0;
+      bool found = false;
+      for (int l = 0; l < NR; ++l) {
+        const T v = best[rr * NR + l];
+        const int64_t i = index[rr * NR + l];
+        if (!found || v > bv || (v == bv && i < bi)) {
+          bv = v;
+          bi = i;
+          found = true;
+        }
+      }
+      best_out[rb + rr] = bv;
+      index_out[rb + rr] = bi;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- stored cost
+template <typename T>
+void stored_rows(const T* cost, int64_t m, const T* hb, T scale, int64_t row_begin, int64_t row_end, T* rowmax,
+                 T* rowsum) {
+  using V = simd::Vec<T>;
+  constexpr int W = V::W;
+  constexpr int64_t kStoredChunk = 1024;  // the second (exp) sweep over a chunk reads it from L1
+  const typename V::v vs = V::set1(scale);
+  for (int64_t i = row_begin; i < row_end; ++i) {
+    const T* row = cost + i * m;
+    T mm = neg_inf<T>(), S = 0;
+    for (int64_t j0 = 0; j0 < m; j0 += kStoredChunk) {
+      const int64_t n = std::min(kStoredChunk, m - j0);
+      const int64_t nv = n - n % W;
+      typename V::v mv = V::set1(neg_inf<T>());
+      for (int64_t j = 0; j < nv; j += W) mv = V::max(mv, V::load(hb + j0 + j) - vs * V::load(row + j0 + j));
+      T cm = V::hmax(mv);
+      for (int64_t j = nv; j < n; ++j) cm = std::max(cm, hb[j0 + j] - scale * row[j0 + j]);
+      if (cm > mm) {
+        if (mm != neg_inf<T>()) S *= std::exp2(mm - cm);
+        mm = cm;
+      }
+      if (mm == neg_inf<T>()) continue;
+      const typename V::v vm = V::set1(mm);
+      typename V::v s0 = V::set1(T(0));
+      for (int64_t j = 0; j < nv; j += W) s0 += simd::exp2(V::load(hb + j0 + j) - vs * V::load(row + j0 + j) - vm);
+      T s = V::hsum(s0);
+      for (int64_t j = nv; j < n; ++j) s += std::exp2(hb[j0 + j] - scale * row[j0 + j] - mm);
+      S += s;
+    }
+    rowmax[i] = mm;
+    rowsum[i] = S;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- probes
+template <typename T>
+double exp2_sum(const T* buffer, int64_t n, int64_t repeats) {
+  using V = simd::Vec<T>;
+  constexpr int W = V::W;
+  typename V::v s0 = V::set1(T(0)), s1 = s0, s2 = s0, s3 = s0;
+  const int64_t nv = n - n % (4 * W);
+  for (int64_t rep = 0; rep < repeats; ++rep)
+    for (int64_t j = 0; j < nv; j += 4 * W) {
+      s0 += simd::exp2(V::load(buffer + j));
+      s1 += simd::exp2(V::load(buffer + j + W));
+      s2 += simd::exp2(V::load(buffer + j + 2 * W));
+      s3 += simd::exp2(V::load(buffer + j + 3 * W));
+    }
+  return double(V::hsum(s0 + s1 + s2 + s3));
+}
+
+template <typename T>
+static KernelTable<T> make_table() {
+  return KernelTable<T>{LVF_CAP_NAME,       Micro<T>::NR,       Micro<T>::MR,   &pack_columns<T>,
+                        &reduce<T>,         &argmax<T>,         &stored_rows<T>, &exp2_sum<T>};
+}
+
+const KernelTable<float>& table_f32() {
+  static const KernelTable<float> table = make_table<float>();
+  return table;
+}
+const KernelTable<double>& table_f64() {
+  static const KernelTable<double> table = make_table<double>();
+  return table;
+}
+
+}  // namespace LVF_CAP_NS
+}  // namespace cpu
+}  // namespace lvf

@@ -1,0 +1,58 @@
+// The lossval_fast operator library: schemas here, kernels per dispatch key in csrc/cpu and csrc/cuda.
+// Autograd formulas and fake (meta) kernels are registered from Python (lossval_fast/ops/_library.py).
+//
+// The module `lossval_fast._C` is an empty abi3 Python module: importing it runs the static registrations.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu/kernels.h"
+
+namespace {
+
+std::string set_cpu_capability(const std::string& name) {
+  try {
+    return lvf::cpu::set_capability(name.c_str());
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+std::string cpu_capability() { return lvf::cpu::capability(); }
+std::string best_cpu_capability() { return lvf::cpu::best_capability(); }
+bool has_cuda_kernels() {
+#ifdef LVF_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lossval_fast, m) {
+  // softmin_i = -eps log sum_j exp(h_j - ½|x_i - y_j|² / eps)
+  m.def("softmin(Tensor x, Tensor y, Tensor h, float eps) -> Tensor");
+  // (softmin, barycentre sum_j P_ij y_j) with P_ij = exp(h_j - C_ij/eps + softmin_i/eps), rows of P sum to 1
+  m.def("softmin_barycenter(Tensor x, Tensor y, Tensor h, float eps) -> (Tensor, Tensor)");
+  // column sums of a known plan: s_j = sum_i w_i P_ij, sx_j = sum_i w_i P_ij x_i, P_ij = exp(h_j + f_i/eps - C_ij/eps)
+  m.def("plan_colsum(Tensor x, Tensor y, Tensor h, Tensor f, Tensor weight, float eps) -> (Tensor, Tensor)");
+  // (index, squared distance) of the nearest row of y; with accumulate, per-row-of-y sums of x and counts
+  m.def("nearest(Tensor x, Tensor y, bool accumulate) -> (Tensor, Tensor, Tensor, Tensor)");
+  // softmin over a stored cost matrix (n x m)
+  m.def("softmin_stored(Tensor cost, Tensor h, float eps) -> Tensor");
+  // machine-floor probe used by the benchmarks: vectorised exp2 over an in-cache buffer
+  m.def("exp2_probe(Tensor buffer, int repeats) -> float");
+  m.def("set_cpu_capability(str name) -> str", &set_cpu_capability);
+  m.def("cpu_capability() -> str", &cpu_capability);
+  m.def("best_cpu_capability() -> str", &best_cpu_capability);
+  m.def("has_cuda_kernels() -> bool", &has_cuda_kernels);
+}
+
+extern "C" {
+// An empty module: the library registers itself when the shared object is loaded.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+}

@@ -1,0 +1,7 @@
+"""lossval_fast: fast, exact data valuation (LossVal, EcoVal) on online pairwise-reduction kernels."""
+__version__ = "0.1.0"
+
+from ._extension import info  # noqa: E402
+from . import ops, reference  # noqa: E402
+
+__all__ = ["info", "ops", "reference", "__version__"]

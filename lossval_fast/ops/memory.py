@@ -1,0 +1,47 @@
+"""Memory budget and the stored-versus-online choice for the cost matrix."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+COST_MODES = ("auto", "online", "stored")
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes an op may spend on a stored cost: a quarter of free GPU memory, or min(2 GiB, a quarter of RAM)."""
+    env = os.environ.get("LOSSVAL_FAST_MEMORY_BUDGET")
+    if env:
+        return int(float(env))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        ram = 8 << 30
+    return min(2 << 30, ram // 4)
+
+
+def choose_cost_mode(cost: str, n: int, m: int, d: int, itemsize: int, device: torch.device, *, passes: int,
+                     memory_budget: int | None = None) -> str:
+    """"online" or "stored" for `passes` reductions over the same N x M cost.
+
+    Stored pays one GEMM (2·d flops per pair) plus N·M·itemsize bytes, then each pass only reads the cost;
+    online pays 2·d flops per pair in every pass. On CPU storing wins from a few passes at d >= 16; on GPU the
+    online kernel is bound by exp and tensor cores and storing wins only when the cost stays in cache.
+    """
+    if cost not in COST_MODES:
+        raise ValueError(f"cost must be one of {COST_MODES} or an (N, M) tensor, got {cost!r}")
+    budget = default_memory_budget(device) if memory_budget is None else int(memory_budget)
+    fits = n * m * itemsize <= budget
+    if cost == "stored":
+        if not fits:
+            raise ValueError(f"cost='stored' needs {n * m * itemsize / 2**20:.1f} MiB for the {n} x {m} cost, "
+                             f"more than memory_budget={budget / 2**20:.1f} MiB; use cost='online'")
+        return "stored"
+    if cost == "online" or not fits:
+        return "online"
+    if device.type == "cpu":
+        return "stored" if passes >= 3 and d >= 16 else "online"
+    return "stored" if passes >= 3 and n * m * itemsize <= (32 << 20) else "online"
