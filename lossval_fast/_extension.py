@@ -51,6 +51,12 @@ def has_triton() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _describe(backend: str, reason: str) -> str:
+    if backend == "cpp":
+        reason += ", " + torch.ops.lossval_fast.cpu_capability()
+    return f"{backend} ({reason})"
+
+
 def info() -> dict:
     """What was built and which backend each op uses on each device, with the reason.
 
@@ -83,7 +89,7 @@ def info() -> dict:
         },
         "cpu_capability": (torch.ops.lossval_fast.cpu_capability() if HAS_EXTENSION else None),
         "best_cpu_capability": (torch.ops.lossval_fast.best_cpu_capability() if HAS_EXTENSION else None),
-        "dispatch": {dev: {op: "{} ({})".format(*auto_backend(op, torch.device(dev))) for op in OPS}
+        "dispatch": {dev: {op: _describe(*auto_backend(op, torch.device(dev))) for op in OPS}
                      for dev in devices},
     }
     return result

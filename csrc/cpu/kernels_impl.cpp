@@ -67,13 +67,13 @@ static LVF_INLINE void load_row_block(const Rows<T>& r, int64_t rb, int64_t nr, 
   constexpr int MR = Micro<T>::MR;
   const int64_t d = r.d;
   for (int rr = 0; rr < MR; ++rr) {
-    T norm = 0;
+    double norm = 0;  // in double: ½|x'|² sits outside the log-sum-exp and sets the result's absolute error
     for (int64_t k = 0; k < d; ++k) {
       const T v = rr < nr ? r.x[(rb + rr) * d + k] - r.center[k] : T(0);
       xt[k * MR + rr] = v;
-      norm += v * v;
+      norm += double(v) * double(v);
     }
-    if (half_norm != nullptr && rr < nr) half_norm[rb + rr] = T(0.5) * norm;
+    if (half_norm != nullptr && rr < nr) half_norm[rb + rr] = T(0.5 * norm);
   }
 }
 

@@ -56,21 +56,31 @@ class PackedColumns {
     table_.pack_columns(z, m, d, center_.data(), panels_.data(), with_rows ? rows_.data() : nullptr, d_pad_);
     half_norm_.assign(m, T(0));
     for (int64_t j = 0; j < m; ++j) {
-      T s = 0;
+      double s = 0;
       for (int64_t k = 0; k < d; ++k) {
-        const T v = z[j * d + k] - center_[k];
+        const double v = double(z[j * d + k] - center_[k]);
         s += v * v;
       }
-      half_norm_[j] = T(0.5) * s;
+      half_norm_[j] = T(0.5 * s);
     }
     bias_.assign(m_pad_, -std::numeric_limits<T>::infinity());
   }
 
-  // bias_j = f(j) in log2 units for the m real columns; padding stays -inf
+  // bias_j = f(j) - offset in log2 units for the m real columns (padding stays -inf), f evaluated in double.
+  // The offset is the largest finite bias: huge common parts (e.g. every point masked with -1e5) cancel in
+  // double instead of in the kernel's float32. Callers add bias_offset() back to the reduced log2 sums.
   template <typename F>
   void set_bias(F f) {
-    for (int64_t j = 0; j < m_; ++j) bias_[j] = f(j);
+    std::vector<double> b(m_);
+    double offset = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < m_; ++j) {
+      b[j] = double(f(j));
+      if (std::isfinite(b[j])) offset = std::max(offset, b[j]);
+    }
+    bias_offset_ = std::isfinite(offset) ? offset : 0.0;
+    for (int64_t j = 0; j < m_; ++j) bias_[j] = T(b[j] - bias_offset_);
   }
+  double bias_offset() const { return bias_offset_; }
   void set_weight(const T* w) {
     if (w == nullptr) {
       weight_.clear();
@@ -103,6 +113,7 @@ class PackedColumns {
  private:
   const KernelTable<T>& table_;
   int64_t m_, d_, n_panels_ = 0, m_pad_ = 0, d_pad_ = 0;
+  double bias_offset_ = 0.0;
   std::vector<T> center_, panels_, rows_, bias_, weight_, half_norm_;
 };
 

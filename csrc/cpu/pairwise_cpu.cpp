@@ -55,13 +55,14 @@ void softmin_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
   const double s = kLog2e / eps;
   const T* hp = h.data_ptr<T>();
   const auto& hn = cols.half_norm();
-  cols.set_bias([&](int64_t j) { return T(kLog2e * double(hp[j]) - s * double(hn[j])); });
+  cols.set_bias([&](int64_t j) { return kLog2e * double(hp[j]) - s * double(hn[j]); });
   std::vector<T> rowmax(n), rowsum(n), half_norm(n), acc(barycenter != nullptr ? n * cols.d_pad() : 0);
   reduce_rows<T>(x.data_ptr<T>(), n, cols, T(s), Reduction::Online, rowmax.data(), rowsum.data(),
                  barycenter != nullptr ? acc.data() : nullptr, half_norm.data());
   T* o = out.data_ptr<T>();
   for (int64_t i = 0; i < n; ++i)
-    o[i] = T(double(half_norm[i]) - eps * kLn2 * (double(rowmax[i]) + std::log2(double(rowsum[i]))));
+    o[i] = T(double(half_norm[i]) -
+             eps * kLn2 * (cols.bias_offset() + double(rowmax[i]) + std::log2(double(rowsum[i]))));
   if (barycenter != nullptr) {
     T* b = barycenter->data_ptr<T>();
     const T* c = cols.center();
@@ -105,7 +106,7 @@ void plan_colsum_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor
   const double s = kLog2e / eps;
   const T* fp = f.data_ptr<T>();
   const auto& hx = cols.half_norm();
-  cols.set_bias([&](int64_t i) { return T(s * (double(fp[i]) - double(hx[i]))); });
+  cols.set_bias([&](int64_t i) { return s * (double(fp[i]) - double(hx[i])); });
   cols.set_weight(w.data_ptr<T>());
   const T* yp = y.data_ptr<T>();
   const T* hp = h.data_ptr<T>();
@@ -117,7 +118,7 @@ void plan_colsum_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor
       const double v = double(yp[j * d + k]) - double(c[k]);
       hn += v * v;
     }
-    rowmax[j] = T(s * 0.5 * hn - kLog2e * double(hp[j]));
+    rowmax[j] = T(s * 0.5 * hn - kLog2e * double(hp[j]) - cols.bias_offset());
   }
   reduce_rows<T>(yp, m, cols, T(s), Reduction::Fixed, rowmax.data(), rowsum.data(), acc.data(), nullptr);
   T* so = s_out.data_ptr<T>();
@@ -153,7 +154,7 @@ void nearest_impl(const at::Tensor& x, const at::Tensor& y, bool accumulate, at:
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   PackedColumns<T> cols(y.data_ptr<T>(), m, d, nullptr, false);
   const auto& hn = cols.half_norm();
-  cols.set_bias([&](int64_t j) { return -hn[j]; });
+  cols.set_bias([&](int64_t j) { return -double(hn[j]); });
   const KernelTable<T>& table = cols.table();
   Rows<T> rows;
   rows.x = x.data_ptr<T>();
@@ -174,12 +175,12 @@ void nearest_impl(const at::Tensor& x, const at::Tensor& y, bool accumulate, at:
       const int64_t r0 = t * grid.rows_per_task, r1 = std::min(n, r0 + grid.rows_per_task);
       table.argmax(rows, c, r0, r1, best.data() - r0, idx);
       for (int64_t i = r0; i < r1; ++i) {
-        T hx = 0;
+        double hx = 0;
         for (int64_t k = 0; k < d; ++k) {
-          const T v = rows.x[i * d + k] - rows.center[k];
+          const double v = double(rows.x[i * d + k] - rows.center[k]);
           hx += v * v;
         }
-        dist[i] = std::max(T(0), hx - T(2) * best[i - r0]);
+        dist[i] = T(std::max(0.0, hx - 2.0 * (double(best[i - r0]) + cols.bias_offset())));
         if (accumulate) {
           const int64_t j = idx[i];
           double* sj = thread_sums.data() + (size_t(tid) * m + j) * d;

@@ -19,7 +19,7 @@ def auto_backend(op: str, device: torch.device) -> tuple[str, str]:
     """(backend, reason) that backend="auto" uses for `op` on `device`."""
     if device.type == "cpu":
         if HAS_EXTENSION:
-            return "cpp", "C++ CPU kernel, " + torch.ops.lossval_fast.cpu_capability()
+            return "cpp", "C++ CPU kernel"
         return "torch", "compiled extension missing: pure-torch reference"
     if device.type == "cuda":
         if op in CUDA_PREFERRED and has_cuda_kernels():

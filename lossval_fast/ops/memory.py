@@ -8,19 +8,25 @@ import torch
 COST_MODES = ("auto", "online", "stored")
 
 
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+# read once at import: ops call this on every pass, also inside torch.compile'd code
+_ENV_BUDGET = os.environ.get("LOSSVAL_FAST_MEMORY_BUDGET")
+_CPU_BUDGET = int(float(_ENV_BUDGET)) if _ENV_BUDGET else min(2 << 30, _physical_memory() // 4)
+
+
 def default_memory_budget(device: torch.device) -> int:
-    """Bytes an op may spend on a stored cost: a quarter of free GPU memory, or min(2 GiB, a quarter of RAM)."""
-    env = os.environ.get("LOSSVAL_FAST_MEMORY_BUDGET")
-    if env:
-        return int(float(env))
-    if device.type == "cuda":
+    """Bytes an op may spend on a stored cost: a quarter of free GPU memory, or min(2 GiB, a quarter of RAM);
+    the environment variable LOSSVAL_FAST_MEMORY_BUDGET (bytes) overrides both."""
+    if device.type == "cuda" and not _ENV_BUDGET:
         free, _ = torch.cuda.mem_get_info(device)
         return free // 4
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        ram = 8 << 30
-    return min(2 << 30, ram // 4)
+    return _CPU_BUDGET
 
 
 def choose_cost_mode(cost: str, n: int, m: int, d: int, itemsize: int, device: torch.device, *, passes: int,
@@ -33,6 +39,8 @@ def choose_cost_mode(cost: str, n: int, m: int, d: int, itemsize: int, device: t
     """
     if cost not in COST_MODES:
         raise ValueError(f"cost must be one of {COST_MODES} or an (N, M) tensor, got {cost!r}")
+    if cost == "online":
+        return "online"
     budget = default_memory_budget(device) if memory_budget is None else int(memory_budget)
     fits = n * m * itemsize <= budget
     if cost == "stored":

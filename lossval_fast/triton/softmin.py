@@ -1,0 +1,125 @@
+"""Online softmin and its barycentre flavour (Triton).
+
+    softmin_i = -eps log sum_j exp(h_j - C_ij / eps),  C_ij = ½|x_i - y_j|²
+    barycentre_i = sum_j P_ij y_j,  P_ij = softmax_j(h_j - C_ij / eps)
+
+In log2 units with x', y' centred on the mean of y and s = log2(e) / eps:
+    h_j - C_ij / eps = ln2 · (t_ij - s ½|x'_i|²),   t_ij = [log2(e) h_j - s ½|y'_j|²] + (s x'_i) . y'_j
+so the kernel reduces t_ij = bias_j + x~_i . y'_j with a running max and sum over tiles of y (FlashAttention
+style, exp2), never forming an N x M tensor; ½|x'_i|² stays outside the log-sum-exp.
+"""
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ._common import (DOT_PRECISION, LN2, LOG2E, block_dots, check_eps, check_pair, check_vector, column_splits,
+                      combine_log2_sums, load_row_tile, matmul_acc, tile_config)
+
+
+@triton.jit
+def _softmin_kernel(x_ptr, y_ptr, bias_ptr, lse_ptr, bary_ptr, N, M, D, cols_per_split,
+                    BARY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, USE_DOT: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    # grid: (row blocks of x, column splits of y, output feature chunks of the barycentre)
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    dtype = x_ptr.dtype.element_ty
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < N
+    rows = rows.to(tl.int64)  # row * D overflows int32 for large clouds
+    col_begin = split * cols_per_split
+    col_end = tl.minimum(col_begin + cols_per_split, M)
+
+    a_tile = load_row_tile(x_ptr, rows, row_mask, D, BLOCK_K)  # used only when SINGLE_K
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype)
+    l_i = tl.zeros([BLOCK_M], dtype)
+    if BARY:
+        dcols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_mask = dcols < D
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype)
+
+    for n0 in range(col_begin, col_end, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_mask = cols < col_end
+        cols = cols.to(tl.int64)
+        bias = tl.load(bias_ptr + cols, mask=col_mask, other=float("-inf"))  # padding columns: -inf
+        t = block_dots(x_ptr, y_ptr, rows, cols, row_mask, col_mask, D, a_tile,
+                       tl.zeros([BLOCK_M, BLOCK_N], dtype), BLOCK_K, SINGLE_K, USE_DOT, PRECISION)
+        t += bias[None, :]
+        m_new = tl.maximum(m_i, tl.max(t, axis=1))
+        # rows whose columns so far are all -inf (masked points): subtract 0 instead of -inf (no inf - inf NaN)
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(t - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if BARY:
+            yv = tl.load(y_ptr + cols[:, None] * D + dcols[None, :], mask=col_mask[:, None] & d_mask[None, :],
+                         other=0.0)
+            acc = matmul_acc(p, yv, acc * alpha[:, None], USE_DOT, PRECISION)
+        m_i = m_new
+
+    out = split.to(tl.int64) * N + rows
+    # every feature chunk computes the same log-sum-exp: the first one stores it
+    tl.store(lse_ptr + out, m_i + tl.log2(l_i), mask=row_mask & (pid_d == 0))
+    if BARY:
+        # l_i == 0 (every column masked) gives 0/0 = NaN, as the softmax of the reference does
+        tl.store(bary_ptr + out[:, None] * D + dcols[None, :], acc / l_i[:, None],
+                 mask=row_mask[:, None] & d_mask[None, :])
+
+
+def _softmin_forward(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, eps: float, barycenter: bool):
+    check_pair(x, y)
+    check_vector(h, "h", y.shape[0], y)
+    check_eps(eps)
+    n, m, d = x.shape[0], y.shape[0], x.shape[1]
+    scale = LOG2E / eps
+    center = y.mean(0)
+    xc = x - center
+    yc = (y - center).contiguous()
+    # the O(N + M) vectors are combined in float64: biases in log2 units reach ~1e5 at small eps
+    half_x = 0.5 * xc.pow(2).sum(1).double()
+    bias = (LOG2E * h.double() - (0.5 * scale) * yc.pow(2).sum(1).double()).to(x.dtype)
+    x_scaled = (xc * scale).contiguous()
+
+    cfg = tile_config(x.device, x.dtype, d)
+    d_chunks = triton.cdiv(d, cfg["BLOCK_D"]) if barycenter else 1
+    row_blocks = triton.cdiv(n, cfg["BLOCK_M"])
+    splits, per_split = column_splits(x.device, row_blocks * d_chunks, m, cfg["BLOCK_N"])
+    lse = torch.empty((splits, n), dtype=x.dtype, device=x.device)
+    bary = torch.empty((splits, n, d) if barycenter else (0,), dtype=x.dtype, device=x.device)
+    if n > 0:
+        wrap_triton(_softmin_kernel)[(row_blocks, splits, d_chunks)](
+            x_scaled, yc, bias, lse, bary, n, m, d, per_split,
+            BARY=barycenter, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+            BLOCK_D=cfg["BLOCK_D"], SINGLE_K=d <= cfg["BLOCK_K"], USE_DOT=cfg["USE_DOT"],
+            PRECISION=DOT_PRECISION, num_warps=cfg["num_warps"] * (2 if barycenter and d > 32 else 1))
+
+    total = combine_log2_sums(lse)
+    f = (half_x - (eps * LN2) * total.double()).to(x.dtype)
+    if not barycenter:
+        return f, None
+    if splits == 1:
+        centred = bary[0]
+    else:
+        # split s holds its own normalised barycentre: weight it by its share 2^(lse_s - total) of the mass
+        weight = torch.exp2(lse - total[None, :])
+        terms = torch.where((lse == float("-inf"))[:, :, None], 0.0, weight[:, :, None] * bary)
+        centred = terms.sum(0).masked_fill((total == float("-inf"))[:, None], float("nan"))
+    return f, centred + center
+
+
+@triton_op("lossval_fast::softmin_triton", mutates_args=())
+def softmin(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
+    """f_i = -eps log sum_j exp(h_j - ½|x_i - y_j|² / eps), online over tiles of y."""
+    return _softmin_forward(x, y, h, eps, False)[0]
+
+
+@triton_op("lossval_fast::softmin_barycenter_triton", mutates_args=())
+def softmin_barycenter(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmin, sum_j P_ij y_j) in one online pass; rows of P sum to 1."""
+    f, bary = _softmin_forward(x, y, h, eps, True)
+    return f, bary
