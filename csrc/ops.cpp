@@ -41,8 +41,8 @@ TORCH_LIBRARY(lossval_fast, m) {
   m.def("nearest(Tensor x, Tensor y, bool accumulate) -> (Tensor, Tensor, Tensor, Tensor)");
   // softmin over a stored cost matrix (n x m)
   m.def("softmin_stored(Tensor cost, Tensor h, float eps) -> Tensor");
-  // machine-floor probe used by the benchmarks: vectorised exp2 over an in-cache buffer
-  m.def("exp2_probe(Tensor buffer, int repeats) -> float");
+  // machine-floor probes used by the benchmarks: kind = "exp2" | "expf" | "read", one buffer row per thread
+  m.def("machine_probe(Tensor buffer, int repeats, str kind) -> float");
   m.def("set_cpu_capability(str name) -> str", &set_cpu_capability);
   m.def("cpu_capability() -> str", &cpu_capability);
   m.def("best_cpu_capability() -> str", &best_cpu_capability);

@@ -192,8 +192,9 @@ static void reduce_impl(const Rows<T>& r, const Columns<T>& c, T scale, int64_t 
         typename M::v s0 = V::set1(T(0)), s1 = V::set1(T(0));
         const T* w = WEIGHTED ? c.weight + pc * NR : nullptr;
         for (int64_t cc = 0; cc < ncols; cc += 2 * W) {
-          typename M::v e0 = simd::exp2(V::load(t + cc) - mm);
-          typename M::v e1 = simd::exp2(V::load(t + cc + W) - mm);
+          // online: t <= the exact running max; fixed: t - m <= ~0 up to rounding, keep the upper clamp
+          typename M::v e0 = simd::exp2<!ONLINE>(V::load(t + cc) - mm);
+          typename M::v e1 = simd::exp2<!ONLINE>(V::load(t + cc + W) - mm);
           if (WEIGHTED) {
             e0 *= V::load(w + cc);
             e1 *= V::load(w + cc + W);
@@ -299,37 +300,66 @@ void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t ro
 }
 
 // ---------------------------------------------------------------------------------------------- stored cost
+// One sweep per row with a lagging maximum: blocks of 4 vectors are exponentiated against the running max m of
+// the blocks before them; only when a block exceeds m + 32 (rare after the first block) is m raised and the sum
+// rescaled. Terms stay <= 2^32, so nothing overflows, and no second pass or exact per-block max is needed.
 template <typename T>
 void stored_rows(const T* cost, int64_t m, const T* hb, T scale, int64_t row_begin, int64_t row_end, T* rowmax,
                  T* rowsum) {
   using V = simd::Vec<T>;
+  using v = typename V::v;
   constexpr int W = V::W;
-  constexpr int64_t kStoredChunk = 1024;  // the second (exp) sweep over a chunk reads it from L1
-  const typename V::v vs = V::set1(scale);
+  constexpr int B = 4 * W;
+  constexpr T kHeadroom = 32;
+  const v vs = V::set1(scale);
+  const int64_t m_blocks = m - m % B;
+  alignas(64) T tail_cost[B], tail_hb[B];
   for (int64_t i = row_begin; i < row_end; ++i) {
     const T* row = cost + i * m;
-    T mm = neg_inf<T>(), S = 0;
-    for (int64_t j0 = 0; j0 < m; j0 += kStoredChunk) {
-      const int64_t n = std::min(kStoredChunk, m - j0);
-      const int64_t nv = n - n % W;
-      typename V::v mv = V::set1(neg_inf<T>());
-      for (int64_t j = 0; j < nv; j += W) mv = V::max(mv, V::load(hb + j0 + j) - vs * V::load(row + j0 + j));
-      T cm = V::hmax(mv);
-      for (int64_t j = nv; j < n; ++j) cm = std::max(cm, hb[j0 + j] - scale * row[j0 + j]);
-      if (cm > mm) {
-        if (mm != neg_inf<T>()) S *= std::exp2(mm - cm);
-        mm = cm;
+    T mm = neg_inf<T>();
+    v vm = V::set1(mm), limit = vm;  // exponents are taken against vm; a block above limit raises it
+    v s0 = V::set1(T(0)), s1 = s0, s2 = s0, s3 = s0;
+    auto block = [&](const T* c, const T* h) {
+      const v t0 = V::load(h) - vs * V::load(c);
+      const v t1 = V::load(h + W) - vs * V::load(c + W);
+      const v t2 = V::load(h + 2 * W) - vs * V::load(c + 2 * W);
+      const v t3 = V::load(h + 3 * W) - vs * V::load(c + 3 * W);
+      const v top = V::max(V::max(t0, t1), V::max(t2, t3));
+      if (__builtin_expect(V::any_greater(top, limit), 0)) {
+        const T bm = V::hmax(top);
+        const v f = V::set1(mm == neg_inf<T>() ? T(0) : std::exp2(mm - bm));
+        s0 *= f;
+        s1 *= f;
+        s2 *= f;
+        s3 *= f;
+        mm = bm;
+        vm = V::set1(mm);
+        limit = V::set1(mm + kHeadroom);
       }
-      if (mm == neg_inf<T>()) continue;
-      const typename V::v vm = V::set1(mm);
-      typename V::v s0 = V::set1(T(0));
-      for (int64_t j = 0; j < nv; j += W) s0 += simd::exp2(V::load(hb + j0 + j) - vs * V::load(row + j0 + j) - vm);
-      T s = V::hsum(s0);
-      for (int64_t j = nv; j < n; ++j) s += std::exp2(hb[j0 + j] - scale * row[j0 + j] - mm);
-      S += s;
+      if (mm == neg_inf<T>()) return;  // every column so far is masked
+      s0 += simd::exp2<false>(t0 - vm);
+      s1 += simd::exp2<false>(t1 - vm);
+      s2 += simd::exp2<false>(t2 - vm);
+      s3 += simd::exp2<false>(t3 - vm);
+    };
+    for (int64_t j = 0; j < m_blocks; j += B) {
+      // the exp work per byte is high, so the core's own prefetcher falls behind: ask 1 KiB ahead
+      __builtin_prefetch(row + j + 256 / sizeof(T) * 4, 0, 0);
+      __builtin_prefetch(row + j + 256 / sizeof(T) * 4 + 64 / sizeof(T), 0, 0);
+      __builtin_prefetch(row + j + 256 / sizeof(T) * 4 + 128 / sizeof(T), 0, 0);
+      __builtin_prefetch(row + j + 256 / sizeof(T) * 4 + 192 / sizeof(T), 0, 0);
+      block(row + j, hb + j);
+    }
+    if (m_blocks < m) {  // padded tail: infinite cost gives t = -inf, which adds nothing
+      for (int l = 0; l < B; ++l) {
+        const bool in = m_blocks + l < m;
+        tail_cost[l] = in ? row[m_blocks + l] : std::numeric_limits<T>::infinity();
+        tail_hb[l] = in ? hb[m_blocks + l] : T(0);
+      }
+      block(tail_cost, tail_hb);
     }
     rowmax[i] = mm;
-    rowsum[i] = S;
+    rowsum[i] = mm == neg_inf<T>() ? T(0) : V::hsum((s0 + s1) + (s2 + s3));
   }
 }
 

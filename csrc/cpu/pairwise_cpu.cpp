@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "kernels.h"
@@ -19,6 +20,16 @@
 
 namespace lvf {
 namespace cpu {
+
+#define LVF_DECLARE_PROBES(ns)                                                  \
+  namespace ns {                                                                \
+  double plain_expf_sum(const float* buffer, int64_t n, int64_t repeats);       \
+  double read_sum(const float* buffer, int64_t n);                              \
+  }
+LVF_DECLARE_PROBES(probe_avx2)
+LVF_DECLARE_PROBES(probe_avx512)
+#undef LVF_DECLARE_PROBES
+
 namespace {
 
 void check_points(const at::Tensor& t, const char* name) {
@@ -248,17 +259,31 @@ at::Tensor softmin_stored_cpu(const at::Tensor& cost_in, const at::Tensor& h_in,
   return out;
 }
 
-// Machine-floor probe: vectorised exp2 over an in-cache buffer per thread; returns the (meaningless) sum.
-double exp2_probe_cpu(const at::Tensor& buffer_in, int64_t repeats) {
+// Machine-floor probes: each row of `buffer` is one thread's work; returns a (meaningless) sum so that the work
+// cannot be optimised away. kind: "exp2" (our kernel's exp), "expf" (a plain libm loop), "read" (bandwidth).
+double machine_probe_cpu(const at::Tensor& buffer_in, int64_t repeats, c10::string_view kind) {
   TORCH_CHECK(buffer_in.dim() == 2 && buffer_in.scalar_type() == at::kFloat,
               "buffer must be a 2-D float32 tensor (threads x length)");
+  TORCH_CHECK(kind == "exp2" || kind == "expf" || kind == "read", "kind must be exp2, expf or read, got ", kind);
   const at::Tensor buffer = buffer_in.contiguous();
   const int64_t rows = buffer.size(0), len = buffer.size(1);
   std::vector<double> partial(rows, 0.0);
   const float* b = buffer.data_ptr<float>();
   const auto& table = kernels<float>();
+  const bool avx512 = std::string(capability()) == "avx512";
+  TORCH_CHECK(std::string(capability()) != "generic", "the machine probes need AVX2 or AVX-512");
+  auto expf_sum = avx512 ? &probe_avx512::plain_expf_sum : &probe_avx2::plain_expf_sum;
+  auto plain_sum = avx512 ? &probe_avx512::read_sum : &probe_avx2::read_sum;
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) partial[r] = table.exp2_sum(b + r * len, len, repeats);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (kind == "exp2") {
+        partial[r] = table.exp2_sum(b + r * len, len, repeats);
+      } else if (kind == "expf") {
+        partial[r] = expf_sum(b + r * len, len, repeats);
+      } else {
+        for (int64_t k = 0; k < repeats; ++k) partial[r] += plain_sum(b + r * len, len);
+      }
+    }
   });
   double total = 0;
   for (double p : partial) total += p;
@@ -273,7 +298,7 @@ TORCH_LIBRARY_IMPL(lossval_fast, CPU, m) {
   m.impl("plan_colsum", &plan_colsum_cpu);
   m.impl("nearest", &nearest_cpu);
   m.impl("softmin_stored", &softmin_stored_cpu);
-  m.impl("exp2_probe", &exp2_probe_cpu);
+  m.impl("machine_probe", &machine_probe_cpu);
 }
 
 }  // namespace cpu

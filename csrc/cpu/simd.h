@@ -5,6 +5,8 @@
 // (-ffp-contract=fast) and `cond ? a : b` to blends. Torch-free on purpose: these files compile in seconds.
 #pragma once
 
+#include <immintrin.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -49,8 +51,9 @@ struct Vec {
     for (int i = 0; i < W; ++i) r[i] = I(i);
     return r;
   }
-  static inline v max(v a, v b) { return a > b ? a : b; }
-  static inline v min(v a, v b) { return a < b ? a : b; }
+  // max/min through intrinsics: GCC lowers `a > b ? a : b` to compare + blend when one side is a constant
+  static inline v max(v a, v b);
+  static inline v min(v a, v b);
   static inline T hmax(v a) {
     T r = a[0];
     for (int i = 1; i < W; ++i) r = a[i] > r ? a[i] : r;
@@ -61,18 +64,90 @@ struct Vec {
     for (int i = 1; i < W; ++i) r += a[i];
     return r;
   }
+  // does any lane of a exceed b? (one compare and one mask test on x86)
+  static inline bool any_greater(v a, v b);
 };
 
-// 2^x for a vector, flushing to exactly 0 below the smallest normal exponent (masked points must add nothing).
-// float: Cephes exp2f polynomial on [-0.5, 0.5] (about 1 ulp); double: degree-12 Taylor series (< 2e-16).
+#if LVF_VECTOR_BYTES == 64
+#define LVF_PS(op) _mm512_##op##_ps
+#define LVF_PD(op) _mm512_##op##_pd
+#define LVF_FT __m512
+#define LVF_DT __m512d
+#elif LVF_VECTOR_BYTES == 32
+#define LVF_PS(op) _mm256_##op##_ps
+#define LVF_PD(op) _mm256_##op##_pd
+#define LVF_FT __m256
+#define LVF_DT __m256d
+#else
+#define LVF_PS(op) _mm_##op##_ps
+#define LVF_PD(op) _mm_##op##_pd
+#define LVF_FT __m128
+#define LVF_DT __m128d
+#endif
+template <>
+inline Vec<float>::v Vec<float>::max(v a, v b) {
+  return (v)LVF_PS(max)(LVF_FT(a), LVF_FT(b));
+}
+template <>
+inline Vec<float>::v Vec<float>::min(v a, v b) {
+  return (v)LVF_PS(min)(LVF_FT(a), LVF_FT(b));
+}
+template <>
+inline Vec<double>::v Vec<double>::max(v a, v b) {
+  return (v)LVF_PD(max)(LVF_DT(a), LVF_DT(b));
+}
+template <>
+inline Vec<double>::v Vec<double>::min(v a, v b) {
+  return (v)LVF_PD(min)(LVF_DT(a), LVF_DT(b));
+}
+#undef LVF_PS
+#undef LVF_PD
+#undef LVF_FT
+#undef LVF_DT
+
+template <>
+inline bool Vec<float>::any_greater(v a, v b) {
+#if LVF_VECTOR_BYTES == 64
+  return _mm512_cmp_ps_mask(__m512(a), __m512(b), _CMP_GT_OQ) != 0;
+#elif LVF_VECTOR_BYTES == 32
+  return _mm256_movemask_ps(_mm256_cmp_ps(__m256(a), __m256(b), _CMP_GT_OQ)) != 0;
+#else
+  return _mm_movemask_ps(_mm_cmpgt_ps(__m128(a), __m128(b))) != 0;
+#endif
+}
+
+template <>
+inline bool Vec<double>::any_greater(v a, v b) {
+#if LVF_VECTOR_BYTES == 64
+  return _mm512_cmp_pd_mask(__m512d(a), __m512d(b), _CMP_GT_OQ) != 0;
+#elif LVF_VECTOR_BYTES == 32
+  return _mm256_movemask_pd(_mm256_cmp_pd(__m256d(a), __m256d(b), _CMP_GT_OQ)) != 0;
+#else
+  return _mm_movemask_pd(_mm_cmpgt_pd(__m128d(a), __m128d(b))) != 0;
+#endif
+}
+
+// 2^x for a vector. Inputs below -125 are clamped: the result is a tiny normal number (< 2^-124), which adds
+// nothing visible to a sum whose largest term is >= 1 (every use here) and is never a denormal.
+// 2^x = 2^n * 2^f with n = round(x), f in [-1/2, 1/2]: Cephes exp2f polynomial for 2^f (about 1 ulp).
+// Without AVX-512, rounding is the 1.5 * 2^23 trick, whose low mantissa bits already hold n, so n << 23 comes
+// from them directly; HI_CLAMP = false skips the clamp at 127 for callers that guarantee x <= 32.
+template <bool HI_CLAMP = true>
 inline Vec<float>::v exp2(Vec<float>::v x) {
   using V = Vec<float>;
-  const V::v lo = V::set1(-126.0f), hi = V::set1(127.0f);
-  V::v xc = V::min(V::max(x, lo), hi);
-  // round to nearest integer: adding and subtracting 1.5 * 2^23 (no -ffast-math, so this is kept)
+#if LVF_VECTOR_BYTES == 64
+  // AVX-512: round with vrndscaleps and put the exponent back with vscalefps (no clamp needed above: vscalef
+  // saturates to inf like a true exp2)
+  const __m512 xc = _mm512_max_ps(__m512(x), _mm512_set1_ps(-125.0f));
+  const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const V::v f = V::v(_mm512_sub_ps(xc, n));
+#else
+  V::v xc = V::max(x, V::set1(-125.0f));
+  if (HI_CLAMP) xc = V::min(xc, V::set1(127.0f));
   const V::v magic = V::set1(12582912.0f);
-  V::v n = (xc + magic) - magic;
-  V::v f = xc - n;
+  const V::v k = xc + magic;
+  const V::v f = xc - (k - magic);
+#endif
   V::v p = V::set1(1.535336188319500e-4f);
   p = p * f + 1.339887440266574e-3f;
   p = p * f + 9.618437357674640e-3f;
@@ -80,19 +155,29 @@ inline Vec<float>::v exp2(Vec<float>::v x) {
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  V::vi e = __builtin_convertvector(n, V::vi) << 23;
-  V::v r = (V::v)((V::vi)p + e);
-  return x < lo ? V::set1(0.0f) : r;
+#if LVF_VECTOR_BYTES == 64
+  return V::v(_mm512_scalef_ps(__m512(p), n));
+#else
+  return (V::v)((V::vi)p + ((V::vi)k << 23));
+#endif
 }
 
+// double: same scheme with 1.5 * 2^52 and a degree-12 Taylor series of e^(f ln 2) (< 2e-16 relative).
+template <bool HI_CLAMP = true>
 inline Vec<double>::v exp2(Vec<double>::v x) {
   using V = Vec<double>;
-  const V::v lo = V::set1(-1022.0), hi = V::set1(1023.0);
-  V::v xc = V::min(V::max(x, lo), hi);
+#if LVF_VECTOR_BYTES == 64
+  const __m512d xc = _mm512_max_pd(__m512d(x), _mm512_set1_pd(-1021.0));
+  const __m512d n = _mm512_roundscale_pd(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const V::v f = V::v(_mm512_sub_pd(xc, n)) * 0.6931471805599453094;  // e^(f ln 2), f in [-1/2, 1/2]
+#else
+  V::v xc = V::max(x, V::set1(-1021.0));
+  if (HI_CLAMP) xc = V::min(xc, V::set1(1023.0));
   const V::v magic = V::set1(6755399441055744.0);
-  V::v n = (xc + magic) - magic;
-  V::v f = (xc - n) * 0.6931471805599453094;  // e^f with f in [-ln2/2, ln2/2]
-  V::v p = V::set1(1.0 / 479001600.0);        // 1/12!
+  const V::v k = xc + magic;
+  const V::v f = (xc - (k - magic)) * 0.6931471805599453094;  // e^(f ln 2), f in [-1/2, 1/2]
+#endif
+  V::v p = V::set1(1.0 / 479001600.0);  // 1/12!
   p = p * f + 1.0 / 39916800.0;
   p = p * f + 1.0 / 3628800.0;
   p = p * f + 1.0 / 362880.0;
@@ -105,9 +190,11 @@ inline Vec<double>::v exp2(Vec<double>::v x) {
   p = p * f + 0.5;
   p = p * f + 1.0;
   p = p * f + 1.0;
-  V::vi e = __builtin_convertvector(n, V::vi) << 52;
-  V::v r = (V::v)((V::vi)p + e);
-  return x < lo ? V::set1(0.0) : r;
+#if LVF_VECTOR_BYTES == 64
+  return V::v(_mm512_scalef_pd(__m512d(p), n));
+#else
+  return (V::v)((V::vi)p + ((V::vi)k << 52));
+#endif
 }
 
 }  // namespace simd

@@ -20,7 +20,7 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr size_t kAlignBytes = 256;  // every workspace sub-buffer starts on its own 256-byte boundary
 
 // ---------------------------------------------------------------------------------------------- host: planning
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline size_t align_up(size_t bytes) { return (bytes + kAlignBytes - 1) / kAlignBytes * kAlignBytes; }
 
 // SM count of the current device. The workspace size depends on it, so sizing and launching must agree: both

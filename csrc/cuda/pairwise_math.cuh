@@ -79,6 +79,16 @@ LVF_HD T online_term(T t, T max) {
   return max == neg_inf<T>() ? T(0) : exp2_(t - max);
 }
 
+// sum_b 2^(t_b - max) over a block of exponents already covered by max; 0 while max is -inf
+template <typename T, int N>
+LVF_HD T online_block_sum(const T (&t)[N], T max) {
+  if (max == neg_inf<T>()) return T(0);
+  T s = T(0);
+#pragma unroll
+  for (int b = 0; b < N; ++b) s += exp2_(t[b] - max);
+  return s;
+}
+
 // Raise the running max to cover a block of exponents whose largest is block_max, rescaling the running sum.
 // Returns the factor applied (1 when the max did not move) so vector sums kept beside it can follow.
 template <typename T>

@@ -141,8 +141,37 @@ def column_splits(device: torch.device, programs: int, m: int, block_n: int) -> 
     return max(1, triton.cdiv(m, per_split)), per_split
 
 
-def combine_log2_sums(partial: torch.Tensor) -> torch.Tensor:
-    """log2 sum_s 2^partial[s] over the splits (dim 0); all -inf gives -inf."""
-    if partial.shape[0] == 1:
-        return partial[0]
-    return torch.logsumexp(partial * LN2, dim=0) * (1.0 / LN2)
+def half_sqnorm(z: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """½|z_i - c|² in float64 from the exact differences. The centred float32 copy the kernels read is rounded,
+    and at small eps the norms enter the exponent multiplied by log2(e)/eps (~1e4): computed from the rounded
+    copy they would cost ~1e-3 relative error in the plan (the C++ kernels compute them in double too)."""
+    return 0.5 * (z.double() - center.double()).pow(2).sum(1)
+
+
+def shift_bias(bias: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bias - offset in `dtype`, offset as a float64 0-d tensor), offset = the largest finite bias (0 if none).
+
+    The biases share huge common parts (s ½|y'|² at small eps, -1e5 masks): subtracted in float64 before the
+    cast, the kernel's float32 logits stay near 0 for the terms that matter, and the wrapper adds the offset back
+    in float64 (the C++ kernels do the same). No host synchronisation: the offset stays on the device."""
+    if bias.numel() == 0:
+        return bias.to(dtype), bias.new_zeros(())
+    offset = torch.where(torch.isfinite(bias), bias, float("-inf")).amax()
+    offset = torch.where(torch.isfinite(offset), offset, 0.0)
+    return (bias - offset).to(dtype), offset
+
+
+def combine_splits(row_max: torch.Tensor, row_sum: torch.Tensor):
+    """Merge per-split online reductions (S, N): sum_j 2^t_j = 2^top · total over all splits.
+
+    Returns (top, total, share): top = max_s row_max (-inf for rows with every column masked), total =
+    sum_s row_sum_s 2^(row_max_s - top) (0 for those rows) and share (S, N), each split's part of total, for
+    merging per-split weighted means. The maxima are exact float32 logits of the same computation, so the
+    rescale factors are as consistent as those of the single-program loop."""
+    if row_max.shape[0] == 1:
+        return row_max[0], row_sum[0], torch.ones_like(row_sum)
+    top = row_max.max(0).values
+    safe_top = torch.where(top == float("-inf"), 0.0, top)  # no (-inf) - (-inf)
+    part = row_sum * torch.exp2(row_max - safe_top[None, :])
+    total = part.sum(0)
+    return top, total, part / total[None, :]

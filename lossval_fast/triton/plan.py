@@ -4,7 +4,8 @@
 
 f is the softmin, so P is already normalised: no running max, just a weighted sum of exp2 over tiles of x.
 The kernel's rows are y (one program per block of rows of y), its columns x. In log2 units, with x', y' centred
-on the mean of y and s = log2(e) / eps:
+on the mean of x (the cloud summed over, as in the C++ kernel: exact when x is a single point) and
+s = log2(e) / eps:
     log2 P_ij = [log2(e) h_j - s ½|y'_j|²] + [s (f_i - ½|x'_i|²)] + (s y'_j) . x'_i
 """
 import torch
@@ -13,7 +14,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ._common import (DOT_PRECISION, LOG2E, block_dots, check_eps, check_pair, check_vector, column_splits,
-                      load_row_tile, matmul_acc, tile_config)
+                      half_sqnorm, load_row_tile, matmul_acc, shift_bias, tile_config)
 
 
 @triton.jit
@@ -69,12 +70,13 @@ def plan_colsum(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, f: torch.Tens
     check_eps(eps)
     n, m, d = x.shape[0], y.shape[0], x.shape[1]
     scale = LOG2E / eps
-    center = y.mean(0)
+    center = x.mean(0)
     xc = (x - center).contiguous()
     yc = y - center
-    # O(N + M) vectors combined in float64: s f_i and s ½|x'_i|² are large at small eps and nearly cancel
-    row_bias = (LOG2E * h.double() - (0.5 * scale) * yc.pow(2).sum(1).double()).to(x.dtype)
-    col_bias = (scale * (f.double() - 0.5 * xc.pow(2).sum(1).double())).to(x.dtype)
+    # O(N + M) vectors formed in float64: s f_i and s ½|x'_i|² are large at small eps and nearly cancel
+    # the offset of the column biases moves into the row biases: exact when x is one point
+    col_bias, offset = shift_bias(scale * (f.double() - half_sqnorm(x, center)), x.dtype)
+    row_bias = (LOG2E * h.double() - scale * half_sqnorm(y, center) + offset).to(x.dtype)
     y_scaled = (yc * scale).contiguous()
 
     cfg = tile_config(x.device, x.dtype, d)

@@ -14,11 +14,11 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ._common import (DOT_PRECISION, LN2, LOG2E, block_dots, check_eps, check_pair, check_vector, column_splits,
-                      combine_log2_sums, load_row_tile, matmul_acc, tile_config)
+                      combine_splits, half_sqnorm, load_row_tile, matmul_acc, shift_bias, tile_config)
 
 
 @triton.jit
-def _softmin_kernel(x_ptr, y_ptr, bias_ptr, lse_ptr, bary_ptr, N, M, D, cols_per_split,
+def _softmin_kernel(x_ptr, y_ptr, bias_ptr, max_ptr, sum_ptr, bary_ptr, N, M, D, cols_per_split,
                     BARY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, USE_DOT: tl.constexpr,
                     PRECISION: tl.constexpr):
@@ -62,8 +62,11 @@ def _softmin_kernel(x_ptr, y_ptr, bias_ptr, lse_ptr, bary_ptr, N, M, D, cols_per
         m_i = m_new
 
     out = split.to(tl.int64) * N + rows
-    # every feature chunk computes the same log-sum-exp: the first one stores it
-    tl.store(lse_ptr + out, m_i + tl.log2(l_i), mask=row_mask & (pid_d == 0))
+    # (max, sum) rather than max + log2(sum): at small eps the max is ~1e5 in log2 units, where a float32 sum
+    # would round away ~1e-2; every feature chunk computes the same pair, the first one stores it
+    first = row_mask & (pid_d == 0)
+    tl.store(max_ptr + out, m_i, mask=first)
+    tl.store(sum_ptr + out, l_i, mask=first)
     if BARY:
         # l_i == 0 (every column masked) gives 0/0 = NaN, as the softmax of the reference does
         tl.store(bary_ptr + out[:, None] * D + dcols[None, :], acc / l_i[:, None],
@@ -79,35 +82,36 @@ def _softmin_forward(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, eps: flo
     center = y.mean(0)
     xc = x - center
     yc = (y - center).contiguous()
-    # the O(N + M) vectors are combined in float64: biases in log2 units reach ~1e5 at small eps
-    half_x = 0.5 * xc.pow(2).sum(1).double()
-    bias = (LOG2E * h.double() - (0.5 * scale) * yc.pow(2).sum(1).double()).to(x.dtype)
+    # the O(N + M) vectors are formed in float64: biases in log2 units reach ~1e5 at small eps
+    half_x = half_sqnorm(x, center)
+    bias, offset = shift_bias(LOG2E * h.double() - scale * half_sqnorm(y, center), x.dtype)
     x_scaled = (xc * scale).contiguous()
 
     cfg = tile_config(x.device, x.dtype, d)
     d_chunks = triton.cdiv(d, cfg["BLOCK_D"]) if barycenter else 1
     row_blocks = triton.cdiv(n, cfg["BLOCK_M"])
     splits, per_split = column_splits(x.device, row_blocks * d_chunks, m, cfg["BLOCK_N"])
-    lse = torch.empty((splits, n), dtype=x.dtype, device=x.device)
+    row_max = torch.empty((splits, n), dtype=x.dtype, device=x.device)
+    row_sum = torch.empty((splits, n), dtype=x.dtype, device=x.device)
     bary = torch.empty((splits, n, d) if barycenter else (0,), dtype=x.dtype, device=x.device)
     if n > 0:
         wrap_triton(_softmin_kernel)[(row_blocks, splits, d_chunks)](
-            x_scaled, yc, bias, lse, bary, n, m, d, per_split,
+            x_scaled, yc, bias, row_max, row_sum, bary, n, m, d, per_split,
             BARY=barycenter, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
             BLOCK_D=cfg["BLOCK_D"], SINGLE_K=d <= cfg["BLOCK_K"], USE_DOT=cfg["USE_DOT"],
             PRECISION=DOT_PRECISION, num_warps=cfg["num_warps"] * (2 if barycenter and d > 32 else 1))
 
-    total = combine_log2_sums(lse)
-    f = (half_x - (eps * LN2) * total.double()).to(x.dtype)
+    top, total, share = combine_splits(row_max, row_sum)
+    # log2 sum_j 2^t_ij = offset + top + log2(total), added in float64
+    f = (half_x - (eps * LN2) * (offset + top.double() + torch.log2(total.double()))).to(x.dtype)
     if not barycenter:
         return f, None
     if splits == 1:
         centred = bary[0]
     else:
-        # split s holds its own normalised barycentre: weight it by its share 2^(lse_s - total) of the mass
-        weight = torch.exp2(lse - total[None, :])
-        terms = torch.where((lse == float("-inf"))[:, :, None], 0.0, weight[:, :, None] * bary)
-        centred = terms.sum(0).masked_fill((total == float("-inf"))[:, None], float("nan"))
+        # split s holds its own normalised barycentre: weight it by its share of the row's mass
+        terms = torch.where(share[:, :, None] == 0, 0.0, share[:, :, None] * bary)
+        centred = terms.sum(0).masked_fill((total == 0)[:, None], float("nan"))
     return f, centred + center
 
 

@@ -9,11 +9,11 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import LN2, LOG2E, check_device, check_eps, check_vector, column_splits, combine_log2_sums
+from ._common import LN2, LOG2E, check_device, check_eps, check_vector, column_splits, combine_splits
 
 
 @triton.jit
-def _softmin_stored_kernel(cost_ptr, bias_ptr, scale_ptr, lse_ptr, N, M, cols_per_split,
+def _softmin_stored_kernel(cost_ptr, bias_ptr, scale_ptr, max_ptr, sum_ptr, N, M, cols_per_split,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
@@ -39,7 +39,10 @@ def _softmin_stored_kernel(cost_ptr, bias_ptr, scale_ptr, lse_ptr, N, M, cols_pe
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid inf - inf
         l_i = l_i * tl.exp2(m_i - m_ref) + tl.sum(tl.exp2(t - m_ref[:, None]), axis=1)
         m_i = m_new
-    tl.store(lse_ptr + split.to(tl.int64) * N + rows, m_i + tl.log2(l_i), mask=row_mask)
+    # (max, sum), combined in float64 by the wrapper: max + log2(sum) in float32 would round at ~1e5
+    out = split.to(tl.int64) * N + rows
+    tl.store(max_ptr + out, m_i, mask=row_mask)
+    tl.store(sum_ptr + out, l_i, mask=row_mask)
 
 
 @triton_op("lossval_fast::softmin_stored_triton", mutates_args=())
@@ -62,8 +65,10 @@ def softmin_stored(cost: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Ten
         block_m, block_n, num_warps = 16, 16, 4
     row_blocks = triton.cdiv(n, block_m)
     splits, per_split = column_splits(cost.device, row_blocks, m, block_n)
-    lse = torch.empty((splits, n), dtype=cost.dtype, device=cost.device)
+    row_max = torch.empty((splits, n), dtype=cost.dtype, device=cost.device)
+    row_sum = torch.empty((splits, n), dtype=cost.dtype, device=cost.device)
     if n > 0:
         wrap_triton(_softmin_stored_kernel)[(row_blocks, splits)](
-            cost, bias, scale, lse, n, m, per_split, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
-    return (-(eps * LN2) * combine_log2_sums(lse).double()).to(cost.dtype)
+            cost, bias, scale, row_max, row_sum, n, m, per_split, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+    top, total, _ = combine_splits(row_max, row_sum)
+    return (-(eps * LN2) * (top.double() + torch.log2(total.double()))).to(cost.dtype)
