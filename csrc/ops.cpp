@@ -41,6 +41,13 @@ TORCH_LIBRARY(lossval_fast, m) {
   m.def("nearest(Tensor x, Tensor y, bool accumulate) -> (Tensor, Tensor, Tensor, Tensor)");
   // softmin over a stored cost matrix (n x m)
   m.def("softmin_stored(Tensor cost, Tensor h, float eps) -> Tensor");
+  // the Sinkhorn ε loop of geomloss on batched clouds a (B,N), x (B,N,d), b (B,M), y (B,M,d):
+  // (S, dF = F - FA, dG = G - GB, GB, barycentres xy, yx, xx, yy [with barycenters]);
+  // cost_mode 0 = online, 1 = stored; gb = cached GB (skips the y-y passes)
+  m.def("sinkhorn_potentials(Tensor a, Tensor x, Tensor b, Tensor y, float[] eps_list, bool debias, "
+        "bool barycenters, int cost_mode, Tensor? gb) -> Tensor[]");
+  // finiteness checks (ValueError naming the argument) and the bounding-box diameter of x and y, in one pass
+  m.def("sinkhorn_prepare(Tensor a, Tensor x, Tensor b, Tensor y, bool check_finite) -> float");
   // machine-floor probes used by the benchmarks: kind = "exp2" | "expf" | "read", one buffer row per thread
   m.def("machine_probe(Tensor buffer, int repeats, str kind) -> float");
   m.def("set_cpu_capability(str name) -> str", &set_cpu_capability);

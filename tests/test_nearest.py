@@ -20,8 +20,6 @@ def cases():
     for param in backend_params(include_torch=True):
         backend = param.values[0][0]
         for dtype in (torch.float32, torch.float64):
-            if backend == "triton" and dtype == torch.float64:
-                continue
             for n, m, d in shapes(backend):
                 out.append(pytest.param(param.values[0], dtype, n, m, d, marks=param.marks,
                                         id=f"{param.id}-{str(dtype)[6:]}-{n}x{m}x{d}"))

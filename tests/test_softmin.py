@@ -27,8 +27,6 @@ def cases(dtypes):
     for param in backend_params():
         backend, capability = param.values[0]
         for dtype in dtypes:
-            if backend == "triton" and dtype == torch.float64:
-                continue
             for n, m, d, eps in grid(backend, capability):
                 out.append(pytest.param(param.values[0], dtype, n, m, d, eps, marks=param.marks,
                                         id=f"{param.id}-{str(dtype)[6:]}-{n}x{m}x{d}-eps{eps:g}"))
@@ -99,8 +97,6 @@ def test_plan_colsum_matches_float64_reference(backend_param, dtype, n, m, d, ep
                                        (40, 1000, 5, 0.05)])
 def test_softmin_gradients_match_reference_autograd(backend_param, dtype, n, m, d, eps):
     backend, device = activate(backend_param)
-    if backend == "triton" and dtype == torch.float64:
-        pytest.skip("Triton kernels are float32")
     if is_slow_backend(backend) and m == 1000:
         pytest.skip("interpreter: small shapes only")
     x, y, h = problem(n, m, d, masked=m > 1)
@@ -130,8 +126,6 @@ def test_cpp_gradcheck_float64(eps):
                                        (33, 1000, 64, 1.0), (129, 1031, 3, 0.1)])
 def test_stored_mode_matches_reference_and_online(backend_param, dtype, n, m, d, eps):
     backend, device = activate(backend_param)
-    if backend == "triton" and dtype == torch.float64:
-        pytest.skip("Triton kernels are float32")
     if is_slow_backend(backend) and n * m > 33 * 33:
         pytest.skip("interpreter: small shapes only")
     x, y, h = problem(n, m, d)
@@ -153,13 +147,12 @@ def test_stored_mode_gradients(backend_param):
     cost = ops.half_sqdist(x, y).to(device).requires_grad_()
     hh = h.to(device).requires_grad_()
     w = torch.randn(9, dtype=torch.float64, device=device)
-    dtype = torch.float32 if backend == "triton" else torch.float64
-    c32, h32 = cost.detach().to(dtype).requires_grad_(), hh.detach().to(dtype).requires_grad_()
-    g = torch.autograd.grad((ops.softmin_stored(c32, h32, 0.3, backend=backend) * w.to(dtype)).sum(), (c32, h32))
-    e = torch.autograd.grad((reference.softmin_stored(cost, hh, 0.3) * w).sum(), (cost, hh))
-    tol = 1e-10 if dtype == torch.float64 else 1e-5
-    for a, b in zip(g, e):
-        assert (a.double() - b).abs().max().item() <= tol * (1 + b.abs().max().item())
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        c, hd = cost.detach().to(dtype).requires_grad_(), hh.detach().to(dtype).requires_grad_()
+        g = torch.autograd.grad((ops.softmin_stored(c, hd, 0.3, backend=backend) * w.to(dtype)).sum(), (c, hd))
+        e = torch.autograd.grad((reference.softmin_stored(cost, hh, 0.3) * w).sum(), (cost, hh))
+        for a, b in zip(g, e):
+            assert (a.double().cpu() - b.cpu()).abs().max().item() <= tol * (1 + b.abs().max().item())
 
 
 def test_all_masked_row_is_infinite_not_nan():

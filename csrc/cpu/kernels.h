@@ -48,9 +48,14 @@ struct KernelTable {
   // best_j t_ij (scale 1) and the first j reaching it
   void (*argmax)(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t row_end, T* best,
                  int64_t* index);
-  // stored cost: t_ij = hb_j - scale * cost_ij over a row-major (n x m) cost, rows [row_begin, row_end)
-  void (*stored_rows)(const T* cost, int64_t m, const T* hb, T scale, int64_t row_begin, int64_t row_end,
-                      T* rowmax, T* rowsum);
+  // stored cost: t_ij = hb_j - scale * cost_ij over a row-major cost (m columns, row stride ld >= m), rows
+  // [row_begin, row_end). When ld is a multiple of 4 vectors and the padding holds +inf, no tail code runs.
+  void (*stored_rows)(const T* cost, int64_t m, int64_t ld, const T* hb, T scale, int64_t row_begin,
+                      int64_t row_end, T* rowmax, T* rowsum);
+  // barycentre sums over a stored cost for rows whose max m_i (from stored_rows) is known:
+  // acc_i (d_pad) = sum_j 2^(hb_j - scale * cost_ij - m_i) z_j, z row-major (ld x d_pad), zero-padded
+  void (*stored_weighted_rows)(const T* cost, int64_t m, int64_t ld, const T* hb, T scale, const T* rowmax,
+                               const T* z, int64_t d_pad, int64_t row_begin, int64_t row_end, T* acc);
   // throughput probe for the benchmarks: sum of 2^buffer over `repeats` sweeps of an in-cache buffer
   double (*exp2_sum)(const T* buffer, int64_t n, int64_t repeats);
 };

@@ -140,9 +140,11 @@ static void reduce_impl(const Rows<T>& r, const Columns<T>& c, T scale, int64_t 
   using V = typename M::V;
   constexpr int MR = M::MR, NR = M::NR, NV = M::NV, W = M::W;
   const int64_t d = r.d, d_pad = c.d_pad;
-  std::vector<T> xt(std::max<int64_t>(d, 1) * MR);
+  // scratch reused across calls: a LossVal step makes hundreds of tiny calls
+  thread_local std::vector<T> xt, acc;
+  xt.resize(std::max<int64_t>(d, 1) * MR);
+  if (ACC) acc.resize(MR * d_pad);
   alignas(64) T tile[MR * kChunk];
-  std::vector<T> acc(ACC ? MR * d_pad : 0);
   const typename M::v vscale = V::set1(scale);
 
   for (int64_t rb = row_begin; rb < row_end; rb += MR) {
@@ -153,7 +155,7 @@ static void reduce_impl(const Rows<T>& r, const Columns<T>& c, T scale, int64_t 
       m[rr] = (ONLINE || rr >= nr) ? neg_inf<T>() : rowmax[rb + rr];
       S[rr] = T(0);
     }
-    if (ACC) std::fill(acc.begin(), acc.end(), T(0));
+    if (ACC) std::fill(acc.begin(), acc.begin() + MR * d_pad, T(0));
 
     for (int64_t pc = panel_begin; pc < panel_end; pc += kChunk / NR) {
       const int64_t np = std::min<int64_t>(kChunk / NR, panel_end - pc);
@@ -253,7 +255,8 @@ void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t ro
   constexpr int MR = M::MR, NR = M::NR, NV = M::NV, W = M::W;
   const int64_t d = r.d;
   const int64_t n_panels = c.m_pad / NR;
-  std::vector<T> xt(std::max<int64_t>(d, 1) * MR);
+  thread_local std::vector<T> xt;
+  xt.resize(std::max<int64_t>(d, 1) * MR);
   alignas(64) T best[MR * NR];
   alignas(64) I index[MR * NR];
   const typename V::vi lane = V::iota();
@@ -304,18 +307,19 @@ void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t ro
 // the blocks before them; only when a block exceeds m + 32 (rare after the first block) is m raised and the sum
 // rescaled. Terms stay <= 2^32, so nothing overflows, and no second pass or exact per-block max is needed.
 template <typename T>
-void stored_rows(const T* cost, int64_t m, const T* hb, T scale, int64_t row_begin, int64_t row_end, T* rowmax,
-                 T* rowsum) {
+void stored_rows(const T* cost, int64_t m, int64_t ld, const T* hb, T scale, int64_t row_begin, int64_t row_end,
+                 T* rowmax, T* rowsum) {
   using V = simd::Vec<T>;
   using v = typename V::v;
   constexpr int W = V::W;
   constexpr int B = 4 * W;
   constexpr T kHeadroom = 32;
   const v vs = V::set1(scale);
-  const int64_t m_blocks = m - m % B;
+  // a padded row (ld >= m rounded up to a block, padding +inf) is swept as whole blocks
+  const int64_t m_blocks = (ld % B == 0 && ld >= m) ? ld : m - m % B;
   alignas(64) T tail_cost[B], tail_hb[B];
   for (int64_t i = row_begin; i < row_end; ++i) {
-    const T* row = cost + i * m;
+    const T* row = cost + i * ld;
     T mm = neg_inf<T>();
     v vm = V::set1(mm), limit = vm;  // exponents are taken against vm; a block above limit raises it
     v s0 = V::set1(T(0)), s1 = s0, s2 = s0, s3 = s0;
@@ -327,7 +331,7 @@ void stored_rows(const T* cost, int64_t m, const T* hb, T scale, int64_t row_beg
       const v top = V::max(V::max(t0, t1), V::max(t2, t3));
       if (__builtin_expect(V::any_greater(top, limit), 0)) {
         const T bm = V::hmax(top);
-        const v f = V::set1(mm == neg_inf<T>() ? T(0) : std::exp2(mm - bm));
+        const v f = mm == neg_inf<T>() ? V::set1(T(0)) : simd::exp2(V::set1(mm - bm));
         s0 *= f;
         s1 *= f;
         s2 *= f;
@@ -350,7 +354,7 @@ void stored_rows(const T* cost, int64_t m, const T* hb, T scale, int64_t row_beg
       __builtin_prefetch(row + j + 256 / sizeof(T) * 4 + 192 / sizeof(T), 0, 0);
       block(row + j, hb + j);
     }
-    if (m_blocks < m) {  // padded tail: infinite cost gives t = -inf, which adds nothing
+    if (m_blocks < m) {  // tail: infinite cost gives t = -inf, which adds nothing
       for (int l = 0; l < B; ++l) {
         const bool in = m_blocks + l < m;
         tail_cost[l] = in ? row[m_blocks + l] : std::numeric_limits<T>::infinity();
@@ -360,6 +364,29 @@ void stored_rows(const T* cost, int64_t m, const T* hb, T scale, int64_t row_beg
     }
     rowmax[i] = mm;
     rowsum[i] = mm == neg_inf<T>() ? T(0) : V::hsum((s0 + s1) + (s2 + s3));
+  }
+}
+
+template <typename T>
+void stored_weighted_rows(const T* cost, int64_t m, int64_t ld, const T* hb, T scale, const T* rowmax, const T* z,
+                          int64_t d_pad, int64_t row_begin, int64_t row_end, T* acc) {
+  using V = simd::Vec<T>;
+  constexpr int W = V::W;
+  alignas(64) T e[kChunk];
+  const typename V::v vs = V::set1(scale);
+  const int64_t cols = (ld % W == 0) ? ld : m;  // padded rows end in +inf: exp gives ~0 against zero rows of z
+  for (int64_t i = row_begin; i < row_end; ++i) {
+    const T* row = cost + i * ld;
+    T* out = acc + i * d_pad;
+    std::fill(out, out + d_pad, T(0));
+    const typename V::v vm = V::set1(rowmax[i]);
+    for (int64_t j0 = 0; j0 < cols; j0 += kChunk) {
+      const int64_t n = std::min<int64_t>(kChunk, cols - j0), nv = n - n % W;
+      for (int64_t j = 0; j < nv; j += W)
+        V::store(e + j, simd::exp2(V::load(hb + j0 + j) - vs * V::load(row + j0 + j) - vm));
+      for (int64_t j = nv; j < n; ++j) e[j] = std::exp2(hb[j0 + j] - scale * row[j0 + j] - rowmax[i]);
+      weighted_rows_sum<T>(e, z + j0 * d_pad, n, d_pad, out);
+    }
   }
 }
 
@@ -382,8 +409,9 @@ double exp2_sum(const T* buffer, int64_t n, int64_t repeats) {
 
 template <typename T>
 static KernelTable<T> make_table() {
-  return KernelTable<T>{LVF_CAP_NAME,       Micro<T>::NR,       Micro<T>::MR,   &pack_columns<T>,
-                        &reduce<T>,         &argmax<T>,         &stored_rows<T>, &exp2_sum<T>};
+  return KernelTable<T>{LVF_CAP_NAME, Micro<T>::NR,    Micro<T>::MR,          &pack_columns<T>,
+                        &reduce<T>,   &argmax<T>,      &stored_rows<T>,       &stored_weighted_rows<T>,
+                        &exp2_sum<T>};
 }
 
 const KernelTable<float>& table_f32() {

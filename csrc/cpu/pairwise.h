@@ -71,14 +71,14 @@ class PackedColumns {
   // double instead of in the kernel's float32. Callers add bias_offset() back to the reduced log2 sums.
   template <typename F>
   void set_bias(F f) {
-    std::vector<double> b(m_);
+    scratch_.resize(m_);
     double offset = -std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < m_; ++j) {
-      b[j] = double(f(j));
-      if (std::isfinite(b[j])) offset = std::max(offset, b[j]);
+      scratch_[j] = double(f(j));
+      if (std::isfinite(scratch_[j])) offset = std::max(offset, scratch_[j]);
     }
     bias_offset_ = std::isfinite(offset) ? offset : 0.0;
-    for (int64_t j = 0; j < m_; ++j) bias_[j] = T(b[j] - bias_offset_);
+    for (int64_t j = 0; j < m_; ++j) bias_[j] = T(scratch_[j] - bias_offset_);
   }
   double bias_offset() const { return bias_offset_; }
   void set_weight(const T* w) {
@@ -115,6 +115,7 @@ class PackedColumns {
   int64_t m_, d_, n_panels_ = 0, m_pad_ = 0, d_pad_ = 0;
   double bias_offset_ = 0.0;
   std::vector<T> center_, panels_, rows_, bias_, weight_, half_norm_;
+  std::vector<double> scratch_;
 };
 
 // Split n rows x n_panels panels into tasks: row chunks first; columns too when there are too few rows to keep
@@ -138,9 +139,11 @@ struct TaskGrid {
 // Online or fixed reduction of rows x (n x d, raw) against packed columns, over all threads.
 // Online: rowmax out. Fixed: rowmax in. rowsum out; acc (n x d_pad, centred weighted sums) out when not null;
 // half_norm (½|x_i - center|²) out when not null.
+// serial = true runs in the calling thread: small problems (a LossVal minibatch) pay more for a fork/join than
+// for the work, and batched callers parallelise over problems instead.
 template <typename T>
 void reduce_rows(const T* x, int64_t n, const PackedColumns<T>& cols, T scale, Reduction mode, T* rowmax, T* rowsum,
-                 T* acc, T* half_norm) {
+                 T* acc, T* half_norm, bool serial = false) {
   if (n == 0) return;
   const KernelTable<T>& table = cols.table();
   Rows<T> rows;
@@ -149,6 +152,10 @@ void reduce_rows(const T* x, int64_t n, const PackedColumns<T>& cols, T scale, R
   rows.n = n;
   rows.d = cols.d();
   const Columns<T> c = cols.view();
+  if (serial) {
+    table.reduce(rows, c, scale, mode, 0, n, 0, cols.n_panels(), rowmax, rowsum, acc, half_norm);
+    return;
+  }
   const TaskGrid grid(n, cols.n_panels(), table.row_block);
   const int64_t dp = cols.d_pad();
   if (grid.n_col_tasks == 1) {

@@ -242,7 +242,7 @@ void softmin_stored_impl(const at::Tensor& cost, const at::Tensor& h, double eps
   const KernelTable<T>& table = kernels<T>();
   const T* cp = cost.data_ptr<T>();
   at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
-    table.stored_rows(cp, m, hb.data(), T(s), i0, i1, rowmax.data(), rowsum.data());
+    table.stored_rows(cp, m, m, hb.data(), T(s), i0, i1, rowmax.data(), rowsum.data());
   });
   T* o = out.data_ptr<T>();
   for (int64_t i = 0; i < n; ++i) o[i] = T(-eps * kLn2 * (double(rowmax[i]) + std::log2(double(rowsum[i]))));

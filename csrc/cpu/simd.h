@@ -54,16 +54,9 @@ struct Vec {
   // max/min through intrinsics: GCC lowers `a > b ? a : b` to compare + blend when one side is a constant
   static inline v max(v a, v b);
   static inline v min(v a, v b);
-  static inline T hmax(v a) {
-    T r = a[0];
-    for (int i = 1; i < W; ++i) r = a[i] > r ? a[i] : r;
-    return r;
-  }
-  static inline T hsum(v a) {
-    T r = a[0];
-    for (int i = 1; i < W; ++i) r += a[i];
-    return r;
-  }
+  // horizontal max / sum: shuffle trees through intrinsics (a scalar loop over 16 lanes costs ~4x more)
+  static inline T hmax(v a);
+  static inline T hsum(v a);
   // does any lane of a exceed b? (one compare and one mask test on x86)
   static inline bool any_greater(v a, v b);
 };
@@ -104,6 +97,59 @@ inline Vec<double>::v Vec<double>::min(v a, v b) {
 #undef LVF_PD
 #undef LVF_FT
 #undef LVF_DT
+
+#if LVF_VECTOR_BYTES == 64
+template <>
+inline float Vec<float>::hmax(v a) { return _mm512_reduce_max_ps(__m512(a)); }
+template <>
+inline float Vec<float>::hsum(v a) { return _mm512_reduce_add_ps(__m512(a)); }
+template <>
+inline double Vec<double>::hmax(v a) { return _mm512_reduce_max_pd(__m512d(a)); }
+template <>
+inline double Vec<double>::hsum(v a) { return _mm512_reduce_add_pd(__m512d(a)); }
+#elif LVF_VECTOR_BYTES == 32
+template <>
+inline float Vec<float>::hmax(v a) {
+  __m128 r = _mm_max_ps(_mm256_castps256_ps128(__m256(a)), _mm256_extractf128_ps(__m256(a), 1));
+  r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+  return _mm_cvtss_f32(_mm_max_ss(r, _mm_movehdup_ps(r)));
+}
+template <>
+inline float Vec<float>::hsum(v a) {
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(__m256(a)), _mm256_extractf128_ps(__m256(a), 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+}
+template <>
+inline double Vec<double>::hmax(v a) {
+  __m128d r = _mm_max_pd(_mm256_castpd256_pd128(__m256d(a)), _mm256_extractf128_pd(__m256d(a), 1));
+  return _mm_cvtsd_f64(_mm_max_sd(r, _mm_unpackhi_pd(r, r)));
+}
+template <>
+inline double Vec<double>::hsum(v a) {
+  __m128d r = _mm_add_pd(_mm256_castpd256_pd128(__m256d(a)), _mm256_extractf128_pd(__m256d(a), 1));
+  return _mm_cvtsd_f64(_mm_add_sd(r, _mm_unpackhi_pd(r, r)));
+}
+#else
+template <>
+inline float Vec<float>::hmax(v a) {
+  __m128 r = _mm_max_ps(__m128(a), _mm_movehl_ps(__m128(a), __m128(a)));
+  return _mm_cvtss_f32(_mm_max_ss(r, _mm_shuffle_ps(r, r, 1)));
+}
+template <>
+inline float Vec<float>::hsum(v a) {
+  __m128 r = _mm_add_ps(__m128(a), _mm_movehl_ps(__m128(a), __m128(a)));
+  return _mm_cvtss_f32(_mm_add_ss(r, _mm_shuffle_ps(r, r, 1)));
+}
+template <>
+inline double Vec<double>::hmax(v a) {
+  return _mm_cvtsd_f64(_mm_max_sd(__m128d(a), _mm_unpackhi_pd(__m128d(a), __m128d(a))));
+}
+template <>
+inline double Vec<double>::hsum(v a) {
+  return _mm_cvtsd_f64(_mm_add_sd(__m128d(a), _mm_unpackhi_pd(__m128d(a), __m128d(a))));
+}
+#endif
 
 template <>
 inline bool Vec<float>::any_greater(v a, v b) {

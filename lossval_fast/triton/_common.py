@@ -1,9 +1,9 @@
-"""Pieces shared by the Triton kernels: the tile dot product, launch configurations, split-M bookkeeping.
+"""Pieces shared by the Triton kernels: the tile dot product, launch configurations, split bookkeeping.
 
-Every pairwise kernel works in log2 units on clouds centred on the mean of y (the cost is translation invariant
-and centred dot products lose less to float32 rounding). The torch wrappers fold every scalar into tensors
-before the launch (x pre-multiplied by log2(e)/eps, biases in log2 units, computed in float64), so the kernels
-take no float arguments: Triton would pass those as float32, which is too coarse for the float64 path.
+Every pairwise kernel works in log2 units on two clouds centred on one common point (the cost is translation
+invariant and centred dot products lose less to float32 rounding). The torch wrappers fold every scalar into
+tensors before the launch (one cloud pre-multiplied by log2(e)/eps, biases in log2 units formed in float64), so
+the kernels take no float arguments: Triton would pass those as float32, too coarse for the float64 path.
 """
 import functools
 import math
@@ -12,6 +12,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import wrap_triton
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -33,33 +35,38 @@ def matmul_acc(a, b, acc, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def load_row_tile(a_ptr, rows, row_mask, D, BLOCK_K: tl.constexpr):
-    """The first BLOCK_K features of the given rows (zero-padded): the whole row when D <= BLOCK_K."""
-    ks = tl.arange(0, BLOCK_K)
-    return tl.load(a_ptr + rows[:, None] * D + ks[None, :], mask=row_mask[:, None] & (ks < D)[None, :], other=0.0)
+def load_tile(ptr, rows, row_mask, k0, D, BLOCK_K: tl.constexpr):
+    """Features [k0, k0 + BLOCK_K) of the given rows (int64 indices) of a row-major (., D) array, zero-padded."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    return tl.load(ptr + rows[:, None] * D + ks[None, :], mask=row_mask[:, None] & (ks < D)[None, :], other=0.0)
 
 
 @triton.jit
-def block_dots(a_ptr, b_ptr, rows, cols, row_mask, col_mask, D, a_tile, acc,
-               BLOCK_K: tl.constexpr, SINGLE_K: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """acc[r, c] + a[rows[r]] . b[cols[c]] over all D features (rows and cols are int64 row indices).
-
-    SINGLE_K: D fits one chunk and `a_tile` already holds the row tile, loaded once outside the column loop;
-    otherwise both tiles are streamed in BLOCK_K-wide chunks (masked, so any D works)."""
-    ks = tl.arange(0, BLOCK_K)
-    if SINGLE_K:
-        b = tl.load(b_ptr + cols[:, None] * D + ks[None, :], mask=col_mask[:, None] & (ks < D)[None, :], other=0.0)
-        acc = matmul_acc(a_tile, tl.trans(b), acc, USE_DOT, PRECISION)
-    else:
-        for k0 in range(0, D, BLOCK_K):
-            kk = k0 + ks
-            k_mask = kk < D
-            a = tl.load(a_ptr + rows[:, None] * D + kk[None, :], mask=row_mask[:, None] & k_mask[None, :],
-                        other=0.0)
-            b = tl.load(b_ptr + cols[:, None] * D + kk[None, :], mask=col_mask[:, None] & k_mask[None, :],
-                        other=0.0)
-            acc = matmul_acc(a, tl.trans(b), acc, USE_DOT, PRECISION)
+def block_dots(a_ptr, b_ptr, rows, cols, row_mask, col_mask, D, acc,
+               BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """acc[r, c] + a[rows[r]] . b[cols[c]] over all D features, streamed in BLOCK_K-wide chunks (the kernels take
+    the single-chunk case, d <= BLOCK_K, apart: there the row tile is loaded once, outside the column loop)."""
+    for k0 in range(0, D, BLOCK_K):
+        a = load_tile(a_ptr, rows, row_mask, k0, D, BLOCK_K)
+        b = load_tile(b_ptr, cols, col_mask, k0, D, BLOCK_K)
+        acc = matmul_acc(a, tl.trans(b), acc, USE_DOT, PRECISION)
     return acc
+
+
+@triton.jit
+def _half_sqnorm_kernel(z_ptr, c_ptr, out_ptr, N, D, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < N
+    rows = rows.to(tl.int64)
+    acc = tl.zeros([BLOCK_M], tl.float64)
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < D
+        z = load_tile(z_ptr, rows, row_mask, k0, D, BLOCK_K).to(tl.float64)
+        c = tl.load(c_ptr + ks, mask=k_mask, other=0.0).to(tl.float64)
+        v = tl.where(row_mask[:, None] & k_mask[None, :], z - c[None, :], 0.0)  # exact in float64
+        acc += tl.sum(v * v, axis=1)
+    tl.store(out_ptr + rows, 0.5 * acc, mask=row_mask)
 
 
 # ---------------------------------------------------------------------------------------------- host side
@@ -77,7 +84,7 @@ def check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"x and y must have the same number of features, got {x.shape[1]} and {y.shape[1]}")
     if x.dtype != y.dtype or x.device != y.device:
         raise ValueError(f"x and y must share dtype and device, got {x.dtype}/{x.device} and {y.dtype}/{y.device}")
-    check_device(x.device)
+    check_device(x)
 
 
 def check_vector(t: torch.Tensor, name: str, length: int, like: torch.Tensor) -> None:
@@ -91,10 +98,24 @@ def check_eps(eps: float) -> None:
         raise ValueError(f"eps must be a finite positive number, got {eps}")
 
 
-def check_device(device: torch.device) -> None:
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_device(t: torch.Tensor) -> None:
+    if t.device.type == "cpu" and not interpreted():
         raise RuntimeError("the Triton kernels got CPU tensors: they run on CPU only under the interpreter "
                            "(set TRITON_INTERPRET=1 before importing lossval_fast)")
+    if interpreted() and is_fake(t):
+        # under the interpreter wrap_triton hands back the plain interpreted function, which cannot take fake
+        # tensors: torch.compile / export / FakeTensorMode need a GPU (or the cpp backend) for these ops
+        raise RuntimeError("the Triton ops cannot be traced (torch.compile, fake tensors) while Triton runs in the "
+                           "CPU interpreter; use a GPU, or the cpp backend on CPU")
+
+
+def cloud_center(z: torch.Tensor) -> torch.Tensor:
+    """Mean of the rows: the common centre (any shared point is exact; the mean keeps dot products small)."""
+    return z.mean(0) if z.shape[0] > 0 else z.new_zeros(z.shape[1])
 
 
 def next_pow2(n: int) -> int:
@@ -106,22 +127,28 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def tile_config(device: torch.device, dtype: torch.dtype, d: int, *, rows: int = 64, cols: int = 64) -> dict:
-    """Tile sizes for the pairwise kernels (powers of two; tails are masked).
+def tile_config(kind: str, device: torch.device, dtype: torch.dtype, d: int) -> dict:
+    """Tile sizes for the pairwise kernels (powers of two; tails are masked). kind: "softmin", "barycenter",
+    "plan" or "nearest" (the last three also carry a (BLOCK_M, BLOCK_D) weighted sum or a wider epilogue).
 
-    GPU float32: `rows` x `cols` tiles, BLOCK_K <= 64 so a d <= 64 row tile is loaded once, BLOCK_D <= 128
-    output features per program (wider d is split over the grid). float64 (broadcast-and-sum, a 3-D
-    temporary per step) and the CPU interpreter (tests: small tiles so shapes like 33 cross tile borders)
-    use 16-wide tiles. tl.dot needs every dimension >= 16."""
-    k = min(max(16, next_pow2(d)), 64)
+    GPU float32 (exact-fp32 tl.dot runs on the FMA units and is register hungry): 64-row tiles, 8 warps; d <= 64
+    is one chunk (the row tile stays in registers, the column tile doubles as the summed features), wider d is
+    streamed in 32-wide chunks and its output features are split over the grid. Every config here compiles for
+    sm_90 without register spills (ptxas -v, Triton 3.7). float64 (broadcast-and-sum, a 3-D temporary per step)
+    uses 16-wide tiles; so does the CPU interpreter, so that test shapes like 33 cross tile borders."""
+    weighted = kind in ("barycenter", "plan")
     if dtype == torch.float64:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=min(max(16, next_pow2(d)), 32), USE_DOT=False,
                     num_warps=4)
     if device.type != "cuda":
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=k, BLOCK_D=min(max(16, next_pow2(d)), 64), USE_DOT=True,
-                    num_warps=4)
-    return dict(BLOCK_M=rows, BLOCK_N=cols, BLOCK_K=k, BLOCK_D=min(max(16, next_pow2(d)), 128), USE_DOT=True,
-                num_warps=4)
+        k = min(max(16, next_pow2(d)), 64)
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=k, BLOCK_D=k, USE_DOT=True, num_warps=4)
+    if d <= 64:  # tl.dot needs every dimension >= 16
+        k = max(16, next_pow2(d))
+        return dict(BLOCK_M=64, BLOCK_N=32 if weighted and k == 64 else 64, BLOCK_K=k, BLOCK_D=k, USE_DOT=True,
+                    num_warps=8)
+    return dict(BLOCK_M=64, BLOCK_N=32 if weighted else 64, BLOCK_K=32, BLOCK_D=128 if kind == "barycenter" else 64,
+                USE_DOT=True, num_warps=8)
 
 
 def column_splits(device: torch.device, programs: int, m: int, block_n: int) -> tuple[int, int]:
@@ -142,10 +169,17 @@ def column_splits(device: torch.device, programs: int, m: int, block_n: int) -> 
 
 
 def half_sqnorm(z: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    """½|z_i - c|² in float64 from the exact differences. The centred float32 copy the kernels read is rounded,
-    and at small eps the norms enter the exponent multiplied by log2(e)/eps (~1e4): computed from the rounded
-    copy they would cost ~1e-3 relative error in the plan (the C++ kernels compute them in double too)."""
-    return 0.5 * (z.double() - center.double()).pow(2).sum(1)
+    """½|z_i - c|² in float64 from the exact differences, without a float64 copy of z. The centred float32 copy
+    the pairwise kernels read is rounded, and at small eps the norms enter the exponent multiplied by
+    log2(e)/eps (~1e4): from the rounded copy they would cost ~1e-3 relative error in the plan (the C++ kernels
+    compute them in double too)."""
+    n, d = z.shape
+    out = torch.empty((n,), dtype=torch.float64, device=z.device)
+    if n > 0:
+        block_k = min(max(16, next_pow2(d)), 32)  # memory bound: small float64 tiles, many programs
+        wrap_triton(_half_sqnorm_kernel)[(triton.cdiv(n, 32),)](z.contiguous(), center.contiguous(), out, n, d,
+                                                                 BLOCK_M=32, BLOCK_K=block_k, num_warps=4)
+    return out
 
 
 def shift_bias(bias: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import DOT_PRECISION, block_dots, check_pair, load_row_tile, tile_config
+from ._common import (DOT_PRECISION, block_dots, check_pair, cloud_center, half_sqnorm, load_tile, matmul_acc,
+                      tile_config)
 
 
 @triton.jit
@@ -23,7 +24,8 @@ def _nearest_kernel(x_ptr, y_ptr, bias_ptr, x_raw_ptr, best_ptr, index_ptr, sums
     row_mask = rows < N
     rows = rows.to(tl.int64)
 
-    a_tile = load_row_tile(x_ptr, rows, row_mask, D, BLOCK_K)  # used only when SINGLE_K
+    if SINGLE_K:  # d <= BLOCK_K: the row tile stays in registers for the whole pass
+        x_tile = load_tile(x_ptr, rows, row_mask, 0, D, BLOCK_K)
     best = tl.full([BLOCK_M], float("-inf"), dtype)
     best_index = tl.zeros([BLOCK_M], tl.int64)
     for n0 in range(0, M, BLOCK_N):
@@ -31,8 +33,12 @@ def _nearest_kernel(x_ptr, y_ptr, bias_ptr, x_raw_ptr, best_ptr, index_ptr, sums
         col_mask = cols < M
         cols = cols.to(tl.int64)
         bias = tl.load(bias_ptr + cols, mask=col_mask, other=float("-inf"))
-        score = block_dots(x_ptr, y_ptr, rows, cols, row_mask, col_mask, D, a_tile,
-                           tl.zeros([BLOCK_M, BLOCK_N], dtype), BLOCK_K, SINGLE_K, USE_DOT, PRECISION)
+        score = tl.zeros([BLOCK_M, BLOCK_N], dtype)
+        if SINGLE_K:
+            score = matmul_acc(x_tile, tl.trans(load_tile(y_ptr, cols, col_mask, 0, D, BLOCK_K)), score, USE_DOT,
+                               PRECISION)
+        else:
+            score = block_dots(x_ptr, y_ptr, rows, cols, row_mask, col_mask, D, score, BLOCK_K, USE_DOT, PRECISION)
         score += bias[None, :]
         tile_best = tl.max(score, axis=1)
         # first column reaching the tile maximum; a later tile replaces it only when strictly better
@@ -62,13 +68,13 @@ def nearest(x: torch.Tensor, y: torch.Tensor,
     if y.shape[0] == 0:
         raise ValueError("y must have at least one row")
     n, m, d = x.shape[0], y.shape[0], x.shape[1]
-    center = y.mean(0)
+    center = cloud_center(y)
     xc = (x - center).contiguous()
     yc = (y - center).contiguous()
-    bias = -0.5 * yc.pow(2).sum(1)
+    bias = (-half_sqnorm(y, center)).to(x.dtype)
     x_raw = x.contiguous()  # the sums add the original rows, not centred ones (no rounding from re-adding c)
 
-    cfg = tile_config(x.device, x.dtype, d)
+    cfg = tile_config("nearest", x.device, x.dtype, d)
     best = torch.empty((n,), dtype=x.dtype, device=x.device)
     index = torch.empty((n,), dtype=torch.int64, device=x.device)
     k = m if accumulate else 0
@@ -81,5 +87,5 @@ def nearest(x: torch.Tensor, y: torch.Tensor,
             SINGLE_K=d <= cfg["BLOCK_K"], USE_DOT=cfg["USE_DOT"], PRECISION=DOT_PRECISION,
             num_warps=cfg["num_warps"])
     # |x' - y'|² = |x'|² - 2 (x'.y' - ½|y'|²), clamped like the reference (rounding can dip below 0)
-    sqdist = (xc.pow(2).sum(1) - 2 * best).clamp_min(0)
+    sqdist = (2 * (half_sqnorm(x, center) - best.double())).clamp_min(0).to(x.dtype)
     return index, sqdist, sums, counts

@@ -50,7 +50,7 @@ def softmin_stored(cost: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Ten
     """f_i = -eps log sum_j exp(h_j - cost_ij / eps) over a stored (N, M) cost."""
     if cost.dim() != 2 or cost.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"cost must be a 2-D float32 or float64 tensor, got shape {tuple(cost.shape)} {cost.dtype}")
-    check_device(cost.device)
+    check_device(cost)
     check_vector(h, "h", cost.shape[1], cost)
     check_eps(eps)
     n, m = cost.shape

@@ -1,0 +1,344 @@
+// The whole Sinkhorn ε loop of geomloss (LOSSVAL_SPEC §2) in one C++ call on CPU.
+//
+// Four softmin engines (x←y, y←x, x←x, y←y) are built once per call: online (points packed for the micro-kernel,
+// no N x M matrix) or stored (each cost built once with one GEMM, then passes only read it). The potentials are
+// kept in double; each pass runs in the kernel's precision. Small problems run serially (a fork/join per pass
+// would cost more than the pass), batches run in parallel over problems, large problems in parallel per pass.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "kernels.h"
+#include "pairwise.h"
+
+namespace lvf {
+namespace cpu {
+namespace {
+
+constexpr double kMaskedLog = -100000.0;  // geomloss' log-weight of points with weight <= 0
+
+// softmin_i = -eps log sum_j exp(h_j - C_ij / eps) of the rows of one cloud against the columns of another
+// (optionally with the barycentre sum_j P_ij z_j).
+template <typename T>
+class SoftminEngine {
+ public:
+  SoftminEngine(const T* rows, int64_t n, const T* cols, int64_t m, int64_t d, bool stored, bool barycenters,
+                bool serial)
+      : rows_(rows), n_(n), m_(m), d_(d), serial_(serial) {
+    if (stored) {
+      build_cost(cols, barycenters);
+    } else {
+      packed_ = std::make_unique<PackedColumns<T>>(cols, m, d, nullptr, barycenters);
+    }
+    hb_.assign(stored ? ld_ : m, T(0));
+    rowmax_.resize(n);
+    rowsum_.resize(n);
+    half_norm_.resize(n);
+  }
+
+  // out_i (double) for h_j (double, natural-log units); bary (n x d) when not null (online pass)
+  void softmin(const double* h, double eps, double* out, T* bary = nullptr) {
+    const double s = kLog2e / eps;
+    if (!cost_.empty()) {
+      // stored: t_ij = L h_j - s C_ij, with the largest finite L h_j subtracted in double (added back below)
+      double offset = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < m_; ++j)
+        if (std::isfinite(h[j])) offset = std::max(offset, kLog2e * h[j]);
+      if (!std::isfinite(offset)) offset = 0;
+      for (int64_t j = 0; j < m_; ++j) hb_[j] = T(kLog2e * h[j] - offset);
+      const T* c = cost_.data();
+      const auto& table = kernels<T>();
+      if (serial_) {
+        table.stored_rows(c, m_, ld_, hb_.data(), T(s), 0, n_, rowmax_.data(), rowsum_.data());
+      } else {
+        at::parallel_for(0, n_, 16, [&](int64_t i0, int64_t i1) {
+          table.stored_rows(c, m_, ld_, hb_.data(), T(s), i0, i1, rowmax_.data(), rowsum_.data());
+        });
+      }
+      for (int64_t i = 0; i < n_; ++i)
+        out[i] = -eps * kLn2 * (offset + double(rowmax_[i]) + std::log2(double(rowsum_[i])));
+      if (bary != nullptr) {  // second sweep of the stored cost with the maxima known: P·z for each row
+        acc_.resize(n_ * d_pad_);
+        auto sums = [&](int64_t i0, int64_t i1) {
+          table.stored_weighted_rows(c, m_, ld_, hb_.data(), T(s), rowmax_.data(), zrows_.data(), d_pad_, i0, i1,
+                                     acc_.data());
+        };
+        if (serial_) sums(0, n_);
+        else at::parallel_for(0, n_, 16, sums);
+        for (int64_t i = 0; i < n_; ++i)
+          for (int64_t k = 0; k < d_; ++k) bary[i * d_ + k] = T(acc_[i * d_pad_ + k] / rowsum_[i] + center_[k]);
+      }
+      return;
+    }
+    const auto& hn = packed_->half_norm();
+    packed_->set_bias([&](int64_t j) { return kLog2e * h[j] - s * double(hn[j]); });
+    const int64_t dp = packed_->d_pad();
+    if (bary != nullptr) acc_.resize(n_ * dp);
+    reduce_rows<T>(rows_, n_, *packed_, T(s), Reduction::Online, rowmax_.data(), rowsum_.data(),
+                   bary != nullptr ? acc_.data() : nullptr, half_norm_.data(), serial_);
+    const double offset = packed_->bias_offset();
+    for (int64_t i = 0; i < n_; ++i)
+      out[i] = double(half_norm_[i]) - eps * kLn2 * (offset + double(rowmax_[i]) + std::log2(double(rowsum_[i])));
+    if (bary != nullptr) {
+      const T* c = packed_->center();
+      for (int64_t i = 0; i < n_; ++i)
+        for (int64_t k = 0; k < d_; ++k) bary[i * d_ + k] = acc_[i * dp + k] / rowsum_[i] + c[k];
+    }
+  }
+
+ private:
+  void build_cost(const T* cols, bool barycenters) {
+    // C = ½|r'|² + ½|z'|² - r'.z' with both clouds centred on the mean of the columns: one GEMM (torch's BLAS)
+    std::vector<double> center(d_, 0.0);
+    for (int64_t j = 0; j < m_; ++j)
+      for (int64_t k = 0; k < d_; ++k) center[k] += cols[j * d_ + k];
+    for (auto& c : center) c /= double(m_);
+    center_.assign(center.begin(), center.end());
+    auto centred = [&](const T* p, int64_t count, std::vector<T>& out, std::vector<double>& half_norm) {
+      out.resize(count * d_);
+      half_norm.assign(count, 0.0);
+      for (int64_t i = 0; i < count; ++i)
+        for (int64_t k = 0; k < d_; ++k) {
+          const T v = T(double(p[i * d_ + k]) - center[k]);
+          out[i * d_ + k] = v;
+          half_norm[i] += 0.5 * double(v) * double(v);
+        }
+    };
+    std::vector<T> rc, zc;
+    std::vector<double> hr, hz;
+    centred(rows_, n_, rc, hr);
+    centred(cols, m_, zc, hz);
+    auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    const at::Tensor dots =
+        at::mm(at::from_blob(rc.data(), {n_, d_}, opts), at::from_blob(zc.data(), {m_, d_}, opts).t());
+    const T* dp = dots.data_ptr<T>();
+    // rows padded to whole kernel blocks with +inf (exp gives nothing there), so the pass never runs tail code
+    const int64_t block = 256 / int64_t(sizeof(T));
+    ld_ = (m_ + block - 1) / block * block;
+    cost_.resize(n_ * ld_);
+    T* c = cost_.data();
+    auto finish = [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t j = 0; j < m_; ++j) c[i * ld_ + j] = T(hr[i] + hz[j] - double(dp[i * m_ + j]));
+        for (int64_t j = m_; j < ld_; ++j) c[i * ld_ + j] = std::numeric_limits<T>::infinity();
+      }
+    };
+    if (serial_) finish(0, n_);
+    else at::parallel_for(0, n_, 64, finish);
+    if (barycenters) {  // centred columns, row-major, padded with zero rows to ld and zero lanes to d_pad
+      const int64_t w = 64 / int64_t(sizeof(T));
+      d_pad_ = (d_ + w - 1) / w * w;
+      zrows_.assign(ld_ * d_pad_, T(0));
+      for (int64_t j = 0; j < m_; ++j)
+        for (int64_t k = 0; k < d_; ++k) zrows_[j * d_pad_ + k] = zc[j * d_ + k];
+    }
+  }
+
+  const T* rows_;
+  int64_t n_, m_, d_;
+  bool serial_;
+  std::unique_ptr<PackedColumns<T>> packed_;
+  std::vector<T> cost_;  // n x ld_, padded with +inf
+  int64_t ld_ = 0, d_pad_ = 0;
+  std::vector<T> zrows_;      // centred columns for the barycentre sweep
+  std::vector<double> center_;
+  std::vector<T> hb_, rowmax_, rowsum_, half_norm_, acc_;
+};
+
+void log_weights(const double* w, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] > 0 ? std::log(w[i]) : kMaskedLog;
+}
+
+struct Problem {
+  int64_t n, m, d;
+  bool debias, barycenters, stored, serial, cached_gb;
+};
+
+// One problem: after the ε loop and the final extrapolation, S = <a, F - FA> + <b, G - GB> (without debiasing
+// <a, F> + <b, G>), dF = F - FA, dG = G - GB (the gradients with respect to a and b), GB, and the barycentres.
+// When GB is given (cached), the y-y passes are skipped.
+template <typename T>
+void sinkhorn_one(const Problem& p, const T* a, const T* x, const T* b, const T* y, const std::vector<double>& eps_list,
+                  T* S, T* dF, T* dG, T* GB, T* bxy, T* byx, T* bxx, T* byy) {
+  const int64_t n = p.n, m = p.m;
+  std::vector<double> a_log(n), b_log(m);
+  {
+    std::vector<double> wa(a, a + n), wb(b, b + m);
+    log_weights(wa.data(), n, a_log.data());
+    log_weights(wb.data(), m, b_log.data());
+  }
+  SoftminEngine<T> xy(x, n, y, m, p.d, p.stored, p.barycenters, p.serial);
+  SoftminEngine<T> yx(y, m, x, n, p.d, p.stored, p.barycenters, p.serial);
+  std::unique_ptr<SoftminEngine<T>> xx, yy;
+  if (p.debias) xx = std::make_unique<SoftminEngine<T>>(x, n, x, n, p.d, p.stored, p.barycenters, p.serial);
+  const bool run_yy = p.debias && !p.cached_gb;
+  if (run_yy) yy = std::make_unique<SoftminEngine<T>>(y, m, y, m, p.d, p.stored, p.barycenters, p.serial);
+
+  std::vector<double> f_ba(n), g_ab(m), f_aa(p.debias ? n : 0), g_bb(run_yy ? m : 0);
+  std::vector<double> ft_ba(n), gt_ab(m), ft_aa(f_aa.size()), gt_bb(g_bb.size()), hn(n), hm(m);
+  auto bias = [](const std::vector<double>& log_w, const std::vector<double>& pot, double eps,
+                 std::vector<double>& out) {
+    for (size_t j = 0; j < out.size(); ++j) out[j] = log_w[j] + pot[j] / eps;
+  };
+
+  double eps = eps_list.front();
+  yx.softmin(a_log.data(), eps, g_ab.data());
+  xy.softmin(b_log.data(), eps, f_ba.data());
+  if (p.debias) xx->softmin(a_log.data(), eps, f_aa.data());
+  if (run_yy) yy->softmin(b_log.data(), eps, g_bb.data());
+  for (double e : eps_list) {  // symmetric updates, both from the old potentials, then averaged
+    eps = e;
+    bias(b_log, g_ab, eps, hm);
+    xy.softmin(hm.data(), eps, ft_ba.data());
+    bias(a_log, f_ba, eps, hn);
+    yx.softmin(hn.data(), eps, gt_ab.data());
+    if (p.debias) {
+      bias(a_log, f_aa, eps, hn);
+      xx->softmin(hn.data(), eps, ft_aa.data());
+    }
+    if (run_yy) {
+      bias(b_log, g_bb, eps, hm);
+      yy->softmin(hm.data(), eps, gt_bb.data());
+    }
+    for (int64_t i = 0; i < n; ++i) f_ba[i] = 0.5 * (f_ba[i] + ft_ba[i]);
+    for (int64_t j = 0; j < m; ++j) g_ab[j] = 0.5 * (g_ab[j] + gt_ab[j]);
+    for (size_t i = 0; i < f_aa.size(); ++i) f_aa[i] = 0.5 * (f_aa[i] + ft_aa[i]);
+    for (size_t j = 0; j < g_bb.size(); ++j) g_bb[j] = 0.5 * (g_bb[j] + gt_bb[j]);
+  }
+  // final extrapolation at eps = blur^p, again from the old potentials
+  bias(b_log, g_ab, eps, hm);
+  xy.softmin(hm.data(), eps, ft_ba.data(), bxy);
+  bias(a_log, f_ba, eps, hn);
+  yx.softmin(hn.data(), eps, gt_ab.data(), byx);
+  if (p.debias) {
+    bias(a_log, f_aa, eps, hn);
+    xx->softmin(hn.data(), eps, ft_aa.data(), bxx);
+  }
+  if (run_yy) {
+    bias(b_log, g_bb, eps, hm);
+    yy->softmin(hm.data(), eps, gt_bb.data(), byy);
+    for (int64_t j = 0; j < m; ++j) GB[j] = T(gt_bb[j]);
+  }
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double df = ft_ba[i] - (p.debias ? ft_aa[i] : 0.0);
+    dF[i] = T(df);
+    total += double(a[i]) * df;
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    const double dg = gt_ab[j] - (p.debias ? double(GB[j]) : 0.0);
+    dG[j] = T(dg);
+    total += double(b[j]) * dg;
+  }
+  *S = T(total);
+}
+
+// Batched entry point: a (B, N), x (B, N, d), b (B, M), y (B, M, d); cost_mode 0 = online, 1 = stored.
+// gb (B, M) when given is the cached final GB (it depends only on b, y and the schedule): the y-y passes are skipped.
+std::vector<at::Tensor> sinkhorn_potentials_cpu(const at::Tensor& a_in, const at::Tensor& x_in,
+                                                const at::Tensor& b_in, const at::Tensor& y_in,
+                                                at::ArrayRef<double> eps_list, bool debias, bool barycenters,
+                                                int64_t cost_mode, const std::optional<at::Tensor>& gb_in) {
+  TORCH_CHECK(x_in.dim() == 3 && y_in.dim() == 3, "x and y must be (B, N, d) and (B, M, d)");
+  TORCH_CHECK(a_in.dim() == 2 && b_in.dim() == 2, "a and b must be (B, N) and (B, M)");
+  const int64_t B = x_in.size(0), n = x_in.size(1), m = y_in.size(1), d = x_in.size(2);
+  TORCH_CHECK(y_in.size(0) == B && a_in.size(0) == B && b_in.size(0) == B, "batch sizes differ");
+  TORCH_CHECK(a_in.size(1) == n && b_in.size(1) == m && y_in.size(2) == d, "shapes of a, x, b, y do not match");
+  TORCH_CHECK(!eps_list.empty(), "eps_list must not be empty");
+  for (double e : eps_list) TORCH_CHECK(std::isfinite(e) && e > 0, "eps_list values must be finite and > 0");
+  TORCH_CHECK(cost_mode == 0 || cost_mode == 1, "cost_mode must be 0 (online) or 1 (stored)");
+  TORCH_CHECK(x_in.scalar_type() == y_in.scalar_type() && x_in.scalar_type() == a_in.scalar_type() &&
+                  x_in.scalar_type() == b_in.scalar_type(),
+              "a, x, b, y must share one dtype");
+  const at::Tensor a = a_in.contiguous(), x = x_in.contiguous(), b = b_in.contiguous(), y = y_in.contiguous();
+  const bool cached = gb_in.has_value() && gb_in->defined();
+  if (cached) TORCH_CHECK(gb_in->sizes() == b.sizes(), "gb must have the shape of b");
+  auto opts = x.options();
+  at::Tensor S = at::empty({B}, opts), dF = at::empty({B, n}, opts), dG = at::empty({B, m}, opts);
+  at::Tensor GB = cached ? gb_in->to(x.scalar_type()).contiguous().clone() : at::empty({debias ? B : 0, m}, opts);
+  const int64_t bn = barycenters ? B : 0;
+  at::Tensor bxy = at::empty({bn, n, d}, opts), byx = at::empty({bn, m, d}, opts);
+  at::Tensor bxx = at::empty({debias ? bn : 0, n, d}, opts), byy = at::empty({debias && !cached ? bn : 0, m, d}, opts);
+  const std::vector<double> schedule(eps_list.begin(), eps_list.end());
+  // pairs per ε step; below ~1e6 a pass is a few microseconds and must not fork
+  const double work = double(n) * m * 2 + (debias ? double(n) * n + double(m) * m : 0.0);
+  const bool small = work < 1e6;
+  Problem p{n, m, d, debias, barycenters, cost_mode == 1, small || B > 1, cached};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sinkhorn_potentials_cpu", [&] {
+    using T = scalar_t;
+    auto one = [&](int64_t k) {
+      auto ptr = [](at::Tensor& t, int64_t k, int64_t stride) -> T* {
+        return t.numel() ? t.data_ptr<T>() + k * stride : nullptr;
+      };
+      sinkhorn_one<T>(p, a.data_ptr<T>() + k * n, x.data_ptr<T>() + k * n * d, b.data_ptr<T>() + k * m,
+                      y.data_ptr<T>() + k * m * d, schedule, S.data_ptr<T>() + k, dF.data_ptr<T>() + k * n,
+                      dG.data_ptr<T>() + k * m, ptr(GB, k, m), ptr(bxy, k, n * d), ptr(byx, k, m * d),
+                      ptr(bxx, k, n * d), ptr(byy, k, m * d));
+    };
+    if (B > 1) {
+      at::parallel_for(0, B, 1, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) one(k);
+      });
+    } else {
+      one(0);
+    }
+  });
+  return {S, dF, dG, GB, bxy, byx, bxx, byy};
+}
+
+// Input checks and geomloss' default diameter in one pass over the data (instead of a dozen small torch ops on
+// every LossVal step): NaN/inf are reported by argument; returns the bounding-box diagonal of x and y.
+double sinkhorn_prepare_cpu(const at::Tensor& a_in, const at::Tensor& x_in, const at::Tensor& b_in,
+                            const at::Tensor& y_in, bool check_finite) {
+  const at::Tensor a = a_in.contiguous(), x = x_in.contiguous(), b = b_in.contiguous(), y = y_in.contiguous();
+  const int64_t d = x.size(-1);
+  TORCH_CHECK(y.size(-1) == d, "x and y must have the same number of features");
+  std::vector<double> lo(d, std::numeric_limits<double>::infinity()), hi(d, -std::numeric_limits<double>::infinity());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sinkhorn_prepare_cpu", [&] {
+    auto count_bad = [](const at::Tensor& t) {
+      const scalar_t* p = t.data_ptr<scalar_t>();
+      int64_t bad = 0;
+      for (int64_t i = 0; i < t.numel(); ++i) bad += !std::isfinite(p[i]);
+      return bad;
+    };
+    if (check_finite) {
+      const std::pair<const at::Tensor*, const char*> inputs[] = {{&a, "a"}, {&x, "x"}, {&b, "b"}, {&y, "y"}};
+      for (const auto& [t, name] : inputs) {
+        const int64_t bad = count_bad(*t);
+        TORCH_CHECK_VALUE(bad == 0, name, " contains ", bad, " NaN or inf value(s); expected finite numbers");
+      }
+    }
+    for (const at::Tensor* t : {&x, &y}) {
+      const scalar_t* p = t->data_ptr<scalar_t>();
+      const int64_t rows = t->numel() / d;
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t k = 0; k < d; ++k) {
+          lo[k] = std::min(lo[k], double(p[i * d + k]));
+          hi[k] = std::max(hi[k], double(p[i * d + k]));
+        }
+    }
+  });
+  double diag = 0;
+  for (int64_t k = 0; k < d; ++k) diag += (hi[k] - lo[k]) * (hi[k] - lo[k]);
+  return std::sqrt(diag);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lossval_fast, CPU, m) {
+  m.impl("sinkhorn_potentials", &sinkhorn_potentials_cpu);
+  m.impl("sinkhorn_prepare", &sinkhorn_prepare_cpu);
+}
+
+}  // namespace cpu
+}  // namespace lvf
