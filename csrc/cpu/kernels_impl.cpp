@@ -306,6 +306,11 @@ void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t ro
 // One sweep per row with a lagging maximum: blocks of 4 vectors are exponentiated against the running max m of
 // the blocks before them; only when a block exceeds m + 32 (rare after the first block) is m raised and the sum
 // rescaled. Terms stay <= 2^32, so nothing overflows, and no second pass or exact per-block max is needed.
+// Rows up to kShortRow entries (a LossVal minibatch against ~100 validation points) are swept twice from L1:
+// exact max, then exponentials. Longer rows take one sweep with a lagging maximum: blocks of 4 vectors are
+// exponentiated against the running max m of the blocks before them; only when a block exceeds m + 32 (rare after
+// the first block) is m raised and the sum rescaled. Terms stay <= 2^32, so nothing overflows.
+// Rows whose stride ld is a whole number of vectors (padding +inf, i.e. t = -inf) never run scalar tail code.
 template <typename T>
 void stored_rows(const T* cost, int64_t m, int64_t ld, const T* hb, T scale, int64_t row_begin, int64_t row_end,
                  T* rowmax, T* rowsum) {
@@ -313,54 +318,100 @@ void stored_rows(const T* cost, int64_t m, int64_t ld, const T* hb, T scale, int
   using v = typename V::v;
   constexpr int W = V::W;
   constexpr int B = 4 * W;
+  constexpr int64_t kShortRow = 1024 / int64_t(sizeof(T));
   constexpr T kHeadroom = 32;
   const v vs = V::set1(scale);
-  // a padded row (ld >= m rounded up to a block, padding +inf) is swept as whole blocks
-  const int64_t m_blocks = (ld % B == 0 && ld >= m) ? ld : m - m % B;
-  alignas(64) T tail_cost[B], tail_hb[B];
+  const bool padded = ld % W == 0 && ld >= m;
+  const int64_t m_vec = padded ? ld : m - m % W;  // columns covered by whole vectors
+  alignas(64) T tail_cost[W], tail_hb[W];
+  alignas(64) T tbuf[kShortRow];
+  auto tail = [&](const T* row, v& t) {  // the last m - m_vec < W columns, padded with t = -inf
+    for (int l = 0; l < W; ++l) {
+      const bool in = m_vec + l < m;
+      tail_cost[l] = in ? row[m_vec + l] : std::numeric_limits<T>::infinity();
+      tail_hb[l] = in ? hb[m_vec + l] : T(0);
+    }
+    t = V::load(tail_hb) - vs * V::load(tail_cost);
+  };
+  const bool has_tail = m_vec < m;
+  if (m_vec + (has_tail ? W : 0) <= kShortRow) {
+    const int64_t nv = m_vec / W + (has_tail ? 1 : 0);
+    for (int64_t i = row_begin; i < row_end; ++i) {
+      const T* row = cost + i * ld;
+      v top = V::set1(neg_inf<T>());
+      for (int64_t q = 0; q < m_vec / W; ++q) {
+        const v t = V::load(hb + q * W) - vs * V::load(row + q * W);
+        V::store(tbuf + q * W, t);
+        top = V::max(top, t);
+      }
+      if (has_tail) {
+        v t;
+        tail(row, t);
+        V::store(tbuf + (nv - 1) * W, t);
+        top = V::max(top, t);
+      }
+      const T mm = V::hmax(top);
+      rowmax[i] = mm;
+      if (mm == neg_inf<T>()) {
+        rowsum[i] = T(0);
+        continue;
+      }
+      const v vm = V::set1(mm);
+      v s0 = V::set1(T(0)), s1 = s0;
+      int64_t q = 0;
+      for (; q + 1 < nv; q += 2) {
+        s0 += simd::exp2<false>(V::load(tbuf + q * W) - vm);
+        s1 += simd::exp2<false>(V::load(tbuf + (q + 1) * W) - vm);
+      }
+      if (q < nv) s0 += simd::exp2<false>(V::load(tbuf + q * W) - vm);
+      rowsum[i] = V::hsum(s0 + s1);
+    }
+    return;
+  }
+  const int64_t m_blocks = m_vec - m_vec % B;
   for (int64_t i = row_begin; i < row_end; ++i) {
     const T* row = cost + i * ld;
     T mm = neg_inf<T>();
     v vm = V::set1(mm), limit = vm;  // exponents are taken against vm; a block above limit raises it
     v s0 = V::set1(T(0)), s1 = s0, s2 = s0, s3 = s0;
-    auto block = [&](const T* c, const T* h) {
-      const v t0 = V::load(h) - vs * V::load(c);
-      const v t1 = V::load(h + W) - vs * V::load(c + W);
-      const v t2 = V::load(h + 2 * W) - vs * V::load(c + 2 * W);
-      const v t3 = V::load(h + 3 * W) - vs * V::load(c + 3 * W);
+    auto raise = [&](v top) {
+      const T bm = V::hmax(top);
+      const v f = mm == neg_inf<T>() ? V::set1(T(0)) : simd::exp2(V::set1(mm - bm));
+      s0 *= f;
+      s1 *= f;
+      s2 *= f;
+      s3 *= f;
+      mm = bm;
+      vm = V::set1(mm);
+      limit = V::set1(mm + kHeadroom);
+    };
+    for (int64_t j = 0; j < m_blocks; j += B) {
+      // the exp work per byte is high, so the core's own prefetcher falls behind: ask 1 KiB ahead
+      __builtin_prefetch(row + j + 1024 / sizeof(T), 0, 0);
+      __builtin_prefetch(row + j + 1024 / sizeof(T) + 64 / sizeof(T), 0, 0);
+      __builtin_prefetch(row + j + 1024 / sizeof(T) + 128 / sizeof(T), 0, 0);
+      __builtin_prefetch(row + j + 1024 / sizeof(T) + 192 / sizeof(T), 0, 0);
+      const v t0 = V::load(hb + j) - vs * V::load(row + j);
+      const v t1 = V::load(hb + j + W) - vs * V::load(row + j + W);
+      const v t2 = V::load(hb + j + 2 * W) - vs * V::load(row + j + 2 * W);
+      const v t3 = V::load(hb + j + 3 * W) - vs * V::load(row + j + 3 * W);
       const v top = V::max(V::max(t0, t1), V::max(t2, t3));
-      if (__builtin_expect(V::any_greater(top, limit), 0)) {
-        const T bm = V::hmax(top);
-        const v f = mm == neg_inf<T>() ? V::set1(T(0)) : simd::exp2(V::set1(mm - bm));
-        s0 *= f;
-        s1 *= f;
-        s2 *= f;
-        s3 *= f;
-        mm = bm;
-        vm = V::set1(mm);
-        limit = V::set1(mm + kHeadroom);
-      }
-      if (mm == neg_inf<T>()) return;  // every column so far is masked
+      if (__builtin_expect(V::any_greater(top, limit), 0)) raise(top);
+      if (mm == neg_inf<T>()) continue;  // every column so far is masked
       s0 += simd::exp2<false>(t0 - vm);
       s1 += simd::exp2<false>(t1 - vm);
       s2 += simd::exp2<false>(t2 - vm);
       s3 += simd::exp2<false>(t3 - vm);
-    };
-    for (int64_t j = 0; j < m_blocks; j += B) {
-      // the exp work per byte is high, so the core's own prefetcher falls behind: ask 1 KiB ahead
-      __builtin_prefetch(row + j + 256 / sizeof(T) * 4, 0, 0);
-      __builtin_prefetch(row + j + 256 / sizeof(T) * 4 + 64 / sizeof(T), 0, 0);
-      __builtin_prefetch(row + j + 256 / sizeof(T) * 4 + 128 / sizeof(T), 0, 0);
-      __builtin_prefetch(row + j + 256 / sizeof(T) * 4 + 192 / sizeof(T), 0, 0);
-      block(row + j, hb + j);
     }
-    if (m_blocks < m) {  // tail: infinite cost gives t = -inf, which adds nothing
-      for (int l = 0; l < B; ++l) {
-        const bool in = m_blocks + l < m;
-        tail_cost[l] = in ? row[m_blocks + l] : std::numeric_limits<T>::infinity();
-        tail_hb[l] = in ? hb[m_blocks + l] : T(0);
-      }
-      block(tail_cost, tail_hb);
+    auto single = [&](v t) {  // leftover whole vectors and the padded tail, one vector at a time
+      if (V::any_greater(t, limit)) raise(t);
+      if (mm != neg_inf<T>()) s0 += simd::exp2<false>(t - vm);
+    };
+    for (int64_t j = m_blocks; j < m_vec; j += W) single(V::load(hb + j) - vs * V::load(row + j));
+    if (has_tail) {
+      v t;
+      tail(row, t);
+      single(t);
     }
     rowmax[i] = mm;
     rowsum[i] = mm == neg_inf<T>() ? T(0) : V::hsum((s0 + s1) + (s2 + s3));

@@ -85,6 +85,7 @@ void softmin_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
 
 at::Tensor softmin_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& h_in, double eps) {
   check_pair(x_in, y_in);
+  TORCH_CHECK(y_in.size(0) > 0, "y must have at least one row");
   check_vector(h_in, "h", y_in.size(0), x_in.scalar_type());
   check_eps(eps);
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), h = h_in.contiguous();
@@ -97,6 +98,7 @@ at::Tensor softmin_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at:
 std::tuple<at::Tensor, at::Tensor> softmin_barycenter_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
                                                           const at::Tensor& h_in, double eps) {
   check_pair(x_in, y_in);
+  TORCH_CHECK(y_in.size(0) > 0, "y must have at least one row");
   check_vector(h_in, "h", y_in.size(0), x_in.scalar_type());
   check_eps(eps);
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), h = h_in.contiguous();
@@ -145,6 +147,7 @@ std::tuple<at::Tensor, at::Tensor> plan_colsum_cpu(const at::Tensor& x_in, const
                                                    const at::Tensor& h_in, const at::Tensor& f_in,
                                                    const at::Tensor& w_in, double eps) {
   check_pair(x_in, y_in);
+  TORCH_CHECK(x_in.size(0) > 0, "x must have at least one row");
   check_vector(h_in, "h", y_in.size(0), x_in.scalar_type());
   check_vector(f_in, "f", x_in.size(0), x_in.scalar_type());
   check_vector(w_in, "weight", x_in.size(0), x_in.scalar_type());

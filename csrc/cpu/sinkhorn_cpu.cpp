@@ -122,8 +122,8 @@ class SoftminEngine {
     const at::Tensor dots =
         at::mm(at::from_blob(rc.data(), {n_, d_}, opts), at::from_blob(zc.data(), {m_, d_}, opts).t());
     const T* dp = dots.data_ptr<T>();
-    // rows padded to whole kernel blocks with +inf (exp gives nothing there), so the pass never runs tail code
-    const int64_t block = 256 / int64_t(sizeof(T));
+    // rows padded to whole vectors with +inf (exp gives nothing there), so the pass never runs tail code
+    const int64_t block = 64 / int64_t(sizeof(T));
     ld_ = (m_ + block - 1) / block * block;
     cost_.resize(n_ * ld_);
     T* c = cost_.data();

@@ -83,7 +83,8 @@ cudaError_t column_mean(const T* z, int64_t m, int64_t d, T* center, void* works
   column_sum_kernel<T><<<grid, kThreads, 0, stream>>>(z, m, d, int(splits), partial, center);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || splits == 1) return err;
-  column_mean_finish_kernel<T><<<dim3(unsigned(ceil_div(d, kThreads))), kThreads, 0, stream>>>(partial, int(splits), m, d, center);
+  const dim3 finish_grid(unsigned(ceil_div(d, kThreads)));
+  column_mean_finish_kernel<T><<<finish_grid, kThreads, 0, stream>>>(partial, int(splits), m, d, center);
   return cudaGetLastError();
 }
 

@@ -86,13 +86,15 @@ cudaError_t allow_shared_memory(K* kernel, size_t bytes) {
 // Blocks for a grid-stride loop over `work` items: as many as can be resident at once, at most `work`.
 template <typename K>
 int resident_grid(K* kernel, size_t smem_bytes, int64_t work) {
+  const int64_t sms = device_sm_count();
+  if (work <= sms) return int(work);  // fits at one block per SM: skip the occupancy query (small, launch-bound calls)
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem_bytes) != cudaSuccess ||
       per_sm < 1) {
     (void)cudaGetLastError();
     per_sm = 1;
   }
-  const int64_t resident = int64_t(per_sm) * device_sm_count();
+  const int64_t resident = int64_t(per_sm) * sms;
   return int(work < resident ? work : resident);
 }
 
@@ -103,9 +105,7 @@ __device__ __forceinline__ float shfl_xor(float v, int lane_mask) { return __shf
 __device__ __forceinline__ double shfl_xor(double v, int lane_mask) {
   return __shfl_xor_sync(kFullMask, v, lane_mask);
 }
-__device__ __forceinline__ int64_t shfl_xor(int64_t v, int lane_mask) {
-  return static_cast<int64_t>(__shfl_xor_sync(kFullMask, static_cast<long long>(v), lane_mask));
-}
+__device__ __forceinline__ int shfl_xor(int v, int lane_mask) { return __shfl_xor_sync(kFullMask, v, lane_mask); }
 
 // r[0:N] = p[0:N] from shared memory with 16-byte (or 8-byte) loads; p must be aligned to match
 template <typename T, int N>
@@ -158,46 +158,70 @@ __device__ __forceinline__ void store_vec(T* p, const T (&r)[N]) {
 }
 
 // ---------------------------------------------------------------------------------------------- prepass
-// out_r = alpha v_r + beta ½|z_r - c|² for the rows of one point cloud (math::Affine names the op-specific
-// alpha and beta). One launch serves two clouds: blocks [0, blocks_a) take job a, the rest job b.
+// out_r = alpha v_r + beta ½|z_r - c|² in double for the rows of one point cloud (math::Affine names the
+// op-specific alpha and beta); with block_max, also the largest finite out_r of each block of kPrepareRows rows,
+// from which every block of the pairwise kernel reduces the bias offset. One launch serves two clouds: blocks
+// [0, blocks_a) take job a, the rest job b.
+constexpr int kPrepareRows = 256;  // rows per prepass block: 32 per warp
 template <typename T>
 struct PrepareJob {
-  const T* z = nullptr;  // rows x d, raw
-  const T* v = nullptr;  // rows, or null
-  T* out = nullptr;      // rows
+  const T* z = nullptr;         // rows x d, raw
+  const T* v = nullptr;         // rows, or null
+  double* out = nullptr;        // rows
+  double* block_max = nullptr;  // ceil(rows / kPrepareRows), or null
   int64_t rows = 0;
   math::Affine affine{0.0, 0.0};
 };
 
-// One warp per row: lanes stride over the features, then a butterfly sum.
+inline int64_t prepare_blocks(int64_t rows) { return ceil_div(rows, kPrepareRows); }
+
+// One warp per row, lanes striding over the features, a butterfly sum; norms in double like the CPU's.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     prepare_kernel(const PrepareJob<T> a, const PrepareJob<T> b, const T* __restrict__ center, int64_t d,
                    int64_t blocks_a) {
+  __shared__ double warp_max[kWarpsPerBlock];
+  // pick the job field by field: a reference to either parameter would force a copy to local memory
   const bool first = int64_t(blockIdx.x) < blocks_a;
-  const PrepareJob<T>& job = first ? a : b;
   const int64_t block = first ? int64_t(blockIdx.x) : int64_t(blockIdx.x) - blocks_a;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = block * kWarpsPerBlock + threadIdx.x / kWarp;
-  if (row >= job.rows) return;  // whole warps leave together: the shuffles below stay convergent
-  const T* zr = job.z + row * d;
-  T s = T(0);
-  for (int64_t k = lane; k < d; k += kWarp) {
-    const T v = zr[k] - center[k];
-    s = math::fma_(v, v, s);
-  }
+  const int64_t rows = first ? a.rows : b.rows;
+  const T* const z = first ? a.z : b.z;
+  const T* const v = first ? a.v : b.v;
+  double* const out = first ? a.out : b.out;
+  const math::Affine affine = first ? a.affine : b.affine;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  double local_max = -INFINITY;
+  const int64_t row0 = block * kPrepareRows + warp * (kPrepareRows / kWarpsPerBlock);
+  for (int r = 0; r < kPrepareRows / kWarpsPerBlock; ++r) {
+    const int64_t row = row0 + r;
+    if (row >= rows) break;  // uniform over the warp
+    const T* zr = z + row * d;
+    double s = 0.0;
+    for (int64_t k = lane; k < d; k += kWarp) {
+      const double diff = double(zr[k] - center[k]);  // the difference in T, as the CPU packs it
+      s = fma(diff, diff, s);
+    }
 #pragma unroll
-  for (int off = kWarp / 2; off > 0; off /= 2) s += shfl_xor(s, off);
-  if (lane == 0) {
-    const bool has_v = job.v != nullptr;
-    job.out[row] = math::apply_affine(job.affine, has_v, has_v ? job.v[row] : T(0), T(0.5) * s);
+    for (int off = kWarp / 2; off > 0; off /= 2) s += shfl_xor(s, off);
+    const double value = math::apply_affine(affine, v != nullptr, v != nullptr ? double(v[row]) : 0.0, 0.5 * s);
+    if (lane == 0) out[row] = value;
+    local_max = math::finite_max(local_max, value);
+  }
+  double* const block_max = first ? a.block_max : b.block_max;
+  if (block_max == nullptr) return;  // uniform over the block
+  if (lane == 0) warp_max[warp] = local_max;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double m = -INFINITY;
+    for (int w = 0; w < kWarpsPerBlock; ++w) m = math::finite_max(m, warp_max[w]);
+    block_max[block] = m;
   }
 }
 
 template <typename T>
 cudaError_t launch_prepare(const PrepareJob<T>& a, const PrepareJob<T>& b, const T* center, int64_t d,
                            cudaStream_t stream) {
-  const int64_t blocks_a = ceil_div(a.rows, kWarpsPerBlock), blocks_b = ceil_div(b.rows, kWarpsPerBlock);
+  const int64_t blocks_a = prepare_blocks(a.rows), blocks_b = prepare_blocks(b.rows);
   if (blocks_a + blocks_b == 0) return cudaSuccess;
   prepare_kernel<T><<<dim3(unsigned(blocks_a + blocks_b)), kThreads, 0, stream>>>(a, b, center, d, blocks_a);
   return cudaGetLastError();
@@ -215,7 +239,8 @@ struct CombineParams {
   const int64_t* part_index = nullptr;
   int splits = 1;
   int64_t rows = 0, d = 0;
-  const T* row_norm = nullptr;  // ½|x'|² (softmin, null = 0 for a stored cost) or |x'|² (argmax)
+  const double* row_norm = nullptr;  // ½|x'|² (softmin, null = 0 for a stored cost) or |x'|² (argmax)
+  const double* offset = nullptr;    // the bias offset the pairwise kernel used (null = 0)
   const T* center = nullptr;
   double eps = 1.0;
   T* value = nullptr;  // softmin / colsum / sqdist
@@ -233,6 +258,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const CombineParams<T
   const int lane = threadIdx.x % kWarp;
   const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (row >= p.rows) return;
+  const double offset = p.offset != nullptr ? *p.offset : 0.0;
   if constexpr (MODE == Combine::Argmax) {
     T best = math::neg_inf<T>();
     int64_t index = 0;
@@ -240,9 +266,9 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const CombineParams<T
       math::argmax_merge(best, index, p.part_max[s * p.rows + row], p.part_index[s * p.rows + row]);
     if (lane == 0) {
       p.index[row] = index;
-      p.value[row] = math::nearest_sqdist(p.row_norm[row], best);
+      p.value[row] = math::nearest_sqdist(p.row_norm[row], best, offset);
     }
-    if (p.sums != nullptr) {
+    if (p.counts != nullptr) {
       for (int64_t k = lane; k < p.d; k += kWarp) atomicAdd(p.sums + index * p.d + k, p.points[row * p.d + k]);
       if (lane == 0) atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + index), 1ull);
     }
@@ -260,7 +286,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const CombineParams<T
     for (int s = 0; s < p.splits; ++s)
       math::online_merge(max, sum, p.part_max[s * p.rows + row], p.part_sum[s * p.rows + row]);
     if (lane == 0)
-      p.value[row] = math::softmin_value(p.row_norm != nullptr ? p.row_norm[row] : T(0), max, sum, p.eps);
+      p.value[row] = math::softmin_value(p.row_norm != nullptr ? p.row_norm[row] : 0.0, max, sum, p.eps, offset);
     if constexpr (MODE == Combine::OnlineVec) {
       for (int64_t k = lane; k < p.d; k += kWarp) {
         T acc = T(0);

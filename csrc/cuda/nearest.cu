@@ -38,9 +38,11 @@ template <typename T>
 struct Layout {
   bool narrow = false;
   SplitPlan plan;
-  T* col_bias = nullptr;           // m: -½|y'_j|²
-  T* row_norm = nullptr;           // n: |x'_i|²
-  T* part_best = nullptr;          // splits x n
+  double* col_bias = nullptr;      // m: -½|y'_j|²
+  double* col_bias_max = nullptr;  // per prepass block: largest finite bias (for the offset)
+  double* row_norm = nullptr;      // n: |x'_i|²
+  double* offset = nullptr;        // 1: the bias offset, for the combine
+  T* part_best = nullptr;          // splits x n, relative to the offset
   int64_t* part_index = nullptr;   // splits x n
   size_t bytes = 0;
 };
@@ -56,8 +58,10 @@ Layout<T> layout(int64_t n, int64_t m, int64_t d, void* workspace) {
                               : TileGeometry<T, Tiles<T>::TM, Tiles<T>::TN>::BN;
   l.plan = plan_splits(n, m, bm, bn, kMinTilesPerSplit, 2 * int64_t(device_sm_count()));
   Carver c(workspace);
-  l.col_bias = c.take<T>(m);
-  l.row_norm = c.take<T>(n);
+  l.col_bias = c.take<double>(m);
+  l.col_bias_max = c.take<double>(prepare_blocks(m));
+  l.row_norm = c.take<double>(n);
+  l.offset = c.take<double>(1);
   const int64_t parts = l.plan.splits > 1 ? int64_t(l.plan.splits) * n : 0;
   l.part_best = c.take<T>(parts);
   l.part_index = c.take<int64_t>(parts);
@@ -70,7 +74,7 @@ cudaError_t launch_main(PairwiseParams<T>& p, const SplitPlan& plan, cudaStream_
   using G = TileGeometry<T, TM, TN>;
   const size_t partial_bytes = sizeof(T) * size_t(p.n_cols * p.d) + sizeof(unsigned) * size_t(p.n_cols);
   // partial sums pay off when a block sees more rows than there are clusters (its flush costs m x d atomics)
-  p.smem_partials = p.sums != nullptr && plan.splits == 1 && partial_bytes <= kPartialBytes &&
+  p.smem_partials = p.counts != nullptr && plan.splits == 1 && partial_bytes <= kPartialBytes &&
                     p.n_rows >= 2 * int64_t(device_sm_count()) * p.n_cols;
   const size_t smem = G::smem_bytes(Mode::Argmax, p.smem_partials ? p.n_cols * p.d : 0,
                                     p.smem_partials ? p.n_cols : 0);
@@ -88,15 +92,16 @@ template <typename T>
 cudaError_t nearest(const T* x, const T* y, const T* center, int64_t n, int64_t m, int64_t d, int64_t* index,
                     T* sqdist, T* sums, int64_t* counts, void* workspace, size_t workspace_bytes,
                     cudaStream_t stream) {
-  if (n < 0 || m < 0 || d < 0 || (sums == nullptr) != (counts == nullptr)) return cudaErrorInvalidValue;
+  if (n < 0 || m < 0 || d < 0 || (counts != nullptr && sums == nullptr && d > 0)) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  if (m == 0) return cudaErrorInvalidValue;  // no row of y to be nearest to
+  if (m == 0 || m > INT32_MAX) return cudaErrorInvalidValue;  // no row of y to be nearest to; 32-bit indices
   const Layout<T> l = layout<T>(n, m, d, workspace);
   if (workspace == nullptr || workspace_bytes < l.bytes) return cudaErrorInvalidValue;
 
   PrepareJob<T> columns, rows;
   columns.z = y;
   columns.out = l.col_bias;
+  columns.block_max = l.col_bias_max;
   columns.rows = m;
   columns.affine = math::nearest_column_bias();
   rows.z = x;
@@ -111,7 +116,10 @@ cudaError_t nearest(const T* x, const T* y, const T* center, int64_t n, int64_t 
   p.cols = y;
   p.center = center;
   p.col_bias = l.col_bias;
+  p.col_bias_max = l.col_bias_max;
+  p.bias_blocks = prepare_blocks(m);
   p.row_norm = l.row_norm;
+  p.offset_out = l.offset;
   p.n_rows = n;
   p.n_cols = m;
   p.d = d;
@@ -135,6 +143,7 @@ cudaError_t nearest(const T* x, const T* y, const T* center, int64_t n, int64_t 
   c.rows = n;
   c.d = d;
   c.row_norm = l.row_norm;
+  c.offset = l.offset;
   c.value = sqdist;
   c.index = index;
   c.points = x;

@@ -48,8 +48,8 @@ cudaError_t plan_colsum(const T* x, const T* y, const T* h, const T* f, const T*
                         size_t workspace_bytes, cudaStream_t stream);
 
 // index_i = the first argmin_j |x_i - y_j|² (n, int64), sqdist_i = that squared distance (n, clamped at 0).
-// With sums != nullptr and counts != nullptr, also ADDS the rows of x assigned to each row of y into sums (m x d)
-// and their number into counts (m): zero them first for a plain k-means update.
+// With counts != nullptr, also ADDS the rows of x assigned to each row of y into sums (m x d; may be null only
+// when d = 0) and their number into counts (m): zero both first for a plain k-means update.
 template <typename T>
 size_t nearest_workspace_bytes(int64_t n, int64_t m, int64_t d);
 template <typename T>

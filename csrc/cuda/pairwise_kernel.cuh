@@ -57,13 +57,16 @@ struct TileGeometry {
 
 template <typename T>
 struct PairwiseParams {
-  const T* rows = nullptr;           // n_rows x d, raw
-  const T* cols = nullptr;           // n_cols x d, raw
-  const T* center = nullptr;         // d: both clouds are centred on it
-  const T* col_bias = nullptr;       // n_cols, log2 units (argmax: -½|y'|²)
-  const T* col_weight = nullptr;     // n_cols or null (= 1); FixedAcc only
-  const T* row_fixed_max = nullptr;  // n_rows; FixedAcc only
-  const T* row_norm = nullptr;       // n_rows: ½|x'|² (softmin) or |x'|² (argmax)
+  const T* rows = nullptr;                // n_rows x d, raw
+  const T* cols = nullptr;                // n_cols x d, raw
+  const T* center = nullptr;              // d: both clouds are centred on it
+  const double* col_bias = nullptr;       // n_cols, log2 units (argmax: -½|y'|²), before the offset
+  const double* col_bias_max = nullptr;   // bias_blocks: largest finite bias per prepass block
+  int64_t bias_blocks = 0;
+  const T* col_weight = nullptr;          // n_cols or null (= 1); FixedAcc only
+  const double* row_fixed_max = nullptr;  // n_rows, before the offset; FixedAcc only
+  const double* row_norm = nullptr;       // n_rows: ½|x'|² (softmin) or |x'|² (argmax)
+  double* offset_out = nullptr;           // the bias offset, for the combine kernel (written by block (0, 0))
   int64_t n_rows = 0, n_cols = 0, d = 0;
   T scale = T(1);
   double eps = 1.0;
@@ -78,7 +81,8 @@ struct PairwiseParams {
   T* part_sum = nullptr;
   T* part_vec = nullptr;  // also the running accumulator of its split
   int64_t* part_index = nullptr;
-  // argmax accumulation (splits == 1): sums (n_cols x d) and counts (n_cols) of the rows assigned to each column
+  // argmax accumulation (splits == 1) when counts is not null: sums (n_cols x d, null allowed when d = 0) and
+  // counts (n_cols) of the rows assigned to each column
   T* sums = nullptr;
   int64_t* counts = nullptr;
   int smem_partials = 0;  // 1: per-block partial sums in shared memory, flushed once per block
@@ -92,17 +96,25 @@ struct ChunkRegs {
   static constexpr int kPer = R * kChunk / kThreads;
   static constexpr int kRowStep = kThreads / kChunk;
   T v[kPer];
+  const T* base;   // this thread's first row, at its feature lane
+  int64_t stride;  // kRowStep rows
+  int rows;        // rows of this thread's slots that exist (slot q is row q * kRowStep)
+  int lane;        // feature within the chunk
 
-  __device__ __forceinline__ void load(const T* __restrict__ src, int64_t n_src, int64_t r0,
-                                       const T* __restrict__ center, int64_t d, int64_t k0, int tid) {
-    const int64_t k = k0 + tid % kChunk;
-    const bool k_ok = k < d;
-    const T c = k_ok ? center[k] : T(0);
+  // per tile: row r0 of src (n_src x d) is the tile's first row
+  __device__ __forceinline__ void init(const T* src, int64_t n_src, int64_t r0, int64_t d, int tid) {
+    lane = tid % kChunk;
+    const int64_t first = r0 + tid / kChunk;
+    const int64_t left = n_src - first;
+    rows = left <= 0 ? 0 : (left >= int64_t(kPer) * kRowStep ? kPer * kRowStep : int(left));
+    base = src + (left > 0 ? first * d : 0) + lane;
+    stride = int64_t(kRowStep) * d;
+  }
+  __device__ __forceinline__ void load(const T* __restrict__ center, int64_t d, int64_t k0) {
+    const bool k_ok = k0 + lane < d;
+    const T c = k_ok ? center[k0 + lane] : T(0);
 #pragma unroll
-    for (int q = 0; q < kPer; ++q) {
-      const int64_t r = r0 + tid / kChunk + q * kRowStep;
-      v[q] = (k_ok && r < n_src) ? src[r * d + k] - c : T(0);
-    }
+    for (int q = 0; q < kPer; ++q) v[q] = (k_ok && q * kRowStep < rows) ? base[q * stride + k0] - c : T(0);
   }
   __device__ __forceinline__ void store(T* buf, int ld, int tid) const {
     T* b = buf + (tid % kChunk) * ld + tid / kChunk;
@@ -123,8 +135,10 @@ __device__ __forceinline__ void dot_tile(const PairwiseParams<T>& p, int64_t row
   if (n_chunks == 0) return;
   ChunkRegs<T, G::BM> xr;
   ChunkRegs<T, G::BN> yr;
-  xr.load(p.rows, p.n_rows, row0, p.center, p.d, 0, tid);
-  yr.load(p.cols, p.n_cols, col0, p.center, p.d, 0, tid);
+  xr.init(p.rows, p.n_rows, row0, p.d, tid);
+  yr.init(p.cols, p.n_cols, col0, p.d, tid);
+  xr.load(p.center, p.d, 0);
+  yr.load(p.center, p.d, 0);
   xr.store(stage, G::LDX, tid);
   yr.store(stage + kChunk * G::LDX, G::LDY, tid);
   __syncthreads();
@@ -133,8 +147,8 @@ __device__ __forceinline__ void dot_tile(const PairwiseParams<T>& p, int64_t row
     const T* ys = xs + kChunk * G::LDX;
     const bool more = kc + 1 < n_chunks;
     if (more) {
-      xr.load(p.rows, p.n_rows, row0, p.center, p.d, (kc + 1) * kChunk, tid);
-      yr.load(p.cols, p.n_cols, col0, p.center, p.d, (kc + 1) * kChunk, tid);
+      xr.load(p.center, p.d, (kc + 1) * kChunk);
+      yr.load(p.center, p.d, (kc + 1) * kChunk);
     }
 #pragma unroll
     for (int kk = 0; kk < kChunk; ++kk) {
@@ -165,13 +179,14 @@ __device__ __forceinline__ void weighted_sum_tile(const PairwiseParams<T>& p, in
   constexpr int V = 16 / int(sizeof(T));  // elements per 16-byte shared-memory load
   if (n_chunks == 0) return;
   ChunkRegs<T, G::BN> yr;
-  yr.load(p.cols, p.n_cols, col0, p.center, p.d, 0, tid);
+  yr.init(p.cols, p.n_cols, col0, p.d, tid);
+  yr.load(p.center, p.d, 0);
   yr.store(stage + kChunk * G::LDX, G::LDY, tid);
   __syncthreads();  // also publishes the P tile
   for (int64_t kc = 0; kc < n_chunks; ++kc) {
     const T* zs = stage + (kc & 1) * G::kStage + kChunk * G::LDX;
     const bool more = kc + 1 < n_chunks;
-    if (more) yr.load(p.cols, p.n_cols, col0, p.center, p.d, (kc + 1) * kChunk, tid);
+    if (more) yr.load(p.center, p.d, (kc + 1) * kChunk);
     T r[TM];
 #pragma unroll
     for (int a = 0; a < TM; ++a) r[a] = T(0);
@@ -219,8 +234,17 @@ __device__ __forceinline__ T group_sum(T v) {
   return v;
 }
 
+// Small register tiles fit two blocks per SM in 128 registers without spills; the 8 x 8 float tile needs ~180
+// (64 accumulators, two prefetched chunks, fragments) and runs one block of 8 warps per SM: capping it at 128
+// registers spills 150-400 bytes per thread (ptxas -v, sm_90).
+template <typename T, int TM, int TN>
+constexpr int min_blocks_per_sm() {
+  return TM * TN * int(sizeof(T)) <= 64 ? 2 : 1;
+}
+
 template <typename T, int TM, int TN, Mode MODE>
-__global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams<T> p) {
+__global__ void __launch_bounds__(kThreads, (min_blocks_per_sm<T, TM, TN>()))
+    pairwise_kernel(const PairwiseParams<T> p) {
   using G = TileGeometry<T, TM, TN>;
   constexpr bool kAcc = MODE == Mode::OnlineAcc || MODE == Mode::FixedAcc;
   extern __shared__ __align__(16) unsigned char lvf_smem[];
@@ -234,14 +258,34 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
   const int64_t row_blocks = ceil_div(p.n_rows, G::BM);
   const int64_t n_chunks = ceil_div(p.d, kChunk);
 
-  // argmax scratch: the block's assignments, then the optional per-block partial sums and counts
-  int64_t* const row_index = reinterpret_cast<int64_t*>(extra);
-  T* const block_sums = reinterpret_cast<T*>(row_index + G::BM);
-  unsigned* const block_counts = reinterpret_cast<unsigned*>(block_sums + (p.smem_partials ? p.n_cols * p.d : 0));
+  // The bias offset (largest finite column bias, CPU's set_bias): every block reduces the prepass's per-block
+  // maxima (n_cols / 256 values: 4 KB at 131,072 columns) the same way, so all blocks agree without a launch more.
+  double offset;
+  {
+    double* const scratch = reinterpret_cast<double*>(lvf_smem);  // before the pipeline stages are used
+    double mx = -INFINITY;
+    for (int64_t e = tid; e < p.bias_blocks; e += kThreads) mx = math::finite_max(mx, p.col_bias_max[e]);
+#pragma unroll
+    for (int off = kWarp / 2; off > 0; off /= 2) mx = math::max_(mx, shfl_xor(mx, off));
+    if (tid % kWarp == 0) scratch[tid / kWarp] = mx;
+    __syncthreads();
+    mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarpsPerBlock; ++w) mx = math::max_(mx, scratch[w]);
+    offset = math::bias_offset(mx);
+    __syncthreads();  // scratch is reused by the pipeline
+    if (p.offset_out != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) *p.offset_out = offset;
+  }
+
+  // argmax scratch: the block's assignments, then the optional per-block partial sums and counts (the pointers
+  // are re-derived where used, which keeps them out of the registers of the main loop)
+  auto row_index = [&] { return reinterpret_cast<int64_t*>(stage + 2 * G::kStage); };
+  auto block_sums = [&] { return reinterpret_cast<T*>(row_index() + G::BM); };
+  auto block_counts = [&] { return reinterpret_cast<unsigned*>(block_sums() + p.n_cols * p.d); };
   if constexpr (MODE == Mode::Argmax) {
     if (p.smem_partials) {
-      for (int64_t e = tid; e < p.n_cols * p.d; e += kThreads) block_sums[e] = T(0);
-      for (int64_t e = tid; e < p.n_cols; e += kThreads) block_counts[e] = 0u;
+      for (int64_t e = tid; e < p.n_cols * p.d; e += kThreads) block_sums()[e] = T(0);
+      for (int64_t e = tid; e < p.n_cols; e += kThreads) block_counts()[e] = 0u;
       __syncthreads();
     }
   }
@@ -250,7 +294,7 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
     const int64_t row0 = rb * G::BM;
     const int64_t my_row0 = row0 + ty * TM;
     T run_max[TM], run_sum[TM], fixed_max[TM];
-    int64_t best_index[TM];
+    int best_index[TM];  // column index within n_cols (< 2^31): 32 bits save registers
 #pragma unroll
     for (int a = 0; a < TM; ++a) {
       run_max[a] = math::neg_inf<T>();  // argmax: the best t so far
@@ -258,7 +302,8 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
       best_index[a] = 0;
       fixed_max[a] = T(0);
       if constexpr (MODE == Mode::FixedAcc)
-        fixed_max[a] = my_row0 + a < p.n_rows ? p.row_fixed_max[my_row0 + a] : math::pos_inf<T>();
+        fixed_max[a] = my_row0 + a < p.n_rows ? math::relative_bias<T>(p.row_fixed_max[my_row0 + a], offset)
+                                              : math::pos_inf<T>();
     }
     T* acc = nullptr;
     if constexpr (kAcc) {
@@ -277,7 +322,8 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
       const int64_t jb = col0 + tx * TN;
       T bias[TN];
 #pragma unroll
-      for (int b = 0; b < TN; ++b) bias[b] = jb + b < p.n_cols ? __ldg(p.col_bias + jb + b) : math::neg_inf<T>();
+      for (int b = 0; b < TN; ++b)
+        bias[b] = jb + b < p.n_cols ? math::relative_bias<T>(__ldg(p.col_bias + jb + b), offset) : math::neg_inf<T>();
 
       if constexpr (MODE == Mode::Online) {
 #pragma unroll
@@ -300,7 +346,7 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
             const T t = math::log2_exponent(bias[b], p.scale, dots[a][b]);
             if (t > run_max[a]) {  // strict: the first maximum in column order is kept
               run_max[a] = t;
-              best_index[a] = jb + b;
+              best_index[a] = int(jb + b);
             }
           }
       } else {
@@ -362,7 +408,7 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
 #pragma unroll
         for (int off = kThreadsX / 2; off > 0; off /= 2) {
           const T ob = shfl_xor(run_max[a], off);
-          const int64_t oi = shfl_xor(best_index[a], off);
+          const int oi = shfl_xor(best_index[a], off);
           math::argmax_merge(run_max[a], best_index[a], ob, oi);
         }
       } else {
@@ -376,11 +422,11 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
         if (row >= p.n_rows) continue;
         if (p.splits == 1) {
           if constexpr (MODE == Mode::Online || MODE == Mode::OnlineAcc)
-            p.value[row] = math::softmin_value(p.row_norm[row], run_max[a], run_sum[a], p.eps);
+            p.value[row] = math::softmin_value(p.row_norm[row], run_max[a], run_sum[a], p.eps, offset);
           if constexpr (MODE == Mode::FixedAcc) p.value[row] = run_sum[a];
           if constexpr (MODE == Mode::Argmax) {
             p.index[row] = best_index[a];
-            p.value[row] = math::nearest_sqdist(p.row_norm[row], run_max[a]);
+            p.value[row] = math::nearest_sqdist(p.row_norm[row], run_max[a], offset);
           }
         } else {
           const int64_t o = int64_t(split) * p.n_rows + row;
@@ -408,22 +454,23 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
       }
     }
     if constexpr (MODE == Mode::Argmax) {
-      if (p.splits == 1 && p.sums != nullptr) {  // k-means: add each row of x to its cluster
+      if (p.splits == 1 && p.counts != nullptr) {  // k-means: add each row of x to its cluster
         if (tx == 0)
 #pragma unroll
-          for (int a = 0; a < TM; ++a) row_index[ty * TM + a] = best_index[a];
+          for (int a = 0; a < TM; ++a) row_index()[ty * TM + a] = best_index[a];
         __syncthreads();
-        T* const sums = p.smem_partials ? block_sums : p.sums;
+        T* const sums = p.smem_partials ? block_sums() : p.sums;
         const int64_t rows_here = min64(int64_t(G::BM), p.n_rows - row0);
-        for (int64_t e = tid; e < rows_here * p.d; e += kThreads) {  // consecutive threads, consecutive features
-          const int64_t r = e / p.d, k = e - r * p.d;
-          atomicAdd(sums + row_index[r] * p.d + k, p.rows[(row0 + r) * p.d + k]);
+        for (int r = tid / kWarp; r < rows_here; r += kWarpsPerBlock) {  // a warp per row, lanes over features
+          const T* xr = p.rows + (row0 + r) * p.d;
+          T* target = sums + row_index()[r] * p.d;
+          for (int64_t k = tid % kWarp; k < p.d; k += kWarp) atomicAdd(target + k, xr[k]);
         }
         if (tid < rows_here) {
           if (p.smem_partials)
-            atomicAdd(block_counts + row_index[tid], 1u);
+            atomicAdd(block_counts() + row_index()[tid], 1u);
           else
-            atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + row_index[tid]), 1ull);
+            atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + row_index()[tid]), 1ull);
         }
         __syncthreads();  // row_index is rewritten by the next row block
       }
@@ -433,11 +480,13 @@ __global__ void __launch_bounds__(kThreads) pairwise_kernel(const PairwiseParams
   if constexpr (MODE == Mode::Argmax) {
     if (p.smem_partials) {  // flush this block's partial sums: one global atomic per touched element
       __syncthreads();
+      const T* const bs = block_sums();
+      const unsigned* const bc = block_counts();
       for (int64_t e = tid; e < p.n_cols * p.d; e += kThreads)
-        if (block_sums[e] != T(0)) atomicAdd(p.sums + e, block_sums[e]);
+        if (bs[e] != T(0)) atomicAdd(p.sums + e, bs[e]);
       for (int64_t e = tid; e < p.n_cols; e += kThreads)
-        if (block_counts[e] != 0u)
-          atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + e), static_cast<unsigned long long>(block_counts[e]));
+        if (bc[e] != 0u)
+          atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + e), static_cast<unsigned long long>(bc[e]));
     }
   }
 }

@@ -2,11 +2,12 @@
 // plain double computation. Formulas and names mirror the CPU kernels (csrc/cpu/pairwise_cpu.cpp, pairwise.h,
 // kernels_impl.cpp):
 //
-//   t_ij = bias_j + scale * <x'_i, y'_j>                                    log2 units, scale = s = log2(e) / eps
-//   softmin:  bias_j = log2(e) h_j - s ½|y'_j|²,    softmin_i = ½|x'_i|² - eps ln2 (m_i + log2 S_i)
-//   plan:     bias_i = s (f_i - ½|x'_i|²) over the columns x, fixed row max m_j = s ½|y'_j|² - log2(e) h_j
-//   nearest:  bias_j = -½|y'_j|², scale 1, sqdist_i = max(0, |x'_i|² - 2 max_j t_ij)
-// with S_i = sum_j w_j 2^(t_ij - m_i): an online running max m_i (FlashAttention-style) or a fixed one.
+//   t_ij = bias_j - offset + scale * <x'_i, y'_j>                           log2 units, scale = s = log2(e) / eps
+//   softmin:  bias_j = log2(e) h_j - s ½|y'_j|²,   softmin_i = ½|x'_i|² - eps ln2 (offset + m_i + log2 S_i)
+//   plan:     bias_i = s (f_i - ½|x'_i|²) over the columns x, fixed row max m_j = s ½|y'_j|² - log2(e) h_j - offset
+//   nearest:  bias_j = -½|y'_j|², scale 1, sqdist_i = max(0, |x'_i|² - 2 (offset + max_j t_ij))
+// with S_i = sum_j w_j 2^(t_ij - m_i): an online running max m_i (FlashAttention-style) or a fixed one. Biases,
+// norms and the offset (the largest finite bias) are computed in double; t, the sums and the dot products in T.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -41,8 +42,8 @@ LVF_HD T max_(T a, T b) {
   return a > b ? a : b;
 }
 
-// out_r = alpha v_r + beta ½|z'_r|², computed in double like the CPU's set_bias lambdas. One prepass per point
-// cloud evaluates it (v is h or f, or absent: then alpha is unused, so a masked -inf never meets a zero alpha).
+// out_r = alpha v_r + beta ½|z'_r|², in double like the CPU's set_bias lambdas. One prepass per point cloud
+// evaluates it (v is h or f, or absent: then alpha is unused, so a masked -inf never meets a zero alpha).
 struct Affine {
   double alpha, beta;
 };
@@ -53,10 +54,24 @@ LVF_HD Affine plan_row_max(double eps) { return {-kLog2e, kLog2e / eps}; }  // s
 LVF_HD Affine nearest_column_bias() { return {0.0, -1.0}; }                 // -½|y'_j|²
 LVF_HD Affine nearest_row_norm() { return {0.0, 2.0}; }                     // |x'_i|²
 
+LVF_HD double apply_affine(Affine a, bool has_v, double v, double half_norm) {
+  const double r = a.beta * half_norm;
+  return has_v ? a.alpha * v + r : r;
+}
+
+// ---------------------------------------------------------------------------------------------- bias offset
+// As the CPU's PackedColumns::set_bias: the largest finite column bias (offset) is subtracted from every bias, in
+// double, before it is rounded to T, so a huge common part (every point masked with -1e5; f_i ~ 1e5 eps in a
+// plan) cancels in double instead of in float32. The offset goes back in when the log2 sums are finished.
+LVF_HD bool finite(double v) { return v > -INFINITY && v < INFINITY; }  // false for NaN too
+// running max over the finite values only (-inf while there is none)
+LVF_HD double finite_max(double acc, double v) { return finite(v) && v > acc ? v : acc; }
+// the offset from that max: 0 when no bias is finite (every column masked with -inf)
+LVF_HD double bias_offset(double max_finite) { return finite(max_finite) ? max_finite : 0.0; }
+// a bias (or a plan's fixed row max) in the kernel's working precision, relative to the offset
 template <typename T>
-LVF_HD T apply_affine(Affine a, bool has_v, T v, T half_norm) {
-  const double r = a.beta * double(half_norm);
-  return T(has_v ? a.alpha * double(v) + r : r);
+LVF_HD T relative_bias(double bias, double offset) {
+  return T(bias - offset);
 }
 
 // log2 exponent of one pair: bias + scale * dot (one FMA, as the CPU micro-kernel with -ffp-contract=fast)
@@ -84,7 +99,9 @@ template <typename T, int N>
 LVF_HD T online_block_sum(const T (&t)[N], T max) {
   if (max == neg_inf<T>()) return T(0);
   T s = T(0);
+#if defined(__CUDA_ARCH__)  // host compilers warn on the pragma
 #pragma unroll
+#endif
   for (int b = 0; b < N; ++b) s += exp2_(t[b] - max);
   return s;
 }
@@ -111,11 +128,11 @@ LVF_HD void online_merge(T& max, T& sum, T other_max, T other_sum) {
   max = m;
 }
 
-// softmin_i from the reduction: ½|x'_i|² - eps ln2 (max + log2 sum), in double as on the CPU. An empty or all
-// -inf row has max = -inf and sum = 0: -inf + -inf gives +inf, as -eps * torch.logsumexp does; never NaN.
+// softmin_i from the reduction: ½|x'_i|² - eps ln2 (offset + max + log2 sum), in double as on the CPU. An empty
+// or all -inf row has max = -inf and sum = 0: -inf + -inf gives +inf, as -eps * torch.logsumexp does; never NaN.
 template <typename T>
-LVF_HD T softmin_value(T half_norm, T max, T sum, double eps) {
-  return T(double(half_norm) - eps * kLn2 * (double(max) + log2(double(sum))));
+LVF_HD T softmin_value(double half_norm, T max, T sum, double eps, double offset) {
+  return T(half_norm - eps * kLn2 * (offset + double(max) + log2(double(sum))));
 }
 
 // barycentre coordinate from the centred weighted sum: acc / sum + c (sum = 0 gives NaN, like torch.softmax)
@@ -141,18 +158,20 @@ LVF_HD T uncentre_sum(T acc, T sum, T center) {
 // ---------------------------------------------------------------------------------------------- argmax
 // Keep the first maximum: a strictly larger value wins, an equal one only with a smaller index (partials over
 // disjoint column sets can then be merged in any order and still give the first argmax).
-template <typename T>
-LVF_HD void argmax_merge(T& best, int64_t& index, T other_best, int64_t other_index) {
+template <typename T, typename I>
+LVF_HD void argmax_merge(T& best, I& index, T other_best, I other_index) {
   if (other_best > best || (other_best == best && other_index < index)) {
     best = other_best;
     index = other_index;
   }
 }
 
-// |x_i - y_j|² = |x'_i|² - 2 (<x'_i, y'_j> - ½|y'_j|²), clamped at 0 like the CPU kernel
+// |x_i - y_j|² = |x'_i|² - 2 (<x'_i, y'_j> - ½|y'_j|²), the best t taken relative to the offset; clamped at 0
+// like the CPU kernel
 template <typename T>
-LVF_HD T nearest_sqdist(T norm, T best) {
-  return max_(T(0), norm - T(2) * best);
+LVF_HD T nearest_sqdist(double norm, T best, double offset) {
+  const double v = norm - 2.0 * (double(best) + offset);
+  return T(v > 0.0 ? v : 0.0);
 }
 
 }  // namespace math

@@ -35,10 +35,11 @@ template <typename T>
 struct Layout {
   bool short_rows = false;
   SplitPlan plan;
-  T* col_bias = nullptr;   // n (columns are x): s (f_i - ½|x'_i|²)
-  T* row_max = nullptr;    // m (rows are y): s ½|y'_j|² - log2(e) h_j
-  T* part_sum = nullptr;   // splits x m
-  T* part_vec = nullptr;   // splits x m x d
+  double* col_bias = nullptr;      // n (columns are x): s (f_i - ½|x'_i|²)
+  double* col_bias_max = nullptr;  // per prepass block: largest finite bias (for the offset)
+  double* row_max = nullptr;       // m (rows are y): s ½|y'_j|² - log2(e) h_j
+  T* part_sum = nullptr;           // splits x m
+  T* part_vec = nullptr;           // splits x m x d
   size_t bytes = 0;
 };
 
@@ -52,8 +53,9 @@ Layout<T> layout(int64_t n, int64_t m, int64_t d, void* workspace) {
                                   : TileGeometry<T, Tiles<T>::TM, Tiles<T>::TN>::BN;
   l.plan = plan_splits(m, n, bm, bn, kMinTilesPerSplit, 2 * int64_t(device_sm_count()));
   Carver c(workspace);
-  l.col_bias = c.take<T>(n);
-  l.row_max = c.take<T>(m);
+  l.col_bias = c.take<double>(n);
+  l.col_bias_max = c.take<double>(prepare_blocks(n));
+  l.row_max = c.take<double>(m);
   const int64_t parts = l.plan.splits > 1 ? int64_t(l.plan.splits) * m : 0;
   l.part_sum = c.take<T>(parts);
   l.part_vec = c.take<T>(parts * d);
@@ -87,6 +89,7 @@ cudaError_t plan_colsum(const T* x, const T* y, const T* h, const T* f, const T*
   columns.z = x;
   columns.v = f;
   columns.out = l.col_bias;
+  columns.block_max = l.col_bias_max;
   columns.rows = n;
   columns.affine = math::plan_column_bias(eps);
   rows.z = y;
@@ -102,6 +105,8 @@ cudaError_t plan_colsum(const T* x, const T* y, const T* h, const T* f, const T*
   p.cols = x;
   p.center = center;
   p.col_bias = l.col_bias;
+  p.col_bias_max = l.col_bias_max;
+  p.bias_blocks = prepare_blocks(n);
   p.col_weight = weight;
   p.row_fixed_max = l.row_max;
   p.n_rows = m;

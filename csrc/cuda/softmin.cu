@@ -37,11 +37,13 @@ template <typename T>
 struct Layout {
   bool short_rows = false;
   SplitPlan plan;
-  T* col_bias = nullptr;  // m: log2(e) h_j - s ½|y'_j|²
-  T* row_norm = nullptr;  // n: ½|x'_i|²
-  T* part_max = nullptr;  // splits x n
-  T* part_sum = nullptr;
-  T* part_vec = nullptr;  // splits x n x d (barycentre only)
+  double* col_bias = nullptr;      // m: log2(e) h_j - s ½|y'_j|²
+  double* col_bias_max = nullptr;  // per prepass block: largest finite bias (for the offset)
+  double* row_norm = nullptr;      // n: ½|x'_i|²
+  double* offset = nullptr;        // 1: the bias offset, for the combine
+  T* part_max = nullptr;           // splits x n
+  T* part_sum = nullptr;           // splits x n
+  T* part_vec = nullptr;           // splits x n x d (barycentre only)
   size_t bytes = 0;
 };
 
@@ -55,8 +57,10 @@ Layout<T> layout(int64_t n, int64_t m, int64_t d, bool barycenter, void* workspa
                                   : TileGeometry<T, Tiles<T>::TM, Tiles<T>::TN>::BN;
   l.plan = plan_splits(n, m, bm, bn, kMinTilesPerSplit, 2 * int64_t(device_sm_count()));
   Carver c(workspace);
-  l.col_bias = c.take<T>(m);
-  l.row_norm = c.take<T>(n);
+  l.col_bias = c.take<double>(m);
+  l.col_bias_max = c.take<double>(prepare_blocks(m));
+  l.row_norm = c.take<double>(n);
+  l.offset = c.take<double>(1);
   const int64_t parts = l.plan.splits > 1 ? int64_t(l.plan.splits) * n : 0;
   l.part_max = c.take<T>(parts);
   l.part_sum = c.take<T>(parts);
@@ -94,6 +98,7 @@ cudaError_t softmin(const T* x, const T* y, const T* h, const T* center, int64_t
   columns.z = y;
   columns.v = h;
   columns.out = l.col_bias;
+  columns.block_max = l.col_bias_max;
   columns.rows = m;
   columns.affine = math::softmin_column_bias(eps);
   rows.z = x;
@@ -108,7 +113,10 @@ cudaError_t softmin(const T* x, const T* y, const T* h, const T* center, int64_t
   p.cols = y;
   p.center = center;
   p.col_bias = l.col_bias;
+  p.col_bias_max = l.col_bias_max;
+  p.bias_blocks = prepare_blocks(m);
   p.row_norm = l.row_norm;
+  p.offset_out = l.offset;
   p.n_rows = n;
   p.n_cols = m;
   p.d = d;
@@ -133,6 +141,7 @@ cudaError_t softmin(const T* x, const T* y, const T* h, const T* center, int64_t
   c.rows = n;
   c.d = d;
   c.row_norm = l.row_norm;
+  c.offset = l.offset;
   c.center = center;
   c.eps = eps;
   c.value = out;

@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) stored_kernel(const StoredParams<T> 
   }
   if (lane != 0) return;
   if (p.splits == 1) {
-    p.out[row] = math::softmin_value(T(0), max, sum, p.eps);
+    p.out[row] = math::softmin_value(0.0, max, sum, p.eps, 0.0);
   } else {
     p.part_max[int64_t(split) * p.n + row] = max;
     p.part_sum[int64_t(split) * p.n + row] = sum;
