@@ -56,9 +56,18 @@ struct KernelTable {
   // acc_i (d_pad) = sum_j 2^(hb_j - scale * cost_ij - m_i) z_j, z row-major (ld x d_pad), zero-padded
   void (*stored_weighted_rows)(const T* cost, int64_t m, int64_t ld, const T* hb, T scale, const T* rowmax,
                                const T* z, int64_t d_pad, int64_t row_begin, int64_t row_end, T* acc);
+  // column reduction of a stored cost over rows [row_begin, row_end) (the other half-step of a symmetric Sinkhorn
+  // update, from the same sweep of the matrix): t_ij = ha_i - scale * cost_ij; per-column running (max, sum) in
+  // colmax / colsum (ld entries, the caller's own partials: start at kColumnEmpty / 0, combine across callers)
+  void (*stored_cols)(const T* cost, int64_t ld, const T* ha, T scale, int64_t row_begin, int64_t row_end,
+                      T* colmax, T* colsum);
   // throughput probe for the benchmarks: sum of 2^buffer over `repeats` sweeps of an in-cache buffer
   double (*exp2_sum)(const T* buffer, int64_t n, int64_t repeats);
 };
+
+// Start value of a column's running max in stored_cols: finite, so that an all-masked column (t = -inf) never
+// computes -inf - (-inf); anything below kColumnEmpty / 2 at the end means the column saw no finite term.
+constexpr double kColumnEmpty = -1e30;
 
 const KernelTable<float>& kernels_f32();
 const KernelTable<double>& kernels_f64();

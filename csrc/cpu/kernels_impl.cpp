@@ -441,6 +441,52 @@ void stored_weighted_rows(const T* cost, int64_t m, int64_t ld, const T* hb, T s
   }
 }
 
+// Per-lane lagging maxima: each column vector keeps its own running max; a tile of rows raises it (lane-wise, with
+// a vector exp2 rescale) only when some lane exceeds it by more than 32, so no horizontal work is ever needed.
+template <typename T>
+void stored_cols(const T* cost, int64_t ld, const T* ha, T scale, int64_t row_begin, int64_t row_end, T* colmax,
+                 T* colsum) {
+  using V = simd::Vec<T>;
+  using v = typename V::v;
+  constexpr int W = V::W;
+  constexpr int64_t kRows = 8;
+  const v vs = V::set1(scale), headroom = V::set1(T(32));
+  const int64_t nv = ld - ld % W;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kRows) {
+    const int64_t nr = std::min(kRows, row_end - r0);
+    v hr[kRows];
+    for (int64_t r = 0; r < kRows; ++r) hr[r] = V::set1(r < nr ? ha[r0 + r] : neg_inf<T>());
+    for (int64_t j = 0; j < nv; j += W) {
+      v t[kRows];
+      v top = V::set1(neg_inf<T>());
+      for (int64_t r = 0; r < nr; ++r) {
+        t[r] = hr[r] - vs * V::load(cost + (r0 + r) * ld + j);
+        top = V::max(top, t[r]);
+      }
+      v cm = V::load(colmax + j), cs = V::load(colsum + j);
+      if (__builtin_expect(V::any_greater(top, cm + headroom), 0)) {
+        const v raised = V::max(cm, top);
+        cs *= simd::exp2(cm - raised);
+        cm = raised;
+        V::store(colmax + j, cm);
+      }
+      v acc = V::set1(T(0));
+      for (int64_t r = 0; r < nr; ++r) acc += simd::exp2(t[r] - cm);
+      V::store(colsum + j, cs + acc);
+    }
+    for (int64_t j = nv; j < ld; ++j) {  // columns past the last whole vector (unpadded callers only)
+      for (int64_t r = 0; r < nr; ++r) {
+        const T t = ha[r0 + r] - scale * cost[(r0 + r) * ld + j];
+        if (t > colmax[j] + T(32)) {
+          colsum[j] *= std::exp2(colmax[j] - t);
+          colmax[j] = t;
+        }
+        colsum[j] += std::exp2(std::max(t - colmax[j], T(-125)));
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- probes
 template <typename T>
 double exp2_sum(const T* buffer, int64_t n, int64_t repeats) {
@@ -462,7 +508,7 @@ template <typename T>
 static KernelTable<T> make_table() {
   return KernelTable<T>{LVF_CAP_NAME, Micro<T>::NR,    Micro<T>::MR,          &pack_columns<T>,
                         &reduce<T>,   &argmax<T>,      &stored_rows<T>,       &stored_weighted_rows<T>,
-                        &exp2_sum<T>};
+                        &stored_cols<T>, &exp2_sum<T>};
 }
 
 const KernelTable<float>& table_f32() {

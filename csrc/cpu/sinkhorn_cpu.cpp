@@ -41,6 +41,7 @@ class SoftminEngine {
       packed_ = std::make_unique<PackedColumns<T>>(cols, m, d, nullptr, barycenters);
     }
     hb_.assign(stored ? ld_ : m, T(0));
+    if (stored) ha_.assign(n, T(0));
     rowmax_.resize(n);
     rowsum_.resize(n);
     half_norm_.resize(n);
@@ -51,11 +52,7 @@ class SoftminEngine {
     const double s = kLog2e / eps;
     if (!cost_.empty()) {
       // stored: t_ij = L h_j - s C_ij, with the largest finite L h_j subtracted in double (added back below)
-      double offset = -std::numeric_limits<double>::infinity();
-      for (int64_t j = 0; j < m_; ++j)
-        if (std::isfinite(h[j])) offset = std::max(offset, kLog2e * h[j]);
-      if (!std::isfinite(offset)) offset = 0;
-      for (int64_t j = 0; j < m_; ++j) hb_[j] = T(kLog2e * h[j] - offset);
+      const double offset = shifted_bias(h, m_, hb_);
       const T* c = cost_.data();
       const auto& table = kernels<T>();
       if (serial_) {
@@ -96,7 +93,57 @@ class SoftminEngine {
     }
   }
 
+  bool stored() const { return !cost_.empty(); }
+
+  // Both half-steps of a symmetric update from ONE sweep of the stored cost (the column problem's cost is the
+  // transpose): rows_out_i = softmin over j with h_cols, cols_out_j = softmin over i with h_rows. Each tile of rows
+  // is reduced along its rows and then, while it is still in cache, along its columns into per-thread partials.
+  void softmin_both(const double* h_cols, const double* h_rows, double eps, double* rows_out, double* cols_out) {
+    const double s = kLog2e / eps;
+    const double offset_b = shifted_bias(h_cols, m_, hb_);
+    const double offset_a = shifted_bias(h_rows, n_, ha_);
+    const T* c = cost_.data();
+    const auto& table = kernels<T>();
+    const int threads = serial_ ? 1 : std::max(1, at::get_num_threads());
+    colmax_.assign(size_t(threads) * ld_, T(kColumnEmpty));
+    colsum_.assign(size_t(threads) * ld_, T(0));
+    constexpr int64_t kTile = 32;  // rows per tile: 32 x ld stays in L2 between the row and the column sweep
+    auto tiles = [&](int64_t t0, int64_t t1) {
+      const int tid = serial_ ? 0 : at::get_thread_num();
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = t * kTile, r1 = std::min(n_, r0 + kTile);
+        table.stored_rows(c, m_, ld_, hb_.data(), T(s), r0, r1, rowmax_.data(), rowsum_.data());
+        table.stored_cols(c, ld_, ha_.data(), T(s), r0, r1, colmax_.data() + size_t(tid) * ld_,
+                          colsum_.data() + size_t(tid) * ld_);
+      }
+    };
+    const int64_t n_tiles = (n_ + kTile - 1) / kTile;
+    if (serial_) tiles(0, n_tiles);
+    else at::parallel_for(0, n_tiles, 1, tiles);
+    for (int64_t i = 0; i < n_; ++i)
+      rows_out[i] = -eps * kLn2 * (offset_b + double(rowmax_[i]) + std::log2(double(rowsum_[i])));
+    for (int64_t j = 0; j < m_; ++j) {  // merge the threads' (max, sum) partials
+      double best = kColumnEmpty;
+      for (int t = 0; t < threads; ++t) best = std::max(best, double(colmax_[size_t(t) * ld_ + j]));
+      double total = 0;
+      for (int t = 0; t < threads; ++t)
+        total += double(colsum_[size_t(t) * ld_ + j]) * std::exp2(double(colmax_[size_t(t) * ld_ + j]) - best);
+      cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
+                                            : -eps * kLn2 * (offset_a + best + std::log2(total));
+    }
+  }
+
  private:
+  // out_j = T(log2(e) h_j - offset) with offset the largest finite log2(e) h_j (subtracted in double); padding 0
+  static double shifted_bias(const double* h, int64_t count, std::vector<T>& out) {
+    double offset = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < count; ++j)
+      if (std::isfinite(h[j])) offset = std::max(offset, kLog2e * h[j]);
+    if (!std::isfinite(offset)) offset = 0;
+    for (int64_t j = 0; j < count; ++j) out[j] = T(kLog2e * h[j] - offset);
+    return offset;
+  }
+
   void build_cost(const T* cols, bool barycenters) {
     // C = ½|r'|² + ½|z'|² - r'.z' with both clouds centred on the mean of the columns: one GEMM (torch's BLAS)
     std::vector<double> center(d_, 0.0);
@@ -152,7 +199,7 @@ class SoftminEngine {
   int64_t ld_ = 0, d_pad_ = 0;
   std::vector<T> zrows_;      // centred columns for the barycentre sweep
   std::vector<double> center_;
-  std::vector<T> hb_, rowmax_, rowsum_, half_norm_, acc_;
+  std::vector<T> hb_, ha_, rowmax_, rowsum_, half_norm_, acc_, colmax_, colsum_;
 };
 
 void log_weights(const double* w, int64_t n, double* out) {
@@ -177,8 +224,20 @@ void sinkhorn_one(const Problem& p, const T* a, const T* x, const T* b, const T*
     log_weights(wa.data(), n, a_log.data());
     log_weights(wb.data(), m, b_log.data());
   }
+  // stored: one matrix C_xy serves both directions (fused sweeps); the y <- x barycentre of the final pass, if
+  // wanted, comes from an online engine (packed x)
   SoftminEngine<T> xy(x, n, y, m, p.d, p.stored, p.barycenters, p.serial);
-  SoftminEngine<T> yx(y, m, x, n, p.d, p.stored, p.barycenters, p.serial);
+  std::unique_ptr<SoftminEngine<T>> yx_online;
+  if (!p.stored || p.barycenters)
+    yx_online = std::make_unique<SoftminEngine<T>>(y, m, x, n, p.d, false, p.barycenters, p.serial);
+  auto both = [&](const double* h_cols, const double* h_rows, double eps, double* f, double* g) {
+    if (p.stored) {
+      xy.softmin_both(h_cols, h_rows, eps, f, g);
+    } else {
+      xy.softmin(h_cols, eps, f);
+      yx_online->softmin(h_rows, eps, g);
+    }
+  };
   std::unique_ptr<SoftminEngine<T>> xx, yy;
   if (p.debias) xx = std::make_unique<SoftminEngine<T>>(x, n, x, n, p.d, p.stored, p.barycenters, p.serial);
   const bool run_yy = p.debias && !p.cached_gb;
@@ -192,16 +251,14 @@ void sinkhorn_one(const Problem& p, const T* a, const T* x, const T* b, const T*
   };
 
   double eps = eps_list.front();
-  yx.softmin(a_log.data(), eps, g_ab.data());
-  xy.softmin(b_log.data(), eps, f_ba.data());
+  both(b_log.data(), a_log.data(), eps, f_ba.data(), g_ab.data());
   if (p.debias) xx->softmin(a_log.data(), eps, f_aa.data());
   if (run_yy) yy->softmin(b_log.data(), eps, g_bb.data());
   for (double e : eps_list) {  // symmetric updates, both from the old potentials, then averaged
     eps = e;
     bias(b_log, g_ab, eps, hm);
-    xy.softmin(hm.data(), eps, ft_ba.data());
     bias(a_log, f_ba, eps, hn);
-    yx.softmin(hn.data(), eps, gt_ab.data());
+    both(hm.data(), hn.data(), eps, ft_ba.data(), gt_ab.data());
     if (p.debias) {
       bias(a_log, f_aa, eps, hn);
       xx->softmin(hn.data(), eps, ft_aa.data());
@@ -217,9 +274,13 @@ void sinkhorn_one(const Problem& p, const T* a, const T* x, const T* b, const T*
   }
   // final extrapolation at eps = blur^p, again from the old potentials
   bias(b_log, g_ab, eps, hm);
-  xy.softmin(hm.data(), eps, ft_ba.data(), bxy);
   bias(a_log, f_ba, eps, hn);
-  yx.softmin(hn.data(), eps, gt_ab.data(), byx);
+  if (p.barycenters) {
+    xy.softmin(hm.data(), eps, ft_ba.data(), bxy);
+    yx_online->softmin(hn.data(), eps, gt_ab.data(), byx);
+  } else {
+    both(hm.data(), hn.data(), eps, ft_ba.data(), gt_ab.data());
+  }
   if (p.debias) {
     bias(a_log, f_aa, eps, hn);
     xx->softmin(hn.data(), eps, ft_aa.data(), bxx);
