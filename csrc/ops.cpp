@@ -54,6 +54,12 @@ TORCH_LIBRARY(lossval_fast, m) {
   m.def("cpu_capability() -> str", &cpu_capability);
   m.def("best_cpu_capability() -> str", &best_cpu_capability);
   m.def("has_cuda_kernels() -> bool", &has_cuda_kernels);
+  // fused weighted losses (LossVal): (loss = sum_i w_i l_i, per-row losses l, G = w_i dl_i/d input or (0,) without
+  // need_grad); target: int64 class indices (N,) or a distribution like input; validate: reject non-finite weights
+  m.def("weighted_cross_entropy(Tensor input, Tensor target, Tensor weight, bool from_logits, float eps, "
+        "bool validate, bool need_grad) -> (Tensor, Tensor, Tensor)");
+  m.def("weighted_mse(Tensor pred, Tensor target, Tensor weight, bool validate, bool need_grad) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 extern "C" {

@@ -325,6 +325,7 @@ class WeightedCrossEntropy : public torch::autograd::Function<WeightedCrossEntro
                                                               need_grad);
     }
     ctx->mark_non_differentiable({rows, factor});
+    ctx->set_materialize_grads(false);  // no zero-filled gradients for the two non-differentiable outputs
     ctx->saved_data["from_logits"] = from_logits;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["need_grad"] = need_grad;  // a flag, not factor.numel(): sizes may be symbolic when traced
@@ -340,8 +341,9 @@ class WeightedCrossEntropy : public torch::autograd::Function<WeightedCrossEntro
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& g = grads[0];
+    if (!g.defined()) return variable_list(7);
+    const variable_list saved = ctx->get_saved_variables();
     const bool from_logits = ctx->saved_data["from_logits"].toBool();
     const double eps = ctx->saved_data["eps"].toDouble();
     at::Tensor g_input, g_target, g_weight;
@@ -373,6 +375,7 @@ class WeightedMse : public torch::autograd::Function<WeightedMse> {
       std::tie(loss, rows, factor) = mse_op().call(pred, target, weight, validate, need_grad);
     }
     ctx->mark_non_differentiable({rows, factor});
+    ctx->set_materialize_grads(false);
     ctx->saved_data["need_grad"] = need_grad;
     if ((pred.requires_grad() || target.requires_grad()) && !need_grad) {
       ctx->save_for_backward({rows, factor, pred, target, weight});
@@ -383,12 +386,15 @@ class WeightedMse : public torch::autograd::Function<WeightedMse> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& g = grads[0];
+    if (!g.defined()) return variable_list(5);
+    const variable_list saved = ctx->get_saved_variables();
     at::Tensor g_pred, g_target, g_weight;
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
       at::Tensor factor = saved[1];
-      if (!ctx->saved_data["need_grad"].toBool()) factor = std::get<2>(mse_op().call(saved[2], saved[3], saved[4], false, true));
+      if (!ctx->saved_data["need_grad"].toBool()) {
+        factor = std::get<2>(mse_op().call(saved[2], saved[3], saved[4], false, true));
+      }
       const at::Tensor scaled = at::mul(factor, g);
       if (ctx->needs_input_grad(0)) g_pred = scaled;
       if (ctx->needs_input_grad(1)) g_target = scaled.neg();  // l depends on t - y only

@@ -10,7 +10,8 @@ import torch
 from .._extension import HAS_EXTENSION, has_cuda_kernels, has_triton
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
-OPS = ("softmin", "softmin_barycenter", "plan_colsum", "nearest", "softmin_stored")
+OPS = ("softmin", "softmin_barycenter", "plan_colsum", "nearest", "softmin_stored", "weighted_cross_entropy",
+       "weighted_mse")
 # ops that have a CUDA C++ kernel and are preferred to their Triton twin on GPU
 CUDA_PREFERRED: frozenset = frozenset()
 

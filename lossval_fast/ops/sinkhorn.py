@@ -127,7 +127,7 @@ def _check_inputs(a, x, b, y, blur, scaling, p, diameter, validate):
 
 def _stored_fits(n, m, itemsize, debias, device, memory_budget):
     budget = default_memory_budget(device) if memory_budget is None else int(memory_budget)
-    matrices = 2 * n * m + ((n * n + m * m) if debias else 0)
+    matrices = n * m + ((n * n + m * m) if debias else 0)  # C_xy serves both directions
     return matrices * itemsize <= budget
 
 

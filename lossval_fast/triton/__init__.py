@@ -32,4 +32,20 @@ def ops() -> types.SimpleNamespace:
     return _OPS
 
 
-__all__ = ["ops"]
+_WEIGHTED_LOSS_OPS: types.SimpleNamespace | None = None
+
+
+def weighted_loss_ops() -> types.SimpleNamespace:
+    """The Triton fused weighted losses (weighted_cross_entropy, weighted_mse: ``lossval_fast::<name>_triton``),
+    with their autograd registered on first use."""
+    global _WEIGHTED_LOSS_OPS
+    with _LOCK:
+        if _WEIGHTED_LOSS_OPS is None:
+            from .weighted_loss import weighted_cross_entropy, weighted_mse
+
+            _WEIGHTED_LOSS_OPS = types.SimpleNamespace(weighted_cross_entropy=weighted_cross_entropy,
+                                                       weighted_mse=weighted_mse)
+    return _WEIGHTED_LOSS_OPS
+
+
+__all__ = ["ops", "weighted_loss_ops"]

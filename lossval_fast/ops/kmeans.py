@@ -1,0 +1,456 @@
+"""k-means (Lloyd) on the fused argmin pass: every iteration is ONE call of `nearest(x, centroids,
+accumulate=True)`, which assigns the rows and returns the per-centroid sums and counts in the same pass (no N x K
+matrix); the new centroids are then a K x d division.
+
+The iteration follows scikit-learn's `KMeans(algorithm="lloyd")` (sklearn/cluster/_kmeans.py,
+_k_means_common.pyx), so that both give the same labels, inertia and iteration count from the same centroids:
+
+- assignment: nearest centroid, first index on ties;
+- empty clusters: the e-th empty cluster (in increasing order) is re-seeded with the e-th row farthest from its
+  assigned centroid (farthest first, ties to the lower row), which leaves its old cluster; with all distances zero
+  (more clusters than distinct rows) nothing moves and an empty cluster sits on the centroid of the largest one.
+  scikit-learn orders the farthest rows with numpy's argpartition: the two agree whenever at most two clusters are
+  empty at once;
+- stop when the labels did not change ("strict" convergence, the centroids are then the means of those labels),
+  when the total squared centroid shift is <= tol * (mean of the per-feature variances of x), or after max_iter
+  iterations; without strict convergence one last assignment makes the labels match the returned centroids;
+- inertia: the sum of squared distances of the rows to their assigned centroids.
+
+Initialisations:
+- "k-means++": greedy k-means++ (scikit-learn's `_kmeans_plusplus`: 2 + ln(k) candidates per centre, the one
+  lowering the potential most is kept), run in float64 on a seeded subsample of min(n, 256 k) rows, so its cost
+  does not grow with n;
+- "k-means||": Bahmani et al., "Scalable K-Means++" (VLDB 2012): 5 rounds that each sample every row with
+  probability min(1, 2k d²(x, C) / phi(C)), distances by the nearest op against the new candidates only; the
+  candidates are weighted by the rows nearest to them (one accumulate pass) and reduced to k centres by weighted
+  greedy k-means++ and a few weighted Lloyd steps on the candidates;
+- "random": k distinct rows;
+- a (k, d) tensor: the initial centroids (n_init is then ignored: every run would be the same).
+
+Random numbers come from one CPU `torch.Generator` seeded by `random_state` (an int, a torch.Generator, or None for
+a seed drawn from torch's global generator, so `torch.manual_seed` makes it reproducible); run r of n_init gets
+its own generator seeded from that one, on every device alike.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+
+from . import _dispatch, _validate
+from .nearest import nearest
+
+__all__ = ["kmeans", "KMeans", "KMeansResult", "INIT_METHODS"]
+
+INIT_METHODS = ("k-means++", "k-means||", "random")
+_PLUSPLUS_SAMPLE = 256  # k-means++ runs on min(n, 256 k) rows
+_PARALLEL_ROUNDS = 5  # Bahmani et al.: about 5 rounds with oversampling 2k suffice in practice
+_PARALLEL_OVERSAMPLING = 2.0
+_PARALLEL_LLOYD_STEPS = 30  # weighted Lloyd on the candidates (as Spark MLlib's LocalKMeans)
+
+
+class KMeansResult(NamedTuple):
+    centroids: torch.Tensor  # (K, d), the dtype of x; numbered group by group with groups
+    labels: torch.Tensor  # (N,) int64: index of each row's centroid
+    inertia: float  # sum of squared distances of the rows to their centroids
+    n_iter: int  # Lloyd iterations run (with groups: the most any group ran)
+    centroid_groups: torch.Tensor  # (K,) int64: the group of every centroid (all 0 without groups)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def _integer(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {int(value)}")
+    return int(value)
+
+
+def _tolerance_arg(tol) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(float(tol)):
+        raise ValueError(f"tol must be a finite real number >= 0, got {tol!r}")
+    if float(tol) < 0:
+        raise ValueError(f"tol must be >= 0, got {float(tol)}")
+    return float(tol)
+
+
+def _counts_arg(k, grouped: bool) -> list[int]:
+    """k as a list of per-group counts (one entry without groups)."""
+    if not grouped:
+        if isinstance(k, (list, tuple, torch.Tensor, np.ndarray)):
+            raise ValueError(f"k must be an integer when groups is None, got {type(k).__name__}; a sequence of "
+                             "per-group counts needs groups")
+        return [_integer(k, "k", 1)]
+    if isinstance(k, torch.Tensor) or isinstance(k, np.ndarray):
+        if k.ndim != 1:
+            raise ValueError(f"k must be a 1-D sequence of per-group counts with groups, got shape {tuple(k.shape)}")
+        k = k.tolist()
+    if not isinstance(k, (list, tuple)):
+        raise ValueError(f"k must be a sequence of per-group centroid counts when groups is given, got {k!r}")
+    if len(k) == 0:
+        raise ValueError("k must name at least one group, got an empty sequence")
+    return [_integer(v, f"k[{g}]", 1) for g, v in enumerate(k)]
+
+
+def _groups_arg(groups, n: int, n_groups: int, device) -> torch.Tensor:
+    g = _validate.tensor(groups, "groups")
+    if g.shape != (n,):
+        raise ValueError(f"groups must have shape ({n},) (one id per row of x), got {tuple(g.shape)}")
+    if g.dtype != torch.int64:
+        raise ValueError(f"groups must be int64 group ids, got {g.dtype}")
+    if g.device != device:
+        raise ValueError(f"groups must be on {device} like x, got {g.device}")
+    low, high = int(g.min()), int(g.max())
+    if low < 0 or high >= n_groups:
+        raise ValueError(f"groups must hold ids in 0..{n_groups - 1} (len(k) = {n_groups} groups), "
+                         f"got ids from {low} to {high}")
+    return g
+
+
+def _init_arg(init, k_total: int, x: torch.Tensor, validate: bool):
+    if isinstance(init, str):
+        if init not in INIT_METHODS:
+            raise ValueError(f"init must be one of {INIT_METHODS} or a (k, d) tensor, got {init!r}")
+        return init
+    if isinstance(init, np.ndarray):
+        init = torch.from_numpy(np.ascontiguousarray(init))
+    if not isinstance(init, torch.Tensor):
+        raise ValueError(f"init must be one of {INIT_METHODS} or a (k, d) tensor, got {type(init).__name__}")
+    if init.shape != (k_total, x.shape[1]):
+        raise ValueError(f"init must have shape ({k_total}, {x.shape[1]}) (k centroids x d features), "
+                         f"got {tuple(init.shape)}")
+    if not init.dtype.is_floating_point:
+        raise ValueError(f"init must be a float tensor, got {init.dtype}")
+    init = init.to(device=x.device, dtype=x.dtype).contiguous()
+    if validate:
+        _validate.finite(init, "init")
+    return init
+
+
+def _base_generator(random_state) -> torch.Generator:
+    if isinstance(random_state, torch.Generator):
+        return random_state
+    if random_state is None:
+        seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        seed = int(random_state) % (2 ** 64)
+    else:
+        raise ValueError(f"random_state must be None, an int or a torch.Generator, got {random_state!r}")
+    return torch.Generator().manual_seed(seed)
+
+
+def _child(generator: torch.Generator) -> torch.Generator:
+    return torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=generator).item()))
+
+
+# ------------------------------------------------------------------------------------------------ initialisation
+def _sqdist64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Materialised squared distances in float64 (small operands only: the k-means++ sample, the candidates)."""
+    return (a.pow(2).sum(1)[:, None] - 2 * a @ b.T + b.pow(2).sum(1)[None, :]).clamp_min(0)
+
+
+def _draw(generator: torch.Generator, cumulative: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` indices drawn with probability proportional to the increments of `cumulative` (searchsorted, as
+    scikit-learn does; the uniforms come from the CPU generator, so every device draws the same rows)."""
+    u = torch.rand(count, generator=generator, dtype=torch.float64).to(cumulative.device)
+    picks = torch.searchsorted(cumulative, u * cumulative[-1])
+    return picks.clamp_max(cumulative.shape[0] - 1)
+
+
+def _greedy_plusplus(points: torch.Tensor, k: int, generator: torch.Generator,
+                     weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Indices of k rows of `points` (float64) chosen by greedy k-means++, optionally weighted."""
+    n = points.shape[0]
+    w = torch.ones(n, dtype=torch.float64, device=points.device) if weights is None else weights
+    trials = 2 + int(math.log(k))
+    chosen = torch.empty(k, dtype=torch.int64, device=points.device)
+    chosen[:1] = _draw(generator, torch.cumsum(w, 0), 1)
+    closest = (points - points[chosen[0]]).pow(2).sum(1)
+    for c in range(1, k):
+        weighted = torch.cumsum(w * closest, 0)
+        if float(weighted[-1]) > 0:
+            candidates = _draw(generator, weighted, trials)
+        else:  # every row sits on a chosen centre: any row will do
+            candidates = _draw(generator, torch.cumsum(w, 0), trials)
+        distance = torch.minimum(closest[None, :], _sqdist64(points[candidates], points))
+        potentials = distance @ w
+        best = int(torch.argmin(potentials))
+        chosen[c] = candidates[best]
+        closest = distance[best]
+    return chosen
+
+
+def _init_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    sample = min(n, _PLUSPLUS_SAMPLE * k)
+    rows = torch.randperm(n, generator=generator)[:sample].to(x.device) if sample < n else None
+    points = (x if rows is None else x[rows]).double()
+    chosen = _greedy_plusplus(points, k, generator)
+    return points[chosen].to(x.dtype)
+
+
+def _init_random(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    rows = torch.randperm(x.shape[0], generator=generator)[:k].to(x.device)
+    return x[rows].clone()
+
+
+def _init_parallel(x: torch.Tensor, k: int, generator: torch.Generator, backend: str) -> torch.Tensor:
+    """k-means|| (Bahmani et al. 2012): oversample candidates in a few rounds, weight them, reduce to k."""
+    n = x.shape[0]
+    first = _draw(generator, torch.arange(1, n + 1, dtype=torch.float64, device=x.device), 1)
+    candidates = x[first]
+    closest = nearest(x, candidates, backend=backend, validate=False).sqdist.double()
+    for _ in range(_PARALLEL_ROUNDS):
+        phi = float(closest.sum())
+        if phi <= 0:  # every row is a candidate already
+            break
+        p = (_PARALLEL_OVERSAMPLING * k * closest / phi).clamp_max(1)
+        u = torch.rand(n, generator=generator, dtype=torch.float64).to(x.device)
+        picked = torch.nonzero(u < p).flatten()
+        if picked.numel() == 0:
+            continue
+        new = x[picked]
+        candidates = torch.cat([candidates, new])
+        closest = torch.minimum(closest, nearest(x, new, backend=backend, validate=False).sqdist.double())
+    if candidates.shape[0] < k:  # very few distinct rows: top up with random ones
+        extra = torch.randperm(n, generator=generator)[: k - candidates.shape[0]].to(x.device)
+        candidates = torch.cat([candidates, x[extra]])
+    weights = nearest(x, candidates, accumulate=True, backend=backend, validate=False).counts.double()
+    points = candidates.double()
+    centres = points[_greedy_plusplus(points, k, generator, weights)]
+    # weighted Lloyd on the candidates; an empty centre keeps its place
+    for _ in range(_PARALLEL_LLOYD_STEPS):
+        labels = _sqdist64(points, centres).argmin(1)
+        mass = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, labels, weights)
+        sums = torch.zeros_like(centres).index_add_(0, labels, points * weights[:, None])
+        new = torch.where(mass[:, None] > 0, sums / mass.clamp_min(1e-300)[:, None], centres)
+        if torch.equal(new, centres):
+            break
+        centres = new
+    return centres.to(x.dtype)
+
+
+def _initial_centroids(x, k, init, generator, backend) -> torch.Tensor:
+    if init == "k-means++":
+        return _init_plusplus(x, k, generator)
+    if init == "k-means||":
+        return _init_parallel(x, k, generator, backend)
+    return _init_random(x, k, generator)
+
+
+# ------------------------------------------------------------------------------------------------ Lloyd
+def _relocate(x, labels, distances, sums, counts) -> None:
+    """scikit-learn's empty-cluster rule, in place on (sums float64, counts)."""
+    empty = torch.nonzero(counts == 0).flatten()
+    n_empty = int(empty.numel())
+    if n_empty == 0 or float(distances.max()) == 0:
+        return
+    # the n_empty farthest rows, farthest first, ties to the lower row (topk alone leaves ties unordered)
+    threshold = torch.topk(distances, n_empty).values.min()
+    candidates = torch.nonzero(distances >= threshold).flatten()
+    far = candidates[torch.sort(-distances[candidates].double(), stable=True).indices[:n_empty]]
+    for new, row in zip(empty.tolist(), far.tolist()):  # sequential: a far row may leave a cluster emptied
+        old = int(labels[row])
+        sums[old] -= x[row].double()
+        counts[old] -= 1
+        sums[new] = x[row].double()
+        counts[new] = 1
+
+
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int, threshold: float, backend: str):
+    """One Lloyd run from `centroids`: (centroids, labels, inertia, n_iter)."""
+    c = centroids
+    labels_old = counts_old = None
+    strict = False
+    n_iter = 0
+    step = None
+    for n_iter in range(1, max_iter + 1):
+        step = nearest(x, c, accumulate=True, backend=backend, validate=False)
+        counts = step.counts
+        sums = step.sums.double()
+        if bool((counts == 0).any()):
+            counts = counts.clone()
+            _relocate(x, step.index, step.sqdist, sums, counts)
+            filled = counts > 0
+            new = sums / counts.clamp_min(1).double()[:, None]
+            if not bool(filled.all()):  # all distances zero: park the empty ones on the largest cluster
+                new[~filled] = new[int(torch.argmax(counts))].clone()
+        else:
+            new = sums / counts.double()[:, None]
+        new = new.to(x.dtype)
+        shift = float((new.double() - c.double()).pow(2).sum())
+        previous, c = c, new
+        # strict convergence (labels unchanged); equal counts first, which is cheap and almost never true otherwise
+        if (labels_old is not None and torch.equal(step.counts, counts_old)
+                and torch.equal(step.index, labels_old)):
+            strict = True
+            break
+        if shift <= threshold:
+            break
+        labels_old, counts_old = step.index, step.counts
+    if strict:
+        labels = step.index
+        if torch.equal(c, previous):  # the usual case: the pass already measured against these centroids
+            inertia = float(step.sqdist.double().sum())
+        else:
+            inertia = float((x.double() - c.double()[labels]).pow(2).sum())
+    else:
+        final = nearest(x, c, backend=backend, validate=False)
+        labels, inertia = final.index, float(final.sqdist.double().sum())
+    return c, labels, inertia, n_iter
+
+
+def _tolerance(x: torch.Tensor, tol: float) -> float:
+    if tol == 0:
+        return 0.0
+    return float(x.double().var(dim=0, unbiased=False).mean()) * tol
+
+
+def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend):
+    """Best of the runs (one per generator) on one group's rows: (centroids, labels, inertia, n_iter)."""
+    threshold = _tolerance(x, tol)
+    best = None
+    for generator in generators:
+        start = init if isinstance(init, torch.Tensor) else _initial_centroids(x, k, init, generator, backend)
+        run = _lloyd(x, start, max_iter, threshold, backend)
+        if best is None or run[2] < best[2]:
+            best = run
+    return best
+
+
+# ------------------------------------------------------------------------------------------------ public op
+def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="k-means++", n_init: int = 1,
+           random_state=None, groups: Optional[torch.Tensor] = None, backend: str = "auto",
+           validate: bool = True) -> KMeansResult:
+    """Lloyd's k-means on the fused assignment + update pass of the nearest op (see the module docstring for
+    the exact rules, which are scikit-learn's).
+
+    x: (N, d) float32/float64 tensor on any device. k: number of centroids, or with `groups` a sequence of
+    per-group counts. init: "k-means++" | "k-means||" | "random" | (K, d) tensor. n_init: runs from different
+    initialisations, lowest inertia kept (per group with groups). groups: (N,) int64 ids in 0..len(k)-1; each row
+    is then assigned only to its own group's centroids, which are numbered group by group (every group is an
+    independent k-means on its rows). backend: that of the nearest op ("auto", "cpp", "triton", "cuda", "torch").
+    validate=False skips the NaN/inf scan of x (a host synchronisation on GPU).
+    """
+    x = _validate.points(x, "x")
+    n, d = x.shape
+    counts_per_group = _counts_arg(k, groups is not None)
+    max_iter = _integer(max_iter, "max_iter", 1)
+    tol = _tolerance_arg(tol)
+    n_init = _integer(n_init, "n_init", 1)
+    init = _init_arg(init, sum(counts_per_group), x, validate)
+    be = _dispatch.resolve(backend, "nearest", x.device)
+    if validate:
+        _validate.finite(x, "x")
+    x = x.contiguous()
+    base = _base_generator(random_state)
+    runs = 1 if isinstance(init, torch.Tensor) else n_init
+    generators = [_child(base) for _ in range(runs)]
+
+    if groups is None:
+        if counts_per_group[0] > n:
+            raise ValueError(f"k must be <= the number of rows of x ({n}), got {counts_per_group[0]}")
+        c, labels, inertia, n_iter = _fit_group(x, counts_per_group[0], init, n_init, generators, max_iter, tol, be)
+        return KMeansResult(c, labels, inertia, n_iter,
+                            torch.zeros(c.shape[0], dtype=torch.int64, device=x.device))
+
+    g = _groups_arg(groups, n, len(counts_per_group), x.device)
+    sizes = torch.bincount(g, minlength=len(counts_per_group)).tolist()
+    for gid, (size, kg) in enumerate(zip(sizes, counts_per_group)):
+        if kg > size:
+            raise ValueError(f"k[{gid}] = {kg} exceeds the {size} row(s) of group {gid}; k per group must be <= "
+                             "its number of rows")
+    order = torch.argsort(g, stable=True)
+    centroids = torch.empty((sum(counts_per_group), d), dtype=x.dtype, device=x.device)
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    owner = torch.repeat_interleave(torch.arange(len(counts_per_group), device=x.device),
+                                    torch.tensor(counts_per_group, device=x.device))
+    inertia, n_iter, row0, col0 = 0.0, 0, 0, 0
+    for gid, (size, kg) in enumerate(zip(sizes, counts_per_group)):
+        rows = order[row0:row0 + size]
+        start = init[col0:col0 + kg] if isinstance(init, torch.Tensor) else init
+        c, lab, part, it = _fit_group(x[rows], kg, start, n_init, generators, max_iter, tol, be)
+        centroids[col0:col0 + kg] = c
+        labels[rows] = lab + col0
+        inertia += part
+        n_iter = max(n_iter, it)
+        row0 += size
+        col0 += kg
+    return KMeansResult(centroids, labels, inertia, n_iter, owner)
+
+
+# ------------------------------------------------------------------------------------------------ estimator
+class NotFittedError(ValueError, AttributeError):
+    """predict() before fit() (a ValueError and an AttributeError, like scikit-learn's)."""
+
+
+def _as_tensor(X, name: str):
+    """(tensor, was_numpy). Integer or boolean data become float64, as scikit-learn does."""
+    if isinstance(X, torch.Tensor):
+        t, was_numpy = X, False
+    else:
+        t, was_numpy = torch.from_numpy(np.ascontiguousarray(np.asarray(X))), True
+    if not t.dtype.is_floating_point or t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float64)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (samples x features), got shape {tuple(t.shape)}")
+    return t, was_numpy
+
+
+class KMeans:
+    """scikit-learn style k-means on `kmeans`: fit(X) -> self with cluster_centers_, labels_, inertia_, n_iter_;
+    predict(X) by the nearest op. numpy in gives numpy out and a tensor in gives tensors out (fit sets the kind of
+    cluster_centers_ and labels_; predict answers in the kind it is given)."""
+
+    def __init__(self, n_clusters: int = 8, *, init="k-means++", n_init: int = 1, max_iter: int = 100,
+                 tol: float = 1e-4, random_state=None, backend: str = "auto"):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.backend = backend
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"n_clusters": self.n_clusters, "init": self.init, "n_init": self.n_init, "max_iter": self.max_iter,
+                "tol": self.tol, "random_state": self.random_state, "backend": self.backend}
+
+    def set_params(self, **params) -> "KMeans":
+        for key, value in params.items():
+            if key not in self.get_params():
+                raise ValueError(f"unknown parameter {key!r} for KMeans")
+            setattr(self, key, value)
+        return self
+
+    def fit(self, X, y=None) -> "KMeans":
+        x, was_numpy = _as_tensor(X, "X")
+        init = self.init
+        if isinstance(init, np.ndarray):
+            init = torch.from_numpy(np.ascontiguousarray(init))
+        result = kmeans(x, self.n_clusters, max_iter=self.max_iter, tol=self.tol, init=init, n_init=self.n_init,
+                        random_state=self.random_state, backend=self.backend)
+        self._centroids = result.centroids
+        self.cluster_centers_ = result.centroids.cpu().numpy() if was_numpy else result.centroids
+        self.labels_ = result.labels.cpu().numpy() if was_numpy else result.labels
+        self.inertia_ = result.inertia
+        self.n_iter_ = result.n_iter
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict(self, X):
+        if not hasattr(self, "_centroids"):
+            raise NotFittedError("this KMeans instance is not fitted yet; call fit(X) before predict(X)")
+        x, was_numpy = _as_tensor(X, "X")
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X must have {self.n_features_in_} features like the data KMeans was fitted on, "
+                             f"got {x.shape[1]}")
+        c = self._centroids
+        labels = nearest(x.to(device=c.device, dtype=c.dtype), c, backend=self.backend).index
+        return labels.cpu().numpy() if was_numpy else labels
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_

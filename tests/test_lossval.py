@@ -1,0 +1,186 @@
+"""LossVal estimator: the fast path equals the plain port (and the plain port equals the authors' geomloss loop),
+checkpoint/resume, bad input, and a statistical check on the bundled data set."""
+import copy
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from lossval_fast import reference
+from lossval_fast.datasets import load_bundled_pol
+from lossval_fast.valuation.lossval import LossVal
+
+
+def pol(n_train=200, n_val=50, seed=0):
+    X, y = load_bundled_pol()
+    std = X.std(0)
+    X = (X - X.mean(0)) / np.where(std > 0, std, 1)
+    order = np.random.default_rng(seed).permutation(len(X))
+    tr, va = order[:n_train], order[n_train:n_train + n_val]
+    return X[tr], y[tr], X[va], y[va]
+
+
+def regression_data(n_train=200, n_val=50):
+    X, _ = load_bundled_pol()
+    std = X.std(0)
+    X = (X - X.mean(0)) / np.where(std > 0, std, 1)
+    rng = np.random.default_rng(1)
+    coef = rng.normal(size=X.shape[1] - 1) / np.sqrt(X.shape[1])
+    y = X[:, 1:] @ coef + 0.1 * rng.normal(size=len(X))
+    return X[:n_train, 1:], y[:n_train], X[n_train:n_train + n_val, 1:], y[n_train:n_train + n_val]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-3)])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_fast_path_equals_the_plain_port(task, dtype, tol):
+    Xt, yt, Xv, yv = pol() if task == "classification" else regression_data()
+    est = LossVal(task=task, epochs=2, random_state=7, dtype=dtype, verbose=False).fit(Xt, yt, Xv, yv)
+    values, _, history = reference.lossval(torch.tensor(Xt), torch.tensor(yt), torch.tensor(Xv), torch.tensor(yv),
+                                           task=task, epochs=2, random_state=7, dtype=dtype)
+    assert est.values_.shape == (len(Xt),)
+    assert np.abs(est.values_ - values.numpy()).max() <= tol
+    assert np.allclose(est.history_, history, rtol=tol)
+    assert not np.allclose(est.values_, 1.0)  # the weights did move
+
+
+def test_plain_port_equals_the_authors_loop_with_geomloss():
+    """The authors' LossVal_MLP.fit with "Weighted CE loss with squared Sinkhorn", written out with geomloss."""
+    from geomloss import SamplesLoss
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lossval_fast.models import paper_mlp
+
+    Xt, yt, Xv, yv = pol(120, 40)
+    X, Xval = torch.tensor(Xt, dtype=torch.float64), torch.tensor(Xv, dtype=torch.float64)
+    onehot = torch.nn.functional.one_hot(torch.tensor(yt), 2).double()
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        net = paper_mlp(X.shape[1], 2, "classification").double()
+        data_weights = torch.nn.Parameter(torch.ones(len(X), dtype=torch.float64))
+        optimizer = torch.optim.Adam([data_weights, *net.parameters()], lr=0.01)
+        loader = DataLoader(TensorDataset(torch.arange(len(X)), X, onehot), 32, shuffle=True)
+        for _ in range(2):
+            for idx, xb, yb in loader:
+                optimizer.zero_grad()
+                y_hat = net(xb)
+                loss = -torch.sum(yb * torch.log(y_hat + 1e-8), dim=1)
+                weights = data_weights.index_select(0, idx)
+                weighted = torch.sum(weights @ loss)
+                max_distance = torch.cdist(xb, Xval, p=2).max().item()
+                sinkhorn = SamplesLoss(loss="sinkhorn", diameter=max_distance * 1.1)
+                dist = sinkhorn(weights, xb, torch.ones(Xval.shape[0], dtype=torch.float64), Xval)
+                (weighted * torch.abs(dist) ** 2).backward()
+                optimizer.step()
+    ours, _, _ = reference.lossval(X, torch.tensor(yt), Xval, torch.tensor(yv), epochs=2, random_state=11)
+    assert torch.allclose(ours, data_weights.detach(), rtol=0, atol=1e-9)
+
+
+def test_random_state_reproduces_and_leaves_global_rng_alone():
+    Xt, yt, Xv, yv = pol(100, 30)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = LossVal(epochs=1, random_state=5, verbose=False).fit(Xt, yt, Xv, yv).values_
+    assert torch.equal(before, torch.get_rng_state())
+    b = LossVal(epochs=1, random_state=5, verbose=False).fit(Xt, yt, Xv, yv).values_
+    c = LossVal(epochs=1, random_state=6, verbose=False).fit(Xt, yt, Xv, yv).values_
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_torch_inputs_and_custom_model():
+    Xt, yt, Xv, yv = pol(100, 30)
+    model = torch.nn.Sequential(torch.nn.Linear(Xt.shape[1], 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    original = copy.deepcopy(model.state_dict())
+    est = LossVal(model=model, model_output="logits", epochs=1, random_state=0, verbose=False)
+    est.fit(torch.tensor(Xt), torch.tensor(yt), torch.tensor(Xv), torch.tensor(yv))
+    assert est.values_.shape == (100,) and np.isfinite(est.values_).all()
+    for key, value in model.state_dict().items():  # the caller's model is not trained
+        assert torch.equal(value, original[key])
+    assert est.model_ is not model and len(est.history_) == 1
+
+
+def test_global_diameter_caches_the_validation_side():
+    Xt, yt, Xv, yv = pol(100, 30)
+    est = LossVal(epochs=1, random_state=0, diameter="global", verbose=False).fit(Xt, yt, Xv, yv)
+    assert np.isfinite(est.values_).all()
+    fixed = LossVal(epochs=1, random_state=0, diameter=25.0, verbose=False).fit(Xt, yt, Xv, yv)
+    assert np.isfinite(fixed.values_).all()
+
+
+def test_checkpoint_resume_gives_the_same_values(tmp_path):
+    Xt, yt, Xv, yv = pol(96, 30)
+    full = LossVal(epochs=4, random_state=3, verbose=False).fit(Xt, yt, Xv, yv)
+    path = tmp_path / "lossval.pt"
+    LossVal(epochs=2, random_state=3, verbose=False, checkpoint=path).fit(Xt, yt, Xv, yv)  # "killed" after 2
+    resumed = LossVal(epochs=4, random_state=3, verbose=False, checkpoint=path).fit(Xt, yt, Xv, yv)
+    assert np.array_equal(resumed.values_, full.values_)
+    assert resumed.history_ == full.history_ and resumed.n_steps_ == 2 * 3
+    with pytest.raises(ValueError, match="different configuration"):
+        LossVal(epochs=4, random_state=4, verbose=False, checkpoint=path).fit(Xt, yt, Xv, yv)
+
+
+def test_killed_process_resumes_from_its_checkpoint(tmp_path):
+    """A fit killed mid-run (SIGKILL after its second epoch was saved) resumes and ends as an uninterrupted run."""
+    path = tmp_path / "killed.pt"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, numpy as np, torch
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from test_lossval import pol
+        from lossval_fast.valuation import lossval as module
+        Xt, yt, Xv, yv = pol(96, 30)
+        save = module.LossVal._save_checkpoint
+        def save_then_die(self, state):
+            save(self, state)
+            if state["epoch"] == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+        module.LossVal._save_checkpoint = save_then_die
+        module.LossVal(epochs=4, random_state=3, verbose=False, checkpoint={str(path)!r}).fit(Xt, yt, Xv, yv)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr
+    Xt, yt, Xv, yv = pol(96, 30)
+    resumed = LossVal(epochs=4, random_state=3, verbose=False, checkpoint=path).fit(Xt, yt, Xv, yv)
+    full = LossVal(epochs=4, random_state=3, verbose=False).fit(Xt, yt, Xv, yv)
+    assert np.array_equal(resumed.values_, full.values_)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d.update(y=d["y"][:-1]), "y must have one entry per row of X"),
+    (lambda d: d.update(X_val=d["X_val"][:, :5]), "X_val must have the same number of features"),
+    (lambda d: d.update(X=np.where(np.arange(d["X"].size).reshape(d["X"].shape) == 3, np.nan, d["X"])),
+     "X contains 1 NaN or inf"),
+    (lambda d: d.update(X_val=d["X_val"][:0], y_val=d["y_val"][:0]), "X_val is empty"),
+    (lambda d: d.update(y=np.where(np.arange(len(d["y"])) == 0, 5, d["y"])), "class"),
+    (lambda d: d.update(y=np.zeros_like(d["y"]) + (np.arange(len(d["y"])) % 3 == 0) * 2), r"missing"),
+    (lambda d: d.update(y_val=np.full_like(d["y_val"], 7)), "y_val labels must be in 0..1"),
+    (lambda d: d.update(y=d["y"] - 1), "0..C-1"),
+    (lambda d: d.update(y=d["y"] + 0.5), "non-integer"),
+])
+def test_bad_input_raises_value_error(change, match):
+    Xt, yt, Xv, yv = pol(60, 20)
+    data = {"X": Xt, "y": yt, "X_val": Xv, "y_val": yv}
+    change(data)
+    with pytest.raises(ValueError, match=match):
+        LossVal(epochs=1, verbose=False).fit(data["X"], data["y"], data["X_val"], data["y_val"])
+
+
+@pytest.mark.parametrize("params,match", [
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(task="ranking"), "task must be one of"),
+    (dict(lr=-1.0), "lr must be"),
+    (dict(diameter="huge"), "diameter must be"),
+    (dict(model_output="scores"), "model_output"),
+    (dict(model="mlp"), "model must be a torch.nn.Module"),
+])
+def test_bad_parameters_raise_value_error(params, match):
+    Xt, yt, Xv, yv = pol(60, 20)
+    with pytest.raises(ValueError, match=match):
+        LossVal(epochs=1, verbose=False, **params).fit(Xt, yt, Xv, yv)
+
+
+def test_regression_targets_must_be_float():
+    Xt, yt, Xv, yv = pol(60, 20)
+    with pytest.raises(ValueError, match="float targets for regression"):
+        LossVal(task="regression", epochs=1, verbose=False).fit(Xt, yt, Xv, yv)
