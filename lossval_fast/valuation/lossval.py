@@ -10,6 +10,7 @@ same values).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -23,6 +24,20 @@ from .. import ops
 from ..models import paper_mlp
 
 TASKS = ("classification", "regression")
+
+
+@contextlib.contextmanager
+def _intra_op_threads(count):
+    """Temporarily run torch's CPU ops on `count` threads (None: leave as is)."""
+    if count is None or count == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _resolve_device(device) -> torch.device:
@@ -216,7 +231,11 @@ class LossVal:
         fingerprint = self._fingerprint(X, y, classes)
         state = self._load_checkpoint(fingerprint)
 
-        with torch.random.fork_rng(devices=[]):
+        # A minibatch step is a chain of tiny ops (32 x 100 distances, 100-wide layers): on a CPU, fanning each
+        # out to a thread pool costs more than the op, and on a busy machine a barrier can wait for a whole time
+        # slice. Small steps therefore run on one thread (the Sinkhorn kernel itself is serial at this size).
+        small_step = device.type == "cpu" and self.batch_size * X_val.shape[0] <= (1 << 20)
+        with torch.random.fork_rng(devices=[]), _intra_op_threads(1 if small_step else None):
             seed = self.random_state if self.random_state is not None else int(torch.randint(0, 2**62, ()).item())
             torch.manual_seed(seed)
             model = paper_mlp(X.shape[1], outputs, self.task) if self.model is None else copy.deepcopy(self.model)
