@@ -156,8 +156,9 @@ def _ops_runner(ops):
         run_yy = debias and gb is None
 
         def softmin(rows, cols, h, eps, with_barycenter=False):
-            finite = h[torch.isfinite(h)]
-            shift = finite.max() if finite.numel() else h.new_zeros(())
+            # largest finite entry, computed on the device (no boolean indexing: no host synchronisation)
+            shift = torch.where(torch.isfinite(h), h, torch.full_like(h, -math.inf)).max()
+            shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
             h = (h - shift).to(dtype)
             if with_barycenter:
                 f, bary = ops.softmin_barycenter(rows, cols, h, eps)
