@@ -11,3 +11,7 @@ __all__ = [
     "discovery_curve", "f1_score", "inject_noise", "noisify_split", "noisy_count", "noisy_detection_f1",
     "standardize_split", "two_means_split", "zscore",
 ]
+
+from .ecoval import EcoVal  # noqa: E402
+
+__all__ += ["EcoVal"]

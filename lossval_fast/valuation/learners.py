@@ -1,0 +1,754 @@
+"""EcoVal's built-in learners (shared/docs/ECOVAL_SPEC.md §3 and §4.2), each in two forms.
+
+Single models, scikit-learn style (fit / predict_proba / predict, get_params / set_params, so sklearn.base.clone
+works): ``LogReg``, ``Ridge``, ``MLP``. They run on EcoVal's loop path and are the peers of the parity tests.
+
+Batched trainers: ``BatchedLogReg``, ``BatchedRidge``, ``BatchedMLP`` train T subset models of one data set at
+once. Model s sees the rows whose cluster it keeps (the 0/1 mask M[s, k] = 1 - removed[s, c(k)], gathered on the
+fly) and minimises exactly the objective of fitting those rows alone:
+
+- logreg: multinomial logistic regression, (1/n_s) sum_k M[s,k] CE_k + (l2/2) ||W_s||^2 (intercept included, so
+  every subset problem, also one that misses a class, has one finite minimiser). The optimum has rows of W summing
+  to zero over the classes, so W = V Q^T with Q an orthonormal basis of the sum-zero space (C - 1 columns; binary
+  problems get one weight vector). Newton with the exact Hessian and a batched Cholesky, an Armijo backtracking
+  line search per model, each model frozen once ||grad||_inf <= tol. Logits and gradients of all models are one
+  GEMM each; the Hessians of all models are one GEMM of the (T, n) curvature weights with the packed outer
+  products x_k x_k^T (n, D(D+1)/2).
+- ridge: (1/n_s) sum ½(y - x·w - b)^2 + (l2/2)||w||^2, intercept unpenalised: per-cluster Gram sums, then T
+  batched Cholesky solves, independent of n.
+- mlp: 1 x 100 ReLU, Adam 1e-3, batch 128, 30 epochs, weights stacked as (T, d, h) and (T, h, C). Every model of a
+  repeat starts from the same initialisation and walks the shared epoch order restricted to its rows, in batches
+  of b with the last partial batch kept (what ``MLP.fit(X, y, rows=...)`` does alone); a model whose epoch is over
+  skips the step and its Adam state stays put.
+
+``predict_exact`` evaluates one stored model row by row in float64 numpy with elementwise operations only and
+Python's math.exp: a row's result then never depends on which other rows are in the call, so EcoVal's in-sample
+and out-of-sample values agree bit for bit.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+
+import numpy as np
+import torch
+
+L2 = 1e-3
+TOL = 1e-6
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+class _Params:
+    """get_params / set_params from the __init__ signature (what sklearn.base.clone needs)."""
+
+    def get_params(self, deep: bool = True) -> dict:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params):
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}; valid: {sorted(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _device(device) -> torch.device:
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+def _features(X, dtype, device) -> torch.Tensor:
+    t = X.detach() if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
+    if t.dim() != 2:
+        raise ValueError(f"X must be 2-D (points x features), got shape {tuple(t.shape)}")
+    return t.to(device=device, dtype=dtype)
+
+
+def sum_zero_basis(n_classes: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """(C, C-1) orthonormal columns orthogonal to the all-ones vector (Helmert contrasts)."""
+    Q = torch.zeros(n_classes, n_classes - 1, dtype=torch.float64)
+    for j in range(1, n_classes):
+        Q[:j, j - 1] = 1.0
+        Q[j, j - 1] = -float(j)
+        Q[:, j - 1] /= math.sqrt(j * (j + 1))
+    return Q.to(dtype=dtype, device=device)
+
+
+def exact_linear(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b + X W, accumulated feature by feature with elementwise numpy operations: each row's result is independent
+    of the other rows (a GEMM's rounding may depend on the matrix shape)."""
+    X = np.asarray(X, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    out = np.empty((X.shape[0], W.shape[1]), dtype=np.float64)
+    out[:] = np.asarray(b, dtype=np.float64)
+    for a in range(X.shape[1]):
+        out += X[:, a:a + 1] * W[a]
+    return out
+
+
+def exact_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax with Python's math.exp (vectorised exp kernels round tails differently from full vectors)."""
+    rows = []
+    for row in np.asarray(logits, dtype=np.float64).tolist():
+        top = max(row)
+        e = [math.exp(z - top) for z in row]
+        total = 0.0
+        for v in e:
+            total += v
+        rows.append([v / total for v in e])
+    return np.asarray(rows, dtype=np.float64).reshape(np.shape(logits))
+
+
+def _labels(y, n_classes, device) -> tuple[torch.Tensor, int]:
+    t = y.detach() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    if t.dim() != 1:
+        raise ValueError(f"y must be a 1-D vector of class codes, got shape {tuple(t.shape)}")
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise ValueError("y must hold integer class codes 0..C-1")
+    t = t.long().to(device)
+    C = int(t.max()) + 1 if n_classes is None else int(n_classes)
+    if int(t.min()) < 0 or int(t.max()) >= C:
+        raise ValueError(f"y must hold class codes in 0..{C - 1}, got values in {int(t.min())}..{int(t.max())}")
+    return t, C
+
+
+# --------------------------------------------------------------------------------------------------- logreg
+class _NewtonLogReg:
+    """Batched Newton for L2-regularised multinomial logistic regression on one feature matrix (see module doc).
+
+    Arrays keep the model axis last, (·, n, T): the logits and gradients of all T models are single GEMMs against
+    the shared X, and reductions over the (few) classes run as elementwise operations over whole (n, T) slices.
+    Parameters are V (C-1, d+1, T) in the sum-zero basis Q; W = Q V."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, tol: float, max_iter: int,
+                 memory_budget: int = 256 << 20):
+        self.Xbar = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1).contiguous()
+        self.XbarT = self.Xbar.T.contiguous()
+        self.y, self.C, self.l2, self.tol, self.max_iter = y, n_classes, float(l2), float(tol), int(max_iter)
+        n, D1 = self.Xbar.shape
+        self.Q = sum_zero_basis(n_classes, X.dtype, X.device)
+        self.Cp = Cp = n_classes - 1
+        self.Y = torch.nn.functional.one_hot(y, n_classes).T.to(X.dtype)[:, :, None].contiguous()  # (C, n, 1)
+        self.first = self.Y[0]                                             # (n, 1): 1 where y = 0
+        self.sign = 2.0 * self.first - 1.0                                 # +1 for class 0, -1 for class 1
+        self.pairs = [(a, b) for a in range(Cp) for b in range(a, Cp)]
+        self.iu = torch.triu_indices(D1, D1, device=X.device)
+        F = self.iu.shape[1]
+        E = len(self.pairs)
+        # where each entry of the (Cp*D1)^2 Hessian sits in the packed (E, F) products: one gather unpacks it
+        packed_of = torch.full((D1, D1), -1, dtype=torch.long)
+        packed_of[self.iu[0].cpu(), self.iu[1].cpu()] = torch.arange(F)
+        packed_of = torch.maximum(packed_of, packed_of.T)
+        pair_of = {(a, b): e for e, (a, b) in enumerate(self.pairs)}
+        unpack = torch.empty(Cp, D1, Cp, D1, dtype=torch.long)
+        for a in range(Cp):
+            for b in range(Cp):
+                unpack[a, :, b, :] = pair_of[(min(a, b), max(a, b))] * F + packed_of
+        self.unpack = unpack.reshape(-1).to(X.device)
+        # packed outer products x_k x_k^T, (n, F): stored when they fit the budget, else rebuilt per row block
+        self.row_block = max(1, min(n, memory_budget // max(1, 8 * F)))
+        self.outer = self._outer(0, n) if self.row_block >= n else None
+
+    def _outer(self, start, stop):
+        x = self.Xbar[start:stop]
+        return x[:, self.iu[0]] * x[:, self.iu[1]]
+
+    def _rotate(self, A: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """Q A over the leading axis ((Cp, ...) -> (C, ...)), or Q^T A when transpose; few classes, so a sum."""
+        Q = self.Q.T if transpose else self.Q
+        out = None
+        for k in range(Q.shape[1]):
+            term = Q[:, k].reshape((-1,) + (1,) * (A.dim() - 1)) * A[k]
+            out = term if out is None else out + term
+        return out
+
+    # Binary problems (C = 2, Q = (1, -1)/sqrt 2) run on (n, T) arrays: Z is the logit difference
+    # s = z_0 - z_1 = sqrt 2 x.v and the auxiliary array is p_0 = sigmoid(s); otherwise Z (C, n, T) and log-sum-exp.
+    def logits(self, V: torch.Tensor) -> torch.Tensor:
+        """V (Cp, D1, T) -> Z (C, n, T), or the logit difference (n, T) for two classes."""
+        if self.Cp == 1:
+            return math.sqrt(2.0) * (self.Xbar @ V[0])
+        return self._rotate(torch.matmul(self.Xbar, V))
+
+    def loss(self, Z: torch.Tensor, coef: torch.Tensor, V: torch.Tensor):
+        """Objective (T,) and the auxiliary array (n, T): log-sum-exp, or p_0 for two classes."""
+        if self.Cp == 1:
+            r = self.sign * Z                                              # z_y - z_other
+            ce = torch.clamp(-r, min=0.0) + torch.log1p(torch.exp(-r.abs()))
+            return (coef * ce).sum(0) + 0.5 * self.l2 * V.square().sum((0, 1)), torch.sigmoid(Z)
+        top = Z.amax(0)
+        lse = top + torch.log(torch.exp(Z - top).sum(0))
+        zy = Z.gather(0, self.y[None, :, None].expand(1, -1, Z.shape[2]))[0]
+        f = (coef * (lse - zy)).sum(0) + 0.5 * self.l2 * V.square().sum((0, 1))
+        return f, lse
+
+    def hessian(self, P: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """(T, Cp*D1, Cp*D1) from P (C, n, T) (two classes: p_0 (n, T)); parameter order (class, feature)."""
+        n, T = coef.shape
+        D1 = self.Xbar.shape[1]
+        if self.Cp == 1:
+            W = (2.0 * P * (1.0 - P) * coef).T                             # (T, n): Q^T (diag p - p p^T) Q = 2 p0 p1
+        else:
+            C, Q = self.C, self.Q
+            u = self._rotate(P, transpose=True)                            # (Cp, n, T)
+            weights = []
+            for a, b in self.pairs:
+                diag = None
+                for c in range(C):
+                    term = (Q[c, a] * Q[c, b]) * P[c]
+                    diag = term if diag is None else diag + term
+                weights.append((diag - u[a] * u[b]) * coef)
+            W = torch.stack(weights, 0).permute(0, 2, 1).reshape(-1, n)  # (E*T, n)
+        if self.outer is not None:
+            packed = W @ self.outer
+        else:
+            packed = None
+            for start in range(0, n, self.row_block):
+                stop = min(n, start + self.row_block)
+                part = W[:, start:stop] @ self._outer(start, stop)
+                packed = part if packed is None else packed + part
+        E = len(self.pairs)
+        packed = packed.view(E, T, -1).transpose(0, 1).reshape(T, -1)      # (T, E*F)
+        H = packed.index_select(1, self.unpack).view(T, self.Cp * D1, self.Cp * D1)
+        H.diagonal(dim1=1, dim2=2).add_(self.l2)
+        return H
+
+    def gradient(self, Z, lse, coef, V):
+        """V-space gradient (Cp, D1, T), its W-space sup norm (T,) and the probabilities (C, n, T) (p_0 (n, T))."""
+        if self.Cp == 1:
+            GV = (self.XbarT @ (coef * (math.sqrt(2.0) * (lse - self.first)))).unsqueeze(0) + self.l2 * V
+            return GV, GV.abs().amax((0, 1)) / math.sqrt(2.0), lse
+        P = torch.exp(Z - lse)
+        R = coef * (P - self.Y)
+        GV = torch.matmul(self.XbarT, self._rotate(R, transpose=True)) + self.l2 * V
+        return GV, self._rotate(GV).abs().amax((0, 1)), P
+
+    def fit(self, masks: torch.Tensor, V0: torch.Tensor | None = None):
+        """masks (T, n) 0/1, V0 (Cp, D1, T) start (zeros) -> W (T, D1, C) (last row: intercepts), V (Cp, D1, T),
+        Newton steps (T,), converged (T,). The models still running form a work set, compacted only when some
+        converge."""
+        T, n = masks.shape
+        D1, Cp = self.Xbar.shape[1], self.Cp
+        dev, dtype = self.Xbar.device, self.Xbar.dtype
+        V_out = torch.zeros(Cp, D1, T, dtype=dtype, device=dev) if V0 is None else V0.clone()
+        steps = torch.zeros(T, dtype=torch.long)
+        converged = torch.zeros(T, dtype=torch.bool)
+        ids = torch.arange(T, device=dev)                                  # work set -> model index
+        coef = (masks / masks.sum(1, keepdim=True)).T.contiguous()        # (n, T): 1/n_s on the kept rows
+        V = V_out.clone()
+        Z = self.logits(V)
+        f, lse = self.loss(Z, coef, V)
+        for it in range(self.max_iter + 1):
+            GV, sup, P = self.gradient(Z, lse, coef, V)
+            done = sup <= self.tol
+            if bool(done.any()):
+                converged[ids[done].cpu()] = True
+                V_out[..., ids[done]] = V[..., done]
+            if it == self.max_iter or bool(done.all()):
+                V_out[..., ids[~done]] = V[..., ~done]
+                break
+            if bool(done.any()):  # compact the work set
+                keep = ~done
+                ids, V, Z, lse, f, coef, GV, P = (ids[keep], V[..., keep], Z[..., keep], lse[:, keep], f[keep],
+                                                  coef[:, keep], GV[..., keep], P[..., keep])
+            Ta = ids.numel()
+            g = GV.permute(2, 0, 1).reshape(Ta, Cp * D1)
+            H = self.hessian(P, coef)
+            L, info = torch.linalg.cholesky_ex(H)
+            if bool((info > 0).any()):  # only with l2 = 0 on degenerate data: a tiny ridge restores definiteness
+                H = H + 1e-10 * torch.eye(H.shape[1], dtype=H.dtype, device=dev)
+                L = torch.linalg.cholesky(H)
+            step = -torch.cholesky_solve(g[..., None], L)[..., 0]         # (Ta, Cp*D1)
+            Dv = step.T.reshape(Cp, D1, Ta)
+            slope = (g * step).sum(1)
+            # Armijo backtracking, per model: the full step for everybody first, halvings for the rest
+            Vt = V + Dv
+            Zt = self.logits(Vt)
+            ft, lt = self.loss(Zt, coef, Vt)
+            ok = ft <= f + 1e-4 * slope
+            V, Z = torch.where(ok, Vt, V), torch.where(ok, Zt, Z)
+            lse, f = torch.where(ok, lt, lse), torch.where(ok, ft, f)
+            steps[ids[ok].cpu()] += 1
+            pending = (~ok).nonzero()[:, 0]
+            t = 1.0
+            for _ in range(60):
+                if pending.numel() == 0:
+                    break
+                t *= 0.5
+                Vt = V[..., pending] + t * Dv[..., pending]
+                Zt = self.logits(Vt)
+                ft, lt = self.loss(Zt, coef[:, pending], Vt)
+                ok = ft <= f[pending] + 1e-4 * t * slope[pending]
+                rows = pending[ok]
+                V[..., rows], Z[..., rows], lse[:, rows], f[rows] = Vt[..., ok], Zt[..., ok], lt[:, ok], ft[ok]
+                steps[ids[rows].cpu()] += 1
+                pending = pending[~ok]
+            if pending.numel():  # no decrease left at rounding level: the tolerance is out of reach for these
+                V_out[..., ids[pending]] = V[..., pending]
+                keep = torch.ones(ids.numel(), dtype=torch.bool, device=dev)
+                keep[pending] = False
+                ids, V, Z, lse, f, coef = ids[keep], V[..., keep], Z[..., keep], lse[:, keep], f[keep], coef[:, keep]
+                if ids.numel() == 0:
+                    break
+        W = self._rotate(V_out).permute(2, 1, 0).contiguous()              # (T, D1, C)
+        return W, V_out, steps, converged
+
+
+class LogReg(_Params):
+    """Multinomial logistic regression: mean cross-entropy + (l2/2)||W||^2 (intercept included), Newton to
+    ||grad||_inf <= tol. ``n_classes`` fixes C (codes 0..C-1) so a subset that misses a class still gets all C
+    columns; None takes max(y) + 1. Attributes: coef_ (d, C), intercept_ (C,), classes_, n_iter_, converged_."""
+
+    def __init__(self, l2: float = L2, tol: float = TOL, max_iter: int = 100, n_classes: int | None = None,
+                 device=None):
+        self.l2, self.tol, self.max_iter, self.n_classes, self.device = l2, tol, max_iter, n_classes, device
+
+    def fit(self, X, y):
+        dev = _device(self.device)
+        X = _features(X, torch.float64, dev)
+        y, C = _labels(y, self.n_classes, dev)
+        if C < 2:
+            raise ValueError(f"LogReg needs at least 2 classes, got n_classes={C}")
+        n, d = X.shape
+        Xbar = torch.cat([X, torch.ones(n, 1, dtype=X.dtype, device=dev)], 1)
+        Q = sum_zero_basis(C, X.dtype, dev)
+        Cp = C - 1
+        Y = torch.nn.functional.one_hot(y, C).to(X.dtype)
+        QQ = (Q[:, :, None] * Q[:, None, :]).reshape(C, Cp * Cp)
+        V = torch.zeros(d + 1, Cp, dtype=X.dtype, device=dev)
+        l2, root2 = float(self.l2), math.sqrt(2.0)
+        sign = 1.0 - 2.0 * y.to(X.dtype)                                  # two classes: +1 for class 0
+
+        def objective(V):
+            """Objective, logits (two classes: s = z_0 - z_1) and log-sum-exp (two classes: p_0)."""
+            if Cp == 1:
+                Z = root2 * (Xbar @ V[:, 0])
+                r = sign * Z
+                ce = torch.clamp(-r, min=0.0) + torch.log1p(torch.exp(-r.abs()))
+                return ce.mean() + 0.5 * l2 * V.square().sum(), Z, torch.sigmoid(Z)
+            Z = Xbar @ V @ Q.T
+            lse = torch.logsumexp(Z, 1)
+            return (lse - Z.gather(1, y[:, None])[:, 0]).mean() + 0.5 * l2 * V.square().sum(), Z, lse
+
+        f, Z, lse = objective(V)
+        self.converged_, self.n_iter_ = False, 0
+        while True:
+            if Cp == 1:
+                g = Xbar.T @ (root2 / n * (lse - Y[:, 0])) + l2 * V[:, 0]
+                done = float(g.abs().max()) / root2 <= self.tol
+            else:
+                P = torch.exp(Z - lse[:, None])
+                GW = Xbar.T @ (P - Y) / n + l2 * (V @ Q.T)
+                done = float(GW.abs().max()) <= self.tol
+                g = (GW @ Q).T.reshape(-1)
+            if done:
+                self.converged_ = True
+                break
+            if self.n_iter_ >= self.max_iter:
+                break
+            if Cp == 1:
+                H = (Xbar.T * (2.0 / n * lse * (1.0 - lse))) @ Xbar
+            else:
+                u = P @ Q
+                B = (P @ QQ).view(n, Cp, Cp) - u[:, :, None] * u[:, None, :]
+                H = torch.zeros(Cp, d + 1, Cp, d + 1, dtype=X.dtype, device=dev)
+                for a in range(Cp):
+                    for b in range(a, Cp):
+                        block = (Xbar.T * (B[:, a, b] / n)) @ Xbar
+                        H[a, :, b, :] = block
+                        H[b, :, a, :] = block
+                H = H.view(Cp * (d + 1), Cp * (d + 1))
+            H = H + l2 * torch.eye(Cp * (d + 1), dtype=X.dtype, device=dev)
+            step = torch.cholesky_solve(-g[:, None], torch.linalg.cholesky(H))[:, 0]
+            slope, t = float(g @ step), 1.0
+            Dv = step.view(Cp, d + 1).T
+            for _ in range(60):
+                ft, Zt, lt = objective(V + t * Dv)
+                if float(ft) <= float(f) + 1e-4 * t * slope:
+                    break
+                t *= 0.5
+            else:
+                break  # no decrease left at rounding level
+            V, f, Z, lse = V + t * Dv, ft, Zt, lt
+            self.n_iter_ += 1
+        if not self.converged_:
+            warnings.warn(f"LogReg stopped after {self.n_iter_} Newton steps with ||grad||_inf > tol={self.tol}",
+                          RuntimeWarning, stacklevel=2)
+        W = V @ Q.T
+        self.coef_ = W[:-1].cpu().numpy()
+        self.intercept_ = W[-1].cpu().numpy()
+        self.classes_ = np.arange(C)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        X = _features(X, torch.float64, torch.device("cpu")).numpy()
+        return X @ self.coef_ + self.intercept_
+
+    def predict_proba(self, X) -> np.ndarray:
+        z = self.decision_function(X)
+        z = z - z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+class BatchedLogReg:
+    """T logistic regressions on the masked rows of one (n, d) matrix; see the module doc."""
+
+    kind = "logreg"
+    classification = True
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, n_classes: int, *, l2=L2,
+                 tol=TOL, max_iter=100, memory_budget: int = 256 << 20):
+        self.X = X.to(torch.float64)
+        self.cluster_of = cluster_of.to(X.device)
+        self.n_classes = n_classes
+        self.newton = _NewtonLogReg(self.X, y.to(X.device), n_classes, l2, tol, max_iter, memory_budget)
+
+    @staticmethod
+    def bytes_per_model(n: int, d: int, n_classes: int, m_val: int) -> int:
+        D = (d + 1) * (n_classes - 1)
+        E = (n_classes - 1) * n_classes // 2
+        return 8 * (n * (6 * n_classes + 3 * E + 4) + 4 * D * D + (d + 1) * (d + 2) // 2 * E + 3 * m_val * n_classes)
+
+    def fit(self, removed: torch.Tensor, seeds) -> dict:
+        """removed (T, p) bool -> {"W": (T, d+1, C), "steps": (T,), "converged": (T,)}. Every model starts from
+        zero, like a separate fit, and the repeat seeds are not used (a convex problem has one answer): the
+        iterates are those of ``LogReg`` on the model's rows, up to rounding."""
+        masks = (~removed.to(self.X.device))[:, self.cluster_of].to(torch.float64)
+        W, _, steps, converged = self.newton.fit(masks)
+        return {"W": W, "steps": steps, "converged": converged}
+
+    @staticmethod
+    def select(params: dict, idx) -> dict:
+        return {"W": params["W"][idx]}
+
+    @staticmethod
+    def concat(parts: list) -> dict:
+        return {"W": torch.cat([p["W"] for p in parts])}
+
+    def predict(self, params: dict, X: torch.Tensor) -> torch.Tensor:
+        """(T, m, C) class probabilities (fast path: one GEMM)."""
+        W = params["W"]
+        T, D1, C = W.shape
+        Xbar = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1).to(W.dtype)
+        Z = (Xbar @ W.permute(1, 0, 2).reshape(D1, T * C)).view(-1, T, C).permute(1, 0, 2)
+        return torch.softmax(Z, 2)
+
+    @staticmethod
+    def predict_exact(params: dict, j: int, X: np.ndarray) -> np.ndarray:
+        return exact_predict(params, j, X, True)
+
+
+# --------------------------------------------------------------------------------------------------- ridge
+class Ridge(_Params):
+    """Ridge regression: mean ½(y - x·w - b)^2 + (l2/2)||w||^2, intercept unpenalised (normal equations,
+    Cholesky). Attributes: coef_ (d,), intercept_."""
+
+    def __init__(self, l2: float = L2, device=None):
+        self.l2, self.device = l2, device
+
+    def fit(self, X, y):
+        dev = _device(self.device)
+        X = _features(X, torch.float64, dev)
+        y = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y), dtype=torch.float64,
+                            device=dev).reshape(-1)
+        n, d = X.shape
+        Xbar = torch.cat([X, torch.ones(n, 1, dtype=X.dtype, device=dev)], 1)
+        A = Xbar.T @ Xbar
+        A.diagonal()[:d] += float(self.l2) * n
+        theta = torch.cholesky_solve((Xbar.T @ y)[:, None], torch.linalg.cholesky(A))[:, 0]
+        self.coef_ = theta[:-1].cpu().numpy()
+        self.intercept_ = float(theta[-1])
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return _features(X, torch.float64, torch.device("cpu")).numpy() @ self.coef_ + self.intercept_
+
+
+class BatchedRidge:
+    """T ridge regressions from per-cluster Gram sums: G_s = sum over kept clusters of Z_i^T Z_i (a (T, p) x
+    (p, D^2) product, no cancellation), then one batched Cholesky solve. Cost independent of n after the sums."""
+
+    kind = "ridge"
+    classification = False
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, n_clusters: int, *, l2=L2):
+        X = X.to(torch.float64)
+        n, d = X.shape
+        dev = X.device
+        Xbar = torch.cat([X, torch.ones(n, 1, dtype=X.dtype, device=dev)], 1)
+        cluster_of = cluster_of.to(dev)
+        D = d + 1
+        self.gram = torch.zeros(n_clusters, D, D, dtype=X.dtype, device=dev)
+        self.moment = torch.zeros(n_clusters, D, dtype=X.dtype, device=dev)
+        self.count = torch.zeros(n_clusters, dtype=X.dtype, device=dev)
+        y = y.to(device=dev, dtype=X.dtype).reshape(-1)
+        for i in range(n_clusters):
+            rows = Xbar[cluster_of == i]
+            self.gram[i] = rows.T @ rows
+            self.moment[i] = rows.T @ y[cluster_of == i]
+            self.count[i] = rows.shape[0]
+        self.penalty = torch.ones(D, dtype=X.dtype, device=dev)
+        self.penalty[-1] = 0.0
+        self.l2 = float(l2)
+
+    @staticmethod
+    def bytes_per_model(n: int, d: int, n_classes: int, m_val: int) -> int:
+        return 8 * (3 * (d + 1) ** 2 + 3 * m_val)
+
+    def fit(self, removed: torch.Tensor, seeds) -> dict:
+        keep = (~removed.to(self.gram.device)).to(self.gram.dtype)
+        p, D = self.gram.shape[0], self.gram.shape[1]
+        G = (keep @ self.gram.reshape(p, D * D)).view(-1, D, D)
+        h = keep @ self.moment
+        n_s = keep @ self.count
+        G = G + (self.l2 * n_s)[:, None, None] * torch.diag(self.penalty)
+        theta = torch.cholesky_solve(h[..., None], torch.linalg.cholesky(G))[..., 0]
+        return {"theta": theta, "steps": torch.ones(theta.shape[0], dtype=torch.long),
+                "converged": torch.ones(theta.shape[0], dtype=torch.bool)}
+
+    @staticmethod
+    def select(params: dict, idx) -> dict:
+        return {"theta": params["theta"][idx]}
+
+    @staticmethod
+    def concat(parts: list) -> dict:
+        return {"theta": torch.cat([p["theta"] for p in parts])}
+
+    def predict(self, params: dict, X: torch.Tensor) -> torch.Tensor:
+        theta = params["theta"]
+        return (X.to(theta.dtype) @ theta[:, :-1].T).T + theta[:, -1:]
+
+    @staticmethod
+    def predict_exact(params: dict, j: int, X: np.ndarray) -> np.ndarray:
+        return exact_predict(params, j, X, False)
+
+
+# --------------------------------------------------------------------------------------------------- mlp
+HIDDEN, LR, BATCH, EPOCHS = 100, 1e-3, 128, 30
+_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+def mlp_generator(seed: int) -> torch.Generator:
+    """The repeat's stream: the initialisation is drawn first, then one permutation per epoch."""
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+def mlp_initial_parameters(d: int, hidden: int, outputs: int, generator: torch.Generator):
+    """W1 (d, h), b1 (h,), W2 (h, C), b2 (C,), each U(-1/sqrt(fan_in), 1/sqrt(fan_in)) like torch.nn.Linear."""
+    k1, k2 = 1.0 / math.sqrt(d), 1.0 / math.sqrt(hidden)
+    W1 = torch.empty(d, hidden).uniform_(-k1, k1, generator=generator)
+    b1 = torch.empty(hidden).uniform_(-k1, k1, generator=generator)
+    W2 = torch.empty(hidden, outputs).uniform_(-k2, k2, generator=generator)
+    b2 = torch.empty(outputs).uniform_(-k2, k2, generator=generator)
+    return W1, b1, W2, b2
+
+
+class MLP(_Params):
+    """One hidden layer (ReLU), Adam, minibatches with the last partial batch kept (torch.nn + torch.optim).
+
+    task="classification": cross-entropy over ``n_classes`` logits; task="regression": one output, ½ squared error.
+    ``fit(X, y, rows=None)`` trains on X[rows] and visits them, each epoch, in the order of a permutation of all
+    len(X) rows restricted to them: the same order EcoVal's batched trainer gives a subset model, so the two agree.
+    """
+
+    def __init__(self, hidden: int = HIDDEN, lr: float = LR, batch_size: int = BATCH, epochs: int = EPOCHS,
+                 task: str = "classification", n_classes: int | None = None, random_state: int | None = None,
+                 device=None):
+        self.hidden, self.lr, self.batch_size, self.epochs = hidden, lr, batch_size, epochs
+        self.task, self.n_classes, self.random_state, self.device = task, n_classes, random_state, device
+
+    def fit(self, X, y, rows=None):
+        dev = _device(self.device)
+        X = _features(X, torch.float32, dev)
+        n, d = X.shape
+        if self.task == "classification":
+            y, C = _labels(y, self.n_classes, dev)
+            outputs = C
+            self.classes_ = np.arange(C)
+        else:
+            y = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y),
+                                dtype=torch.float32).reshape(-1).to(dev)
+            outputs = 1
+        seed = self.random_state if self.random_state is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        g = mlp_generator(seed)
+        W1, b1, W2, b2 = mlp_initial_parameters(d, self.hidden, outputs, g)
+        self.model_ = torch.nn.Sequential(torch.nn.Linear(d, self.hidden), torch.nn.ReLU(),
+                                          torch.nn.Linear(self.hidden, outputs)).to(dev)
+        with torch.no_grad():
+            self.model_[0].weight.copy_(W1.T)
+            self.model_[0].bias.copy_(b1)
+            self.model_[2].weight.copy_(W2.T)
+            self.model_[2].bias.copy_(b2)
+        optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr, betas=_BETAS, eps=_ADAM_EPS)
+        member = torch.ones(n, dtype=torch.bool) if rows is None else torch.zeros(n, dtype=torch.bool)
+        if rows is not None:
+            member[torch.as_tensor(np.asarray(rows), dtype=torch.long)] = True
+        for _ in range(self.epochs):
+            perm = torch.randperm(n, generator=g)
+            order = perm[member[perm]].to(dev)
+            for idx in torch.split(order, self.batch_size):
+                out = self.model_(X[idx])
+                if self.task == "classification":
+                    loss = torch.nn.functional.cross_entropy(out, y[idx])
+                else:
+                    loss = 0.5 * (out[:, 0] - y[idx]).square().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return self
+
+    def parameters_(self):
+        """W1 (d, h), b1, W2 (h, C), b2 as float32 tensors (the batched trainer's layout)."""
+        m = self.model_
+        return (m[0].weight.detach().T, m[0].bias.detach(), m[2].weight.detach().T, m[2].bias.detach())
+
+    def _forward(self, X) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model_(_features(X, torch.float32, next(self.model_.parameters()).device)).cpu()
+
+    def predict_proba(self, X) -> np.ndarray:
+        return torch.softmax(self._forward(X).double(), 1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        out = self._forward(X)
+        return out.argmax(1).numpy() if self.task == "classification" else out[:, 0].double().numpy()
+
+
+class BatchedMLP:
+    """T one-hidden-layer MLPs trained at once (see the module doc). Float32, like the single MLP."""
+
+    kind = "mlp"
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, outputs: int, *,
+                 classification: bool = True, hidden=HIDDEN, lr=LR, batch_size=BATCH, epochs=EPOCHS):
+        self.X = X.to(torch.float32).contiguous()
+        self.y = y.to(X.device) if classification else y.to(device=X.device, dtype=torch.float32).reshape(-1)
+        self.cluster_of = cluster_of.to(X.device)
+        self.outputs, self.classification = outputs, classification
+        self.hidden, self.lr, self.batch_size, self.epochs = hidden, lr, batch_size, epochs
+
+    @staticmethod
+    def bytes_per_model(n: int, d: int, n_classes: int, m_val: int, hidden: int = HIDDEN,
+                        batch_size: int = BATCH) -> int:
+        params = d * hidden + hidden + hidden * n_classes + n_classes
+        return 4 * (5 * params + 4 * batch_size * (d + hidden + n_classes) + 2 * n + 2 * m_val * (hidden + n_classes))
+
+    def initial_parameters(self, seeds) -> tuple:
+        """Stacked initial parameters: models with the same seed start from identical weights."""
+        d = self.X.shape[1]
+        cache = {}
+        for s in seeds:
+            if int(s) not in cache:
+                cache[int(s)] = mlp_initial_parameters(d, self.hidden, self.outputs, mlp_generator(int(s)))
+        stacked = [torch.stack([cache[int(s)][i] for s in seeds]).to(self.X.device) for i in range(4)]
+        return tuple(stacked)
+
+    def fit(self, removed: torch.Tensor, seeds) -> dict:
+        dev = self.X.device
+        seeds = [int(s) for s in seeds]
+        T = len(seeds)
+        n, d = self.X.shape
+        masks = (~removed.to(dev))[:, self.cluster_of]
+        n_s = masks.sum(1)
+        gens, groups = {}, {}
+        for j, s in enumerate(seeds):
+            groups.setdefault(s, []).append(j)
+        for s in groups:  # each repeat's stream: initialisation first, then the epoch permutations
+            gens[s] = mlp_generator(s)
+            mlp_initial_parameters(d, self.hidden, self.outputs, gens[s])
+        params = [p.clone().requires_grad_(True) for p in self.initial_parameters(seeds)]
+        W1, b1, W2, b2 = params
+        m_state = [torch.zeros_like(p) for p in params]
+        v_state = [torch.zeros_like(p) for p in params]
+        step_count = torch.zeros(T, dtype=torch.float64, device=dev)
+        beta1, beta2 = _BETAS
+        b = self.batch_size
+        for _ in range(self.epochs):
+            order = torch.empty(T, n, dtype=torch.long, device=dev)
+            for s, members in groups.items():
+                perm = torch.randperm(n, generator=gens[s]).to(dev)
+                idx = torch.as_tensor(members, device=dev)
+                inside = masks[idx][:, perm]
+                first = torch.argsort((~inside).to(torch.uint8), dim=1, stable=True)   # kept rows first, in order
+                order[idx] = perm[first]
+            steps = int(math.ceil(int(n_s.max()) / b))
+            for t in range(steps):
+                start = t * b
+                idx = order[:, start:start + b]                                       # (T, b')
+                valid = (start + torch.arange(idx.shape[1], device=dev))[None, :] < n_s[:, None]
+                count = valid.sum(1)
+                active = count > 0
+                xb = self.X[idx]                                                     # (T, b', d)
+                hid = torch.relu(torch.baddbmm(b1[:, None, :], xb, W1))
+                out = torch.baddbmm(b2[:, None, :], hid, W2)
+                if self.classification:
+                    per_row = torch.nn.functional.cross_entropy(out.reshape(-1, self.outputs), self.y[idx].reshape(-1),
+                                                                reduction="none").view(idx.shape)
+                else:
+                    per_row = 0.5 * (out[..., 0] - self.y[idx]).square()
+                weight = valid.to(per_row.dtype) / count.clamp(min=1)[:, None].to(per_row.dtype)
+                total = (per_row * weight).sum()
+                grads = torch.autograd.grad(total, params)
+                with torch.no_grad():
+                    step_count += active.to(step_count.dtype)
+                    bc1 = (1 - beta1 ** step_count).clamp(min=1e-300)
+                    bc2_sqrt = (1 - beta2 ** step_count).sqrt().clamp(min=1e-300)
+                    for p, g_, m_, v_ in zip(params, grads, m_state, v_state):
+                        shape = (T,) + (1,) * (p.dim() - 1)
+                        act = active.view(shape)
+                        m_new = m_.lerp(g_, 1 - beta1)
+                        v_new = v_ * beta2 + (1 - beta2) * g_ * g_
+                        step_size = (self.lr / bc1).to(p.dtype).view(shape)
+                        denom = v_new.sqrt() / bc2_sqrt.to(p.dtype).view(shape) + _ADAM_EPS
+                        p_new = p - step_size * m_new / denom
+                        m_.copy_(torch.where(act, m_new, m_))
+                        v_.copy_(torch.where(act, v_new, v_))
+                        p.copy_(torch.where(act, p_new, p))
+        out = {k: v.detach() for k, v in zip(("W1", "b1", "W2", "b2"), params)}
+        out["steps"] = step_count.long().cpu()
+        out["converged"] = torch.ones(T, dtype=torch.bool)
+        return out
+
+    @staticmethod
+    def select(params: dict, idx) -> dict:
+        return {k: params[k][idx] for k in ("W1", "b1", "W2", "b2")}
+
+    @staticmethod
+    def concat(parts: list) -> dict:
+        return {k: torch.cat([p[k] for p in parts]) for k in ("W1", "b1", "W2", "b2")}
+
+    def predict(self, params: dict, X: torch.Tensor) -> torch.Tensor:
+        """(T, m, C) probabilities (classification) or (T, m) outputs (regression)."""
+        X = X.to(torch.float32)
+        hid = torch.relu(torch.einsum("md,tdh->tmh", X, params["W1"]) + params["b1"][:, None, :])
+        out = torch.baddbmm(params["b2"][:, None, :], hid, params["W2"])
+        return torch.softmax(out.double(), 2) if self.classification else out[..., 0].double()
+
+    def predict_exact(self, params: dict, j: int, X: np.ndarray) -> np.ndarray:
+        return exact_predict(params, j, X, self.classification)
+
+
+def exact_predict(params: dict, j: int, X: np.ndarray, classification: bool) -> np.ndarray:
+    """Model j of stacked built-in parameters on the rows of X (float64), row by row (see the module doc):
+    class probabilities (m, C) for classification, outputs (m,) for regression."""
+    if "W" in params:
+        W = params["W"][j].double().cpu().numpy()
+        return exact_softmax(exact_linear(X, W[:-1], W[-1]))
+    if "theta" in params:
+        theta = params["theta"][j].double().cpu().numpy()
+        return exact_linear(X, theta[:-1, None], theta[-1:])[:, 0]
+    W1, b1, W2, b2 = (params[k][j].double().cpu().numpy() for k in ("W1", "b1", "W2", "b2"))
+    out = exact_linear(np.maximum(exact_linear(X, W1, b1), 0.0), W2, b2)
+    return exact_softmax(out) if classification else out[:, 0]
