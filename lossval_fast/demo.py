@@ -1,12 +1,15 @@
 """`python -m lossval_fast demo` (`make demo`): the main job on the bundled data set.
 
-The bundled pol subset is split the OpenDataVal way (1000 train / 100 validation, z-scored), 10 % of the labels are
-flipped, and the data are valued with LossVal (the paper's configuration), EcoVal (when available) and
-KNN-Shapley; each method's noisy-point detection F1 (exact 2-means on the values) and time are printed next to
-random values. Then the speed of the pairwise primitive against the plain torch computation.
+`evaluate` on the bundled pol subset (4,000 rows of OpenML 722, see lossval_fast/data/README.md for its source and
+licence): 1000 train / 100 validation / 2900 test points, z-scored, 10 % of the training and validation labels
+flipped, valued by LossVal (the paper's configuration), EcoVal, KNN-Shapley and random values, three runs. Prints
+the F1 / time table and where the report and plots are; then the speed of the pairwise primitive against the
+plain torch computation.
 """
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -23,39 +26,25 @@ def _best_time(fn, repeats: int = 5) -> float:
     return best
 
 
-def _valuation_table(seed: int = 0) -> None:
+def _valuation(out, runs: int, epochs: int, quiet: bool) -> None:
     from lossval_fast.datasets import load_bundled_pol
-    from lossval_fast.valuation import KNNShapley, inject_noise, noisy_detection_f1, standardize_split
-    from lossval_fast.valuation.lossval import LossVal
+    from lossval_fast.evaluation import MethodOptions, evaluate, results_table, write_report
 
     X, y = load_bundled_pol()
-    split = standardize_split(X, y, n_train=1000, n_valid=100, n_test=2900, task="classification",
-                              random_state=seed)
-    x_train, y_train, noisy = inject_noise(split.x_train, split.y_train, kind="label", rate=0.1,
-                                           task="classification", random_state=seed)
-    print(f"data: bundled pol subset, {len(x_train)} training / {len(split.x_valid)} validation points, "
-          f"{x_train.shape[1]} features, {int(noisy.sum())} labels flipped (10 %)")
-    methods = [
-        ("LossVal (30 epochs, batch 32, lr 0.01)",
-         lambda: LossVal(epochs=30, random_state=seed, verbose=False).fit(
-             x_train, y_train, split.x_valid, split.y_valid).values_),
-        ("KNN-Shapley (k = 10)",
-         lambda: KNNShapley(k=10).fit(x_train, y_train, split.x_valid, split.y_valid).values_),
-        ("random values", lambda: np.random.default_rng(seed).random(len(x_train))),
-    ]
-    try:
-        from lossval_fast.valuation import EcoVal
-        methods.insert(1, ("EcoVal (20 clusters, logreg)", lambda: EcoVal(
-            n_clusters=20, random_state=seed, verbose=False).fit(
-                x_train, y_train, split.x_valid, split.y_valid).values_))
-    except ImportError:
-        pass
-    print(f"{'method':<42}{'noisy-label F1':>16}{'time (s)':>10}")
-    for name, run in methods:
-        start = time.perf_counter()
-        values = run()
-        seconds = time.perf_counter() - start
-        print(f"{name:<42}{noisy_detection_f1(values, noisy):>16.3f}{seconds:>10.2f}")
+    print(f"evaluate: bundled pol subset ({len(X)} rows, {X.shape[1]} features; OpenML 722 via PMLB), "
+          f"1000 train / 100 valid / {len(X) - 1100} test, label noise 10 % on train and valid, {runs} runs")
+    say = (lambda message: None) if quiet else (lambda message: print("  " + message, flush=True))
+    results = evaluate(X, y, task="classification", noise="label", rate=0.1, runs=runs, n_train=1000, n_valid=100,
+                       seed=0, options=MethodOptions(epochs=epochs), device="auto", data_name="bundled pol subset",
+                       progress=say)
+    out = out or tempfile.mkdtemp(prefix="lossval-fast-demo-")
+    paths = write_report(results, out)
+    print()
+    print(results_table(results))
+    print(f"\n{runs} runs in {results['wall_time_s']:.1f} s. Report: {paths['report']}")
+    print(f"plots: {paths['discovery']} (noisy-point discovery), {paths['removal']} (point removal)")
+    print(f"same from the command line: lossval-fast evaluate bundled:pol --noise label --rate 0.1 --runs {runs} "
+          f"--epochs {epochs} --out {out}")
 
 
 def _primitive_table() -> None:
@@ -86,12 +75,16 @@ def _primitive_table() -> None:
         print(f"{name:<42}{seconds * 1e3:>10.3f}{pairs / seconds / 1e9:>10.2f}{err:>20.2e}")
 
 
-def main() -> int:
+def main(out=None, runs: int = 3, epochs: int = 30, speed: bool = True, quiet: bool = False) -> int:
     import lossval_fast
 
+    start = time.perf_counter()
     info = lossval_fast.info()
     print(f"lossval_fast {info['version']} | torch {info['torch']} | {info['threads']} threads | "
-          f"CPU kernels: {info['cpu_capability']}\n")
-    _valuation_table()
-    _primitive_table()
+          f"CPU kernels: {info['cpu_capability']}\n", flush=True)
+    _valuation(out, runs, epochs, quiet)
+    if speed:
+        _primitive_table()
+    print(f"\ndemo finished in {time.perf_counter() - start:.1f} s")
+    sys.stdout.flush()
     return 0

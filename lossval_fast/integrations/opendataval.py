@@ -1,0 +1,179 @@
+"""LossVal and EcoVal as OpenDataVal data evaluators (duck-typed: opendataval is not imported).
+
+OpenDataVal (github.com/opendataval/opendataval, opendataval/dataval/api.py::DataEvaluator) drives an evaluator
+either step by step,
+
+    values = (LossValEvaluator(random_state=0)
+              .input_model(model).input_metric(metric)          # optional; see below
+              .input_data(x_train, y_train, x_valid, y_valid)
+              .train_data_values(epochs=30)
+              .evaluate_data_values())
+
+or through its ExperimentMediator, which calls `evaluator.train(fetcher, pred_model, metric, **train_kwargs)` and
+then reads `evaluator.data_values`. Both work here. Data come as torch tensors or numpy arrays; classification
+labels as OpenDataVal's one-hot float rows (their argmax is the class) or as plain labels; regression targets as
+(n,) or (n, 1) floats. `evaluate_data_values()` returns a float64 numpy array with one value per training point,
+low = likely noisy or harmful, as OpenDataVal's experiments expect.
+
+The prediction model and metric OpenDataVal passes are accepted and kept (`pred_model`, `metric`): LossVal trains
+its own model (the paper's MLP) unless `use_input_model=True` and the model is a torch.nn.Module mapping
+(batch, d) to class probabilities (OpenDataVal's ClassifierMLP) or regression outputs; EcoVal trains its own
+learners (`learner=`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import prepare, seed_from
+
+__all__ = ["LossValEvaluator", "EcoValEvaluator"]
+
+
+class _Evaluator:
+    """The DataEvaluator protocol around one of our estimators."""
+
+    _params: tuple[str, ...] = ()
+
+    def __init__(self, random_state=None, task: str = "auto"):
+        self.random_state = random_state
+        self.task = task
+        self.pred_model = None
+        self.metric = None
+        self.values_ = None
+
+    # --- OpenDataVal's input methods (each returns self so that calls chain)
+    def input_model(self, pred_model):
+        self.pred_model = pred_model
+        return self
+
+    def input_metric(self, metric):
+        self.metric = metric
+        return self
+
+    def input_model_metric(self, pred_model, metric):
+        return self.input_model(pred_model).input_metric(metric)
+
+    def input_data(self, x_train, y_train, x_valid, y_valid):
+        """Store the training data to value and the validation data; returns self."""
+        self.x_train, self.y_train, self.x_valid, self.y_valid = x_train, y_train, x_valid, y_valid
+        self.values_ = None
+        return self
+
+    def input_fetcher(self, fetcher):
+        """Data from an OpenDataVal DataFetcher: its `datapoints` start with x_train, y_train, x_valid, y_valid."""
+        x_train, y_train, x_valid, y_valid, *_ = fetcher.datapoints
+        return self.input_data(x_train, y_train, x_valid, y_valid)
+
+    def setup(self, fetcher, pred_model=None, metric=None):
+        self.input_fetcher(fetcher)
+        return self.input_model(pred_model).input_metric(metric)
+
+    def train(self, fetcher, pred_model=None, metric=None, *args, **kwargs):
+        """What ExperimentMediator calls: setup from the fetcher, then train_data_values(*args, **kwargs)."""
+        self.setup(fetcher, pred_model, metric)
+        return self.train_data_values(*args, **kwargs)
+
+    # --- results
+    def train_data_values(self, *args, **kwargs):
+        if not hasattr(self, "x_train"):
+            raise ValueError(f"{type(self).__name__}: call input_data(x_train, y_train, x_valid, y_valid) (or "
+                             "train(fetcher, ...)) before train_data_values()")
+        data = prepare(self.x_train, self.y_train, self.x_valid, self.y_valid, self.task)
+        self.task_ = data["task"]
+        self.classes_ = data["classes"]
+        self.estimator_ = self._fit(data, kwargs)
+        self.values_ = np.asarray(self.estimator_.values_, dtype=np.float64).reshape(-1)
+        return self
+
+    def evaluate_data_values(self) -> np.ndarray:
+        """One value per training point (float64 copy), in the order of x_train."""
+        if self.values_ is None:
+            raise ValueError(f"{type(self).__name__}: call train_data_values() before evaluate_data_values()")
+        return self.values_.copy()
+
+    @property
+    def data_values(self) -> np.ndarray:
+        """What OpenDataVal's experiments read (a cached property there)."""
+        return self.evaluate_data_values()
+
+    @property
+    def plot_title(self) -> str:
+        return repr(self)
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._params)
+        return f"{type(self).__name__}({args})"
+
+
+class LossValEvaluator(_Evaluator):
+    """LossVal (lossval_fast.valuation.lossval.LossVal) as an OpenDataVal DataEvaluator.
+
+    Parameters: epochs, lr, batch_size (the paper's 30, 0.01, 32; `train_data_values(epochs=..., lr=...,
+    batch_size=...)` overrides them for one training, as OpenDataVal's train_kwargs do), task ("auto",
+    "classification", "regression"), device, random_state (None, an int, or a numpy RandomState as OpenDataVal
+    passes; a RandomState gives one draw as the seed), use_input_model (train the model given to input_model
+    instead of the paper's MLP), and any other LossVal keyword (blur, scaling, diameter, normalize, ...).
+    Attributes after training: estimator_ (the fitted LossVal), values_, task_, classes_.
+    """
+
+    _params = ("epochs", "lr", "batch_size", "task", "device", "random_state", "use_input_model")
+
+    def __init__(self, epochs: int = 30, lr: float = 0.01, batch_size: int = 32, *, task: str = "auto",
+                 device="auto", random_state=None, use_input_model: bool = False, **lossval_params):
+        super().__init__(random_state=random_state, task=task)
+        self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
+        self.device = device
+        self.use_input_model = use_input_model
+        self.lossval_params = lossval_params
+
+    def _fit(self, data, train_kwargs):
+        import torch
+
+        from ..valuation.lossval import LossVal
+
+        model = None
+        if self.use_input_model:
+            if not isinstance(self.pred_model, torch.nn.Module):
+                raise ValueError("use_input_model=True needs a torch.nn.Module passed to input_model(), got "
+                                 f"{type(self.pred_model).__name__}")
+            model = self.pred_model
+        params = dict(self.lossval_params)
+        params.setdefault("verbose", False)
+        return LossVal(task=data["task"], model=model, epochs=int(train_kwargs.get("epochs", self.epochs)),
+                       lr=float(train_kwargs.get("lr", self.lr)),
+                       batch_size=int(train_kwargs.get("batch_size", self.batch_size)), device=self.device,
+                       random_state=seed_from(self.random_state), **params
+                       ).fit(data["x_train"], data["y_train"], data["x_valid"], data["y_valid"])
+
+
+class EcoValEvaluator(_Evaluator):
+    """EcoVal (lossval_fast.valuation.ecoval.EcoVal) as an OpenDataVal DataEvaluator.
+
+    Parameters: n_clusters (20), learner (None: logreg / ridge by task; "logreg", "ridge", "mlp" or a scikit-learn
+    style object), task, device, random_state (as LossValEvaluator; None means EcoVal's default seed 0), and any
+    other EcoVal keyword. Training keywords OpenDataVal passes (epochs, batch_size, ...) do not apply to EcoVal's
+    learners and are ignored, as OpenDataVal's model-free evaluators ignore them.
+    Attributes after training: estimator_ (the fitted EcoVal), values_, task_, classes_.
+    """
+
+    _params = ("n_clusters", "learner", "task", "device", "random_state")
+
+    def __init__(self, n_clusters: int = 20, learner=None, *, task: str = "auto", device=None, random_state=None,
+                 **ecoval_params):
+        super().__init__(random_state=random_state, task=task)
+        self.n_clusters, self.learner = n_clusters, learner
+        self.device = device
+        self.ecoval_params = ecoval_params
+
+    def _fit(self, data, train_kwargs):
+        from ..valuation.ecoval import EcoVal
+
+        params = dict(self.ecoval_params)
+        params.setdefault("verbose", False)
+        seed = seed_from(self.random_state)
+        return EcoVal(n_clusters=self.n_clusters, learner=self.learner, task=data["task"], device=self.device,
+                      random_state=0 if seed is None else seed, **params
+                      ).fit(data["x_train"], data["y_train"], data["x_valid"], data["y_valid"])
