@@ -24,13 +24,15 @@ $(VENV)/.deps: $(BIN)/python pyproject.toml
 
 $(VENV)/.built: $(VENV)/.deps $(CSRC) $(PYSRC) CMakeLists.txt
 	$(BIN)/pip install --quiet --no-build-isolation --no-deps .
-	$(BIN)/python -c "import lossval_fast._C"  # the build must not silently fall back to pure Python
+	@# -P: do not put the current directory on sys.path, or the source tree (no compiled _C) would shadow the
+	@# installed package; the build must not silently fall back to pure Python
+	$(BIN)/python -P -c "import lossval_fast._C, lossval_fast; print('built', lossval_fast.__file__)"
 	touch $@
 
 build: $(VENV)/.built
 
 demo: build
-	$(BIN)/python -m lossval_fast demo
+	$(BIN)/python -P -m lossval_fast demo
 
 test: build cuda-check
 	cd tests && ../$(BIN)/python -m pytest -q $(PYTEST_ARGS)
