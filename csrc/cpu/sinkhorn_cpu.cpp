@@ -123,6 +123,12 @@ class SoftminEngine {
     for (int64_t i = 0; i < n_; ++i)
       rows_out[i] = -eps * kLn2 * (offset_b + double(rowmax_[i]) + std::log2(double(rowsum_[i])));
     for (int64_t j = 0; j < m_; ++j) {  // merge the threads' (max, sum) partials
+      if (threads == 1) {
+        const double best = colmax_[j];
+        cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
+                                              : -eps * kLn2 * (offset_a + best + std::log2(double(colsum_[j])));
+        continue;
+      }
       double best = kColumnEmpty;
       for (int t = 0; t < threads; ++t) best = std::max(best, double(colmax_[size_t(t) * ld_ + j]));
       double total = 0;
@@ -247,7 +253,8 @@ void sinkhorn_one(const Problem& p, const T* a, const T* x, const T* b, const T*
   std::vector<double> ft_ba(n), gt_ab(m), ft_aa(f_aa.size()), gt_bb(g_bb.size()), hn(n), hm(m);
   auto bias = [](const std::vector<double>& log_w, const std::vector<double>& pot, double eps,
                  std::vector<double>& out) {
-    for (size_t j = 0; j < out.size(); ++j) out[j] = log_w[j] + pot[j] / eps;
+    const double inv = 1.0 / eps;
+    for (size_t j = 0; j < out.size(); ++j) out[j] = log_w[j] + pot[j] * inv;
   };
 
   double eps = eps_list.front();

@@ -57,19 +57,20 @@ class SinkhornCache:
         self.misses = 0
 
     @staticmethod
-    def _key(b, y, eps_list):
+    def _key(b, y, eps_list, normalize):
         return (b.data_ptr(), b._version, tuple(b.shape), y.data_ptr(), y._version, tuple(y.shape), y.dtype,
-                y.device, tuple(eps_list))
+                y.device, tuple(eps_list), bool(normalize))
 
-    def get(self, b, y, eps_list):
-        if self._entry is not None and self._entry[0] == self._key(b, y, eps_list):
+    def get(self, b, y, eps_list, normalize=False):
+        """GB for (b, y, schedule) as the caller passed them (before any normalisation), or None."""
+        if self._entry is not None and self._entry[0] == self._key(b, y, eps_list, normalize):
             self.hits += 1
             return self._entry[3]
         self.misses += 1
         return None
 
-    def put(self, b, y, eps_list, gb):
-        self._entry = (self._key(b, y, eps_list), b, y, gb.detach())
+    def put(self, b, y, eps_list, gb, normalize=False):
+        self._entry = (self._key(b, y, eps_list, normalize), b, y, gb.detach())
 
     def clear(self):
         self._entry = None
@@ -127,7 +128,9 @@ def _check_inputs(a, x, b, y, blur, scaling, p, diameter, validate):
 
 def _stored_fits(n, m, itemsize, debias, device, memory_budget):
     budget = default_memory_budget(device) if memory_budget is None else int(memory_budget)
-    matrices = n * m + ((n * n + m * m) if debias else 0)  # C_xy serves both directions
+    # C_xy serves both directions. C_yy is counted even when GB comes from the cache, so that the mode (and with
+    # it the last bits of the result) never depends on whether the cache was warm
+    matrices = n * m + ((n * n + m * m) if debias else 0)
     return matrices * itemsize <= budget
 
 
@@ -266,6 +269,7 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
         box = torch.ops.lossval_fast.sinkhorn_prepare(a_s, xs, b_s, ys, bool(validate))
         if diameter is None:
             diameter = box
+    b_given = b_s  # the cache keys on the weights as the caller gave them
     if normalize:
         a_s = a_s / a_s.sum(-1, keepdim=True)
         b_s = b_s / b_s.sum(-1, keepdim=True)
@@ -283,6 +287,7 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     if cost not in ("auto", "online", "stored"):
         raise ValueError(f"cost must be 'auto', 'online' or 'stored', got {cost!r}")
     n, m, d = xs.shape[1], ys.shape[1], xs.shape[2]
+    gb = cache.get(b_given, ys, eps_list, normalize) if (cache is not None and debias) else None
     fits = _stored_fits(n, m, xs.element_size(), debias, xs.device, memory_budget)
     if cost == "stored" and not fits:
         raise ValueError("cost='stored' needs the four cost matrices in memory_budget; use cost='online'")
@@ -291,11 +296,10 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
         runner = _cpp_runner(1 if stored else 0)
     else:
         runner = _ops_runner(_backends.get(be))
-    gb = cache.get(b_s, ys, eps_list) if (cache is not None and debias) else None
     barycenters = torch.is_grad_enabled() and (xs.requires_grad or ys.requires_grad)
     value, gb_out = _SinkhornFunction.apply(a_s, xs, b_s, ys, eps_list, debias, runner, barycenters, gb)
     if cache is not None and debias and gb is None:
-        cache.put(b_s, ys, eps_list, gb_out)
+        cache.put(b_given, ys, eps_list, gb_out, normalize)
     return value if batched else value[0]
 
 
