@@ -147,9 +147,11 @@ def _child(generator: torch.Generator) -> torch.Generator:
 
 
 # ------------------------------------------------------------------------------------------------ initialisation
-def _sqdist64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Materialised squared distances in float64 (small operands only: the k-means++ sample, the candidates)."""
-    return (a.pow(2).sum(1)[:, None] - 2 * a @ b.T + b.pow(2).sum(1)[None, :]).clamp_min(0)
+def _sqdist64(a: torch.Tensor, b: torch.Tensor, a_norms: torch.Tensor, b_norms: torch.Tensor) -> torch.Tensor:
+    """Materialised squared distances in float64 (small operands only: the k-means++ sample, the candidates),
+    from precomputed squared norms: one GEMM and in-place updates."""
+    out = torch.addmm(b_norms[None, :], a, b.T, alpha=-2.0)
+    return out.add_(a_norms[:, None]).clamp_min_(0)
 
 
 def _draw(generator: torch.Generator, cumulative: torch.Tensor, count: int) -> torch.Tensor:
@@ -166,6 +168,7 @@ def _greedy_plusplus(points: torch.Tensor, k: int, generator: torch.Generator,
     n = points.shape[0]
     w = torch.ones(n, dtype=torch.float64, device=points.device) if weights is None else weights
     trials = 2 + int(math.log(k))
+    norms = points.pow(2).sum(1)
     chosen = torch.empty(k, dtype=torch.int64, device=points.device)
     chosen[:1] = _draw(generator, torch.cumsum(w, 0), 1)
     closest = (points - points[chosen[0]]).pow(2).sum(1)
@@ -175,7 +178,7 @@ def _greedy_plusplus(points: torch.Tensor, k: int, generator: torch.Generator,
             candidates = _draw(generator, weighted, trials)
         else:  # every row sits on a chosen centre: any row will do
             candidates = _draw(generator, torch.cumsum(w, 0), trials)
-        distance = torch.minimum(closest[None, :], _sqdist64(points[candidates], points))
+        distance = torch.minimum(_sqdist64(points[candidates], points, norms[candidates], norms), closest[None, :])
         potentials = distance @ w
         best = int(torch.argmin(potentials))
         chosen[c] = candidates[best]
@@ -222,8 +225,9 @@ def _init_parallel(x: torch.Tensor, k: int, generator: torch.Generator, backend:
     points = candidates.double()
     centres = points[_greedy_plusplus(points, k, generator, weights)]
     # weighted Lloyd on the candidates; an empty centre keeps its place
+    norms = points.pow(2).sum(1)
     for _ in range(_PARALLEL_LLOYD_STEPS):
-        labels = _sqdist64(points, centres).argmin(1)
+        labels = _sqdist64(points, centres, norms, centres.pow(2).sum(1)).argmin(1)
         mass = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, labels, weights)
         sums = torch.zeros_like(centres).index_add_(0, labels, points * weights[:, None])
         new = torch.where(mass[:, None] > 0, sums / mass.clamp_min(1e-300)[:, None], centres)
@@ -304,9 +308,10 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int, threshold: f
 
 
 def _tolerance(x: torch.Tensor, tol: float) -> float:
+    """tol times the mean of the per-feature variances (torch accumulates the variance in double on CPU)."""
     if tol == 0:
         return 0.0
-    return float(x.double().var(dim=0, unbiased=False).mean()) * tol
+    return float(x.var(dim=0, unbiased=False).double().mean()) * tol
 
 
 def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend):
@@ -322,6 +327,7 @@ def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend):
 
 
 # ------------------------------------------------------------------------------------------------ public op
+@torch.no_grad()  # not differentiable: no graph for the passes and the divisions
 def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="k-means++", n_init: int = 1,
            random_state=None, groups: Optional[torch.Tensor] = None, backend: str = "auto",
            validate: bool = True) -> KMeansResult:
@@ -343,7 +349,9 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
     n_init = _integer(n_init, "n_init", 1)
     init = _init_arg(init, sum(counts_per_group), x, validate)
     be = _dispatch.resolve(backend, "nearest", x.device)
-    if validate:
+    # NaN or inf anywhere makes a column sum NaN or inf: the element-wise scan only runs when a sum is not finite
+    # (which a huge finite value can also cause), so clean data pays one reduction instead of an N x d mask
+    if validate and not bool(torch.isfinite(x.sum(dim=0)).all()):
         _validate.finite(x, "x")
     x = x.contiguous()
     base = _base_generator(random_state)
