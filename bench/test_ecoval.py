@@ -1,8 +1,10 @@
 """EcoVal on CPU: p = 20 clusters on 1000 training points of pol (48 features, 500 validation points), learner
 "logreg": the 211 subset trainings as one batched model against the loop of 211 separate fits of the same learner
-(its single-model version, lossval_fast.valuation.learners.LogReg), both inside the same estimator with the same
-clusters, so the difference is the training path alone. Reports both times, the ratio and the largest value
-difference; runs at the suite's thread count and, for reference, at 1 thread.
+(its single-model version, lossval_fast.valuation.learners.LogReg, with the same solver), both inside the same
+estimator with the same clusters, so the difference is the training path alone. Both solvers are timed: L-BFGS
+(the default, ecoval.LOGREG_SOLVER) and Newton. Reports the times, the ratios, the largest value differences
+(batched vs loop, and L-BFGS vs Newton), the iteration counts and each solver's distance to the optimum; runs at
+the suite's thread count and, for reference, at 1 thread.
 
     cd bench && python -m pytest test_ecoval.py        (results in bench/results/ecoval_cpu.{json,md})
 """
@@ -15,6 +17,8 @@ import pytest
 import torch
 
 from lossval_fast.datasets import load_bundled_pol, load_table
+from lossval_fast.valuation import ecoval as ecoval_module
+from lossval_fast.valuation import learners
 from lossval_fast.valuation.ecoval import EcoVal
 
 from conftest import THREADS, annotate, markdown, record, rows
@@ -23,6 +27,7 @@ SUITE = "ecoval_cpu"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 P = 20
 THREAD_SETTINGS = sorted({THREADS, 1}, reverse=True)
+SOLVERS = [ecoval_module.LOGREG_SOLVER] + [s for s in learners.SOLVERS if s != ecoval_module.LOGREG_SOLVER]
 _OUT: dict = {}
 
 
@@ -39,20 +44,29 @@ def pol_split(n_train=1000, n_val=500, seed=0):
     return np.asarray(X, np.float64)[tr], y[tr], np.asarray(X, np.float64)[va], y[va], source
 
 
+def _solver_text(solver: str) -> str:
+    tol = learners.LBFGS_TOL if solver == "lbfgs" else learners.TOL
+    extra = f", memory {learners.LBFGS_MEMORY}" if solver == "lbfgs" else ""
+    return f"{solver} to ||grad||_inf <= {tol:g}{extra}"
+
+
 @pytest.fixture(scope="module")
 def problem():
     Xt, yt, Xv, yv, source = pol_split()
-    est = EcoVal(P, verbose=False).fit(Xt, yt, Xv, yv)      # the clusters both timed runs share
+    est = EcoVal(P, verbose=False).fit(Xt, yt, Xv, yv)      # the clusters all timed runs share
     annotate(SUITE, data=source, n_train=len(Xt), n_val=len(Xv), d=Xt.shape[1], p=est.n_clusters_,
-             trainings=int(est.n_trainings_), learner="logreg (L2 1e-3, Newton to ||grad||_inf <= 1e-6, float64)")
+             trainings=int(est.n_trainings_), default_solver=ecoval_module.LOGREG_SOLVER,
+             learner=f"logreg (L2 1e-3, float64; default solver {_solver_text(ecoval_module.LOGREG_SOLVER)})")
     return Xt, yt, Xv, yv, est.cluster_labels_
 
 
 @pytest.mark.parametrize("threads", THREAD_SETTINGS, ids=lambda t: f"{t}thr")
 @pytest.mark.parametrize("path", ["batched", "loop"])
-def test_ecoval_trainings(benchmark, problem, path, threads):
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_ecoval_trainings(benchmark, problem, solver, path, threads, monkeypatch):
     Xt, yt, Xv, yv, labels = problem
-    benchmark.group = f"EcoVal p={P}, 1000 pol points, logreg, {threads} thread(s)"
+    benchmark.group = f"EcoVal p={P}, 1000 pol points, logreg ({solver}), {threads} thread(s)"
+    monkeypatch.setattr(ecoval_module, "LOGREG_SOLVER", solver)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -62,8 +76,9 @@ def test_ecoval_trainings(benchmark, problem, path, threads):
         est = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if path == "batched" else 0)
     finally:
         torch.set_num_threads(before)
-    _OUT[(path, threads)] = est
-    record(SUITE, path=path, threads=threads, backend=est.backend_, trainings=int(est.n_trainings_),
+    assert est.converged_
+    _OUT[(solver, path, threads)] = est
+    record(SUITE, solver=solver, path=path, threads=threads, backend=est.backend_, trainings=int(est.n_trainings_),
            seconds_min=benchmark.stats.stats.min, seconds_median=benchmark.stats.stats.median, rounds=rounds,
            ms_per_training=1e3 * benchmark.stats.stats.min / est.n_trainings_)
 
@@ -92,38 +107,85 @@ def test_sklearn_loop_context(benchmark, problem):
             Xt, yt, Xv, yv, cluster_labels=labels), rounds=1, iterations=1, warmup_rounds=0)
     finally:
         torch.set_num_threads(before)
-    record(SUITE, path="loop, scikit-learn LogisticRegression (context)", threads=THREADS, backend=est.backend_,
-           trainings=int(est.n_trainings_), seconds_min=benchmark.stats.stats.min,
-           seconds_median=benchmark.stats.stats.median, rounds=1,
+    record(SUITE, solver="scikit-learn lbfgs", path="loop, scikit-learn LogisticRegression (context)",
+           threads=THREADS, backend=est.backend_, trainings=int(est.n_trainings_),
+           seconds_min=benchmark.stats.stats.min, seconds_median=benchmark.stats.stats.median, rounds=1,
            ms_per_training=1e3 * benchmark.stats.stats.min / est.n_trainings_)
 
 
 def test_full_fit_with_clustering(benchmark, problem):
-    """The whole fit as a user runs it (stratified k-means, n_init=10, included), batched path."""
+    """The whole fit as a user runs it (stratified k-means, n_init=10, included), batched path, default solver."""
     Xt, yt, Xv, yv, _ = problem
     benchmark.group = f"EcoVal p={P}, full fit"
     est = benchmark.pedantic(lambda: EcoVal(P, verbose=False).fit(Xt, yt, Xv, yv), rounds=3, iterations=1,
                              warmup_rounds=0)
-    record(SUITE, path="batched, with k-means", threads=THREADS, backend=est.backend_,
-           trainings=int(est.n_trainings_), seconds_min=benchmark.stats.stats.min,
+    record(SUITE, solver=ecoval_module.LOGREG_SOLVER, path="batched, with k-means", threads=THREADS,
+           backend=est.backend_, trainings=int(est.n_trainings_), seconds_min=benchmark.stats.stats.min,
            seconds_median=benchmark.stats.stats.median, rounds=3,
            ms_per_training=1e3 * benchmark.stats.stats.min / est.n_trainings_)
 
 
+def test_solver_accuracy(problem):
+    """Not timed: each solver's batched models against the optimum (Newton run to ||grad||_inf <= 1e-10), in
+    parameters and in validation log-likelihood (the utility), with the iteration counts."""
+    Xt, yt, Xv, yv, labels = problem
+    est = EcoVal(P, verbose=False).fit(Xt, yt, Xv, yv, cluster_labels=labels)
+    X = torch.as_tensor(est._Xs)
+    y = torch.as_tensor(est._y_code)
+    cl = torch.as_tensor(labels)
+    removed = torch.as_tensor(est.subsets_)
+    Xv_bar = np.column_stack([est._Xs_val, np.ones(len(Xv))])
+    yv_code = np.searchsorted(est.classes_, yv)
+
+    def utilities(W):
+        Z = np.einsum("md,tdc->tmc", Xv_bar, W.numpy())
+        Z -= Z.max(2, keepdims=True)
+        Pr = np.exp(Z)
+        Pr /= Pr.sum(2, keepdims=True)
+        return np.log(np.maximum(Pr[:, np.arange(len(yv)), yv_code], 1e-12)).mean(1)
+
+    ref = learners.BatchedLogReg(X, y, cl, 2, solver="newton", tol=1e-10).fit(removed, [0] * len(removed))
+    assert bool(ref["converged"].all())
+    u_ref = utilities(ref["W"])
+    out = {}
+    for solver in SOLVERS:
+        fit = learners.BatchedLogReg(X, y, cl, 2, solver=solver).fit(removed, [0] * len(removed))
+        assert bool(fit["converged"].all())
+        out[solver] = {"settings": _solver_text(solver), "iterations_mean": float(fit["steps"].double().mean()),
+                       "iterations_max": int(fit["steps"].max()),
+                       "max_abs_W_vs_optimum": float((fit["W"] - ref["W"]).abs().max()),
+                       "max_abs_utility_vs_optimum": float(np.abs(utilities(fit["W"]) - u_ref).max())}
+    annotate(SUITE, solver_accuracy=out)
+
+
 def _comparisons() -> dict:
     out = {}
-    times = {(r["path"], r["threads"]): r["seconds_min"] for r in rows(SUITE)}
+    times = {(r["solver"], r["path"], r["threads"]): r["seconds_min"] for r in rows(SUITE)}
+    for solver in SOLVERS:
+        for threads in THREAD_SETTINGS:
+            batched, loop = _OUT.get((solver, "batched", threads)), _OUT.get((solver, "loop", threads))
+            if batched is None or loop is None:
+                continue
+            out[f"{solver}, {threads} thread(s)"] = {
+                "solver": solver, "threads": threads,
+                "batched_s": times[(solver, "batched", threads)], "loop_s": times[(solver, "loop", threads)],
+                "speedup": times[(solver, "loop", threads)] / times[(solver, "batched", threads)],
+                "max_abs_value_difference": float(np.abs(batched.values_ - loop.values_).max()),
+                "max_abs_utility_difference": float(np.abs(batched.utilities_ - loop.utilities_).max()),
+                "max_abs_value": float(np.abs(loop.values_).max()),
+            }
+    return out
+
+
+def _solver_agreement() -> dict:
+    """Values of the two solvers' batched runs against each other (same clusters, same subsets)."""
+    out = {}
     for threads in THREAD_SETTINGS:
-        batched, loop = _OUT.get(("batched", threads)), _OUT.get(("loop", threads))
-        if batched is None or loop is None:
-            continue
-        out[f"{threads} thread(s)"] = {
-            "batched_s": times[("batched", threads)], "loop_s": times[("loop", threads)],
-            "speedup": times[("loop", threads)] / times[("batched", threads)],
-            "max_abs_value_difference": float(np.abs(batched.values_ - loop.values_).max()),
-            "max_abs_utility_difference": float(np.abs(batched.utilities_ - loop.utilities_).max()),
-            "max_abs_value": float(np.abs(loop.values_).max()),
-        }
+        runs = [_OUT.get((s, "batched", threads)) for s in SOLVERS]
+        if len(SOLVERS) == 2 and all(r is not None for r in runs):
+            out[f"{threads} thread(s)"] = {
+                "max_abs_value_difference": float(np.abs(runs[0].values_ - runs[1].values_).max()),
+                "max_abs_utility_difference": float(np.abs(runs[0].utilities_ - runs[1].utilities_).max())}
     return out
 
 
@@ -133,27 +195,46 @@ def _markdown(payload) -> str:
              f"{meta['commit']})", "",
              f"{info.get('data')}: {info.get('n_train')} training / {info.get('n_val')} validation points, "
              f"{info.get('d')} features; p = {info.get('p')} clusters (stratified k-means, fixed for the timed "
-             f"runs), all pairs: {info.get('trainings')} trainings of {info.get('learner')}. Both paths run the "
-             "same Newton iterations, so their values agree to rounding. On a shared machine the 2-thread rows "
-             "swing with the load of other jobs; the 1-thread rows are the steadier ones.", "",
-             "| path | threads | backend | trainings | min time (s) | median (s) | ms / training |",
-             "|---|---|---|---|---|---|---|"]
+             f"runs), all pairs: {info.get('trainings')} trainings of {info.get('learner')}. The batched and the "
+             "loop path run the same iterations of the same solver, so their values agree to rounding. On a shared "
+             "machine the times swing with the load of other jobs, the 2-thread rows most (their BLAS and "
+             "elementwise threads wait on each other when a core is taken); the 1-thread rows are the steadier "
+             "ones. Compare the rows of one run.", "",
+             "| solver | path | threads | backend | trainings | min time (s) | median (s) | ms / training |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        lines.append(f"| {r['path']} | {r['threads']} | {r['backend']} | {r['trainings']} | {r['seconds_min']:.3f} | "
-                     f"{r['seconds_median']:.3f} | {r['ms_per_training']:.2f} |")
-    lines += ["", "| threads | batched (s) | loop of single fits (s) | speed-up | max abs value difference | "
+        lines.append(f"| {r['solver']} | {r['path']} | {r['threads']} | "
+                     f"{r['backend']} | {r['trainings']} | {r['seconds_min']:.3f} | {r['seconds_median']:.3f} | "
+                     f"{r['ms_per_training']:.2f} |")
+    lines += ["", "| solver, threads | batched (s) | loop of single fits (s) | speed-up | max abs value difference | "
               "max abs utility difference |", "|---|---|---|---|---|---|"]
     for key, c in info.get("comparisons", {}).items():
         lines.append(f"| {key} | {c['batched_s']:.3f} | {c['loop_s']:.3f} | **{c['speedup']:.1f}x** | "
                      f"{c['max_abs_value_difference']:.1e} (values up to {c['max_abs_value']:.1e}) | "
                      f"{c['max_abs_utility_difference']:.1e} |")
+    agreement = info.get("solver_agreement", {})
+    if agreement:
+        lines += ["", f"Values of the batched {SOLVERS[0]} run against the batched {SOLVERS[1]} run:", "",
+                  "| threads | max abs value difference | max abs utility difference |", "|---|---|---|"]
+        for key, c in agreement.items():
+            lines.append(f"| {key} | {c['max_abs_value_difference']:.1e} | {c['max_abs_utility_difference']:.1e} |")
+    accuracy = info.get("solver_accuracy", {})
+    if accuracy:
+        lines += ["", "Batched models against the optimum (Newton to ||grad||_inf <= 1e-10), all 211 subsets:", "",
+                  "| solver | settings | iterations mean / max | max abs W error | max abs utility error |",
+                  "|---|---|---|---|---|"]
+        for solver, c in accuracy.items():
+            lines.append(f"| {solver} | {c['settings']} | {c['iterations_mean']:.1f} / {c['iterations_max']} | "
+                         f"{c['max_abs_W_vs_optimum']:.1e} | {c['max_abs_utility_vs_optimum']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
 def test_report():
     """Last in the file: ratios and value differences from this run's rows."""
     comparisons = _comparisons()
-    annotate(SUITE, comparisons=comparisons)
+    annotate(SUITE, comparisons=comparisons, solver_agreement=_solver_agreement())
     markdown(SUITE, _markdown)
     for c in comparisons.values():
+        assert c["max_abs_value_difference"] <= 1e-5
+    for c in _solver_agreement().values():
         assert c["max_abs_value_difference"] <= 1e-5

@@ -372,24 +372,68 @@ def test_S1_clusters_of_regression_and_embedding():
     assert np.array_equal(emb.value(X, y), emb.values_)
 
 
-def test_S2_batched_logreg_equals_single_fits():
-    X, y, Xv, yv = small(n=150, classes=3, d=4)
+@pytest.mark.parametrize("solver", ["lbfgs", "newton"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_S2_batched_logreg_equals_single_fits(solver, classes):
+    """The batched trainer runs the single model's iterations: same iteration counts, same parameters to
+    rounding (L-BFGS amplifies GEMM-vs-GEMV rounding over its iterations, hence 1e-9 rather than Newton's 1e-12)."""
+    X, y, Xv, yv = small(n=150, classes=classes, d=4)
     rng = np.random.default_rng(0)
     cl = rng.integers(0, 5, len(X))
     removed = torch.zeros(4, 5, dtype=torch.bool)
     removed[1, 0] = True
     removed[2, [1, 3]] = True
     removed[3, 4] = True
-    trainer = learners.BatchedLogReg(torch.tensor(X), torch.tensor(y), torch.tensor(cl), 3)
+    trainer = learners.BatchedLogReg(torch.tensor(X), torch.tensor(y), torch.tensor(cl), classes, solver=solver)
     out = trainer.fit(removed, [0] * 4)
     assert bool(out["converged"].all())
+    tol = learners.LBFGS_TOL if solver == "lbfgs" else learners.TOL
     for s in range(4):
         rows = ~removed[s].numpy()[cl]
-        single = learners.LogReg(n_classes=3).fit(X[rows], y[rows])
-        np.testing.assert_allclose(out["W"][s].numpy(), np.vstack([single.coef_, single.intercept_]), atol=1e-8)
+        single = learners.LogReg(n_classes=classes, solver=solver).fit(X[rows], y[rows])
+        assert single.solver_ == solver and single.converged_
+        np.testing.assert_allclose(out["W"][s].numpy(), np.vstack([single.coef_, single.intercept_]), rtol=0,
+                                   atol=1e-9 if solver == "lbfgs" else 1e-12)
         assert single.n_iter_ == int(out["steps"][s])
-        grad_inf = _logreg_gradient(X[rows], y[rows], out["W"][s].numpy(), 3)
-        assert grad_inf <= 1e-6
+        grad_inf = _logreg_gradient(X[rows], y[rows], out["W"][s].numpy(), classes)
+        assert grad_inf <= tol
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_lbfgs_optimum_equals_newton_optimum(classes):
+    """Strict convexity: L-BFGS at its tolerance (1e-8) and Newton run to 1e-10 find the same minimiser. L-BFGS
+    stops with ||grad||_inf just below tol, so its parameters sit within about sqrt(P) tol / l2 of the optimum
+    (l2 = 1e-3 bounds the curvature from below), and its predicted probabilities far closer."""
+    X, y, Xv, yv = small(seed=3, n=200, classes=classes, d=5)
+    lbfgs = learners.LogReg(n_classes=classes, solver="lbfgs").fit(X, y)
+    newton = learners.LogReg(n_classes=classes, solver="newton", tol=1e-10).fit(X, y)
+    assert lbfgs.converged_ and newton.converged_
+    assert lbfgs.n_iter_ > newton.n_iter_
+    W_l = np.vstack([lbfgs.coef_, lbfgs.intercept_])
+    W_n = np.vstack([newton.coef_, newton.intercept_])
+    np.testing.assert_allclose(W_l, W_n, rtol=0, atol=math.sqrt(W_l.size) * learners.LBFGS_TOL / learners.L2)
+    np.testing.assert_allclose(lbfgs.predict_proba(Xv), newton.predict_proba(Xv), rtol=0, atol=1e-6)
+    # batched, too: every subset model against its own Newton optimum
+    cl = np.arange(len(X)) % 4
+    removed = torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    out_l = learners.BatchedLogReg(torch.tensor(X), torch.tensor(y), torch.tensor(cl), classes).fit(removed, [0] * 3)
+    out_n = learners.BatchedLogReg(torch.tensor(X), torch.tensor(y), torch.tensor(cl), classes, solver="newton",
+                                   tol=1e-10).fit(removed, [0] * 3)
+    np.testing.assert_allclose(out_l["W"].numpy(), out_n["W"].numpy(), rtol=0,
+                               atol=math.sqrt(W_l.size) * learners.LBFGS_TOL / learners.L2)
+
+
+def test_logreg_solver_errors():
+    X, y, _, _ = small()
+    with pytest.raises(ValueError, match="solver must be one of"):
+        learners.LogReg(solver="sgd").fit(X, y)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        learners.BatchedLogReg(torch.tensor(X), torch.tensor(y), torch.zeros(len(X), dtype=torch.long), 2,
+                               solver="sgd")
+    with pytest.raises(ValueError, match="memory must be >= 1"):
+        learners.LogReg(solver="lbfgs", memory=0).fit(X, y)
+    with pytest.warns(RuntimeWarning, match="L-BFGS iterations"):
+        learners.LogReg(solver="lbfgs", max_iter=2).fit(X, y)
 
 
 def _logreg_gradient(X, y, W, C):
@@ -486,12 +530,14 @@ def test_S4_models_of_a_repeat_start_identical(monkeypatch):
     per_repeat = len(seeds) // 2
     assert len(set(seeds[:per_repeat])) == 1 and len(set(seeds[per_repeat:])) == 1
     assert seeds[0] != seeds[-1] and seeds[0] == est._seeds[0]
-    # logistic regression: every subset model starts from zero (no Newton step taken yet)
-    lr = learners.BatchedLogReg(torch.tensor(X), torch.tensor(y), torch.zeros(80, dtype=torch.long), 2, max_iter=0)
+    # logistic regression: every subset model starts from zero (no step taken yet), with either solver
     masks = torch.ones(3, 80, dtype=torch.float64)
     masks[1, :10] = 0
-    W, V, steps, _ = lr.newton.fit(masks)
-    assert torch.count_nonzero(W) == 0 and int(steps.sum()) == 0
+    for solver in ("lbfgs", "newton"):
+        lr = learners.BatchedLogReg(torch.tensor(X), torch.tensor(y), torch.zeros(80, dtype=torch.long), 2,
+                                    max_iter=0, solver=solver)
+        W, V, steps, _ = lr.optimizer.fit(masks)
+        assert torch.count_nonzero(W) == 0 and int(steps.sum()) == 0
 
 
 # ------------------------------------------------------------------------------------------------ S5: errors
