@@ -7,6 +7,11 @@ on CPU). The faithful defaults reproduce the authors' code (lossval_fast.referen
 the model and the dense weight vector, L_w a sum over the batch, per-batch diameter 1.1·max|x_b - x_val|, a new
 shuffle every epoch with the last partial batch kept, and the same random stream (a seeded run of both gives the
 same values).
+
+Large scale (docs/large_scale.md): X and y may be out of core (a .npy path, a memmap, an array-like over index
+arrays), read by a background loader and checked in chunks, with the values of the in-memory fit; checkpoints can
+also be taken inside an epoch (checkpoint_every) and a fit time-boxed (max_steps); lossval_fast.distributed runs
+the same loop data-parallel over processes.
 """
 from __future__ import annotations
 
@@ -15,12 +20,14 @@ import copy
 import math
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
 import torch
 
 from .. import ops
+from ..data import BatchPrefetcher, RowSource, open_rows
 from ..models import paper_mlp
 
 TASKS = ("classification", "regression")
@@ -46,27 +53,128 @@ def _resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
-def _as_tensor(value, name, dtype=None):
-    if isinstance(value, torch.Tensor):
-        t = value.detach()
+_INT_DTYPES = (torch.int32, torch.int64, torch.int16, torch.uint8)
+_NP_INT_DTYPES = tuple(np.dtype(t) for t in (np.int32, np.int64, np.int16, np.uint8))
+_CHECKSUM_MOD = 1 << 64
+
+
+def _is_float_dtype(dtype) -> bool:
+    return dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.dtype(dtype).kind == "f"
+
+
+def _is_numeric_dtype(dtype, *, target: bool = False) -> bool:
+    """Features: floats and the integer types torch converts (as before); targets: any bool, int or float."""
+    if isinstance(dtype, torch.dtype):
+        if target:
+            return not dtype.is_complex
+        return dtype.is_floating_point or dtype in _INT_DTYPES
+    kind = np.dtype(dtype).kind
+    if target:
+        return kind in "biuf"
+    return kind == "f" or np.dtype(dtype) in _NP_INT_DTYPES
+
+
+def _check_feature_shape(src: RowSource, name: str):
+    if src.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (points x features), got shape {src.shape}")
+    if not _is_numeric_dtype(src.dtype):
+        raise ValueError(f"{name} must be numeric, got dtype {src.dtype}")
+    if src.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one row, got shape {src.shape}")
+
+
+def _checksum(chunk: np.ndarray) -> int:
+    """Sum of the float64 bit patterns modulo 2**64: independent of how the rows are chunked or sharded."""
+    return int(np.ascontiguousarray(chunk).view(np.uint64).sum(dtype=np.uint64))
+
+
+def _feature_stats(src: RowSource, lo: int = 0, hi: int | None = None) -> dict:
+    """NaN/inf count, per-column min and max (float64) and checksum of rows lo..hi-1, read in chunks."""
+    d = src.shape[1]
+    stats = {"bad": 0, "min": np.full(d, np.inf), "max": np.full(d, -np.inf), "checksum": 0}
+    for chunk in src.chunks(lo, hi):
+        c = np.asarray(chunk, dtype=np.float64)
+        finite = np.isfinite(c)
+        bad = c.size - int(np.count_nonzero(finite))
+        stats["bad"] += bad
+        if bad == 0 and c.shape[0]:
+            stats["min"] = np.minimum(stats["min"], c.min(0))
+            stats["max"] = np.maximum(stats["max"], c.max(0))
+        stats["checksum"] = (stats["checksum"] + _checksum(c)) % _CHECKSUM_MOD
+    return stats
+
+
+def _target_stats(src: RowSource, classification: bool, lo: int = 0, hi: int | None = None) -> dict:
+    """NaN/inf count, checksum and, for class labels, non-integer count, min, max and the set of labels."""
+    stats = {"bad": 0, "checksum": 0, "nonint": 0, "min": math.inf, "max": -math.inf, "labels": set()}
+    for chunk in src.chunks(lo, hi):
+        c = np.asarray(chunk, dtype=np.float64)
+        finite = np.isfinite(c)
+        bad = c.size - int(np.count_nonzero(finite))
+        stats["bad"] += bad
+        stats["checksum"] = (stats["checksum"] + _checksum(c)) % _CHECKSUM_MOD
+        if classification and bad == 0 and c.size:
+            stats["nonint"] += int(np.count_nonzero(c != np.round(c)))
+            stats["min"] = min(stats["min"], float(c.min()))
+            stats["max"] = max(stats["max"], float(c.max()))
+            stats["labels"].update(np.unique(c.astype(np.int64)).tolist())
+    return stats
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    """Combine the statistics of disjoint row ranges (what each process of a distributed fit computed)."""
+    out = {}
+    for key in parts[0]:
+        items = [p[key] for p in parts]
+        if key in ("X", "y"):
+            out[key] = merge_stats(items)
+        elif key == "checksum":
+            out[key] = sum(items) % _CHECKSUM_MOD
+        elif key == "bad" or key == "nonint":
+            out[key] = sum(items)
+        elif key == "min":
+            out[key] = np.minimum.reduce(items) if isinstance(items[0], np.ndarray) else min(items)
+        elif key == "max":
+            out[key] = np.maximum.reduce(items) if isinstance(items[0], np.ndarray) else max(items)
+        elif key == "labels":
+            out[key] = set().union(*items)
+        else:
+            raise KeyError(key)
+    return out
+
+
+def _to_tensor(src: RowSource) -> torch.Tensor:
+    """The whole source as a tensor (in-memory inputs, and the validation set, which is always held in memory)."""
+    if src.kind == "tensor":
+        return src.data
+    array = src.data if src.kind == "numpy" and src.in_memory else src.read(0, len(src))
+    try:
+        return torch.as_tensor(np.asarray(array))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"cannot convert an array of dtype {array.dtype} to a tensor") from error
+
+
+class _Data:
+    """Checked inputs of a fit: in-memory device tensors (X, y) or row sources (X_src, y_src) streamed by the
+    loader; the validation set on the device; the statistics the checks gathered."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    @property
+    def streamed(self) -> bool:
+        return self.X is None
+
+
+def gather_rows(data: _Data, task: str, idx: np.ndarray):
+    """(x, y) of the rows idx (numpy int64), converted as the in-memory path converts the whole arrays."""
+    xb = data.X_src.take(idx).to(data.dtype)
+    yb = data.y_src.take(idx)
+    if task == "classification":
+        yb = yb.long()
     else:
-        try:
-            t = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{name} must be array-like (numpy or torch), got {type(value).__name__}") from error
-    return t if dtype is None else t.to(dtype)
-
-
-def _check_features(t, name):
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (points x features), got shape {tuple(t.shape)}")
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
-        raise ValueError(f"{name} must be numeric, got dtype {t.dtype}")
-    if t.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one row, got shape {tuple(t.shape)}")
-    bad = ~torch.isfinite(t.double())
-    if bool(bad.any()):
-        raise ValueError(f"{name} contains {int(bad.sum())} NaN or inf value(s); expected finite numbers")
+        yb = yb.to(data.dtype).reshape(len(idx), -1)
+    return xb, yb
 
 
 class LossVal:
@@ -92,21 +200,33 @@ class LossVal:
         is left untouched).
     verbose : progress bar per epoch (only on a terminal).
     checkpoint : path or None. After every epoch the model, weights, optimiser and RNG state are saved there
-        (atomically); a later fit with the same configuration resumes after the last finished epoch and ends
-        with the same values as an uninterrupted run.
+        (atomically); a later fit with the same configuration resumes after the last saved point and ends with
+        the same values as an uninterrupted run (a run killed mid-epoch redoes that epoch from the checkpoint).
+    checkpoint_every : int or None. Also save every that many steps inside an epoch (with the position in the
+        epoch's order and the random state, so that a resumed run continues exactly there).
+    max_steps : int or None. Stop after that many optimisation steps in this fit (checkpointing the position
+        when `checkpoint` is set): time-boxed runs that a later fit continues, and fixed-work benchmarks.
+
+    Inputs of ``fit`` may be out of core: X (and y) as a path to a ``.npy`` file (memory-mapped), a
+    ``numpy.memmap``, or any array-like with ``__len__`` and ``__getitem__`` over an index array. Minibatches are
+    then gathered by a background thread (lossval_fast.data.BatchPrefetcher), the checks stream over the rows,
+    and memory stays O(batch + validation set + weights); the values equal those of the in-memory fit.
+    Data-parallel fits over several processes: lossval_fast.distributed.
 
     Attributes (after fit)
     ----------------------
     values_ : ndarray (n,), the final raw weights in input order (low = likely harmful or noisy).
     model_ : the trained model.  history_ : list of mean minibatch losses per epoch.
     classes_ : number of classes (classification).  n_steps_ : optimisation steps run in this fit.
+    timings_ : seconds spent checking the data, computing the cached validation side and training.
     """
 
     def __init__(self, task: str = "classification", model: torch.nn.Module | None = None, epochs: int = 30,
                  batch_size: int = 32, lr: float = 0.01, blur: float = 0.05, scaling: float = 0.5,
                  normalize: bool = False, device="auto", random_state: int | None = None, verbose: bool = True,
                  checkpoint: str | os.PathLike | None = None, *, model_output: str = "probabilities",
-                 diameter="batch", dtype: torch.dtype = torch.float32):
+                 diameter="batch", dtype: torch.dtype = torch.float32, checkpoint_every: int | None = None,
+                 max_steps: int | None = None):
         self.task = task
         self.model = model
         self.epochs = epochs
@@ -122,6 +242,8 @@ class LossVal:
         self.model_output = model_output
         self.diameter = diameter
         self.dtype = dtype
+        self.checkpoint_every = checkpoint_every
+        self.max_steps = max_steps
 
     # ------------------------------------------------------------------------------------------ validation
     def _check_params(self):
@@ -143,65 +265,94 @@ class LossVal:
             raise ValueError(f"diameter must be 'batch', 'global' or a positive number, got {self.diameter!r}")
         if self.model is not None and not isinstance(self.model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module or None, got {type(self.model).__name__}")
+        for name in ("checkpoint_every", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
 
-    def _check_data(self, X, y, X_val, y_val):
-        X, X_val = _as_tensor(X, "X"), _as_tensor(X_val, "X_val")
-        y, y_val = _as_tensor(y, "y"), _as_tensor(y_val, "y_val")
-        _check_features(X, "X")
-        if X_val.dim() == 2 and X_val.shape[0] == 0:
+    def _check_data(self, X, y, X_val, y_val, *, rows=None, reduce=None) -> _Data:
+        """Check the inputs and gather what the fit needs, streaming over X and y in chunks (nothing loads
+        them whole). `rows` = (lo, hi) limits the pass to those rows of X and y, `reduce` merges the statistics
+        of all processes (a distributed fit)."""
+        Xs, ys, Vs, vys = open_rows(X, "X"), open_rows(y, "y"), open_rows(X_val, "X_val"), open_rows(y_val, "y_val")
+        _check_feature_shape(Xs, "X")
+        if Vs.ndim == 2 and Vs.shape[0] == 0:
             raise ValueError("X_val is empty: the validation set must hold at least one row")
-        _check_features(X_val, "X_val")
-        if X_val.shape[1] != X.shape[1]:
-            raise ValueError(f"X_val must have the same number of features as X: X has {X.shape[1]}, "
-                             f"X_val has {X_val.shape[1]}")
-        for target, name, rows, xname in ((y, "y", X.shape[0], "X"), (y_val, "y_val", X_val.shape[0], "X_val")):
-            if target.dim() == 0 or target.shape[0] != rows:
-                raise ValueError(f"{name} must have one entry per row of {xname} ({rows}), got shape "
-                                 f"{tuple(target.shape)}")
-            if not torch.isfinite(target.double()).all():
+        _check_feature_shape(Vs, "X_val")
+        if Vs.shape[1] != Xs.shape[1]:
+            raise ValueError(f"X_val must have the same number of features as X: X has {Xs.shape[1]}, "
+                             f"X_val has {Vs.shape[1]}")
+        for target, name, count, xname in ((ys, "y", len(Xs), "X"), (vys, "y_val", len(Vs), "X_val")):
+            if target.ndim == 0 or target.shape[0] != count:
+                raise ValueError(f"{name} must have one entry per row of {xname} ({count}), got shape "
+                                 f"{target.shape}")
+            if not _is_numeric_dtype(target.dtype, target=True):
+                raise ValueError(f"{name} must be numeric, got dtype {target.dtype}")
+        classification = self.task == "classification"
+        lo, hi = (0, len(Xs)) if rows is None else rows
+        stats = {"X": _feature_stats(Xs, lo, hi), "y": _target_stats(ys, classification, lo, hi)}
+        if reduce is not None:
+            stats = reduce(stats)
+        val = {"X": _feature_stats(Vs), "y": _target_stats(vys, classification)}
+        for part, name in ((stats, "X"), (val, "X_val")):
+            if part["X"]["bad"]:
+                raise ValueError(f"{name} contains {part['X']['bad']} NaN or inf value(s); expected finite numbers")
+        for part, name in ((stats, "y"), (val, "y_val")):
+            if part["y"]["bad"]:
                 raise ValueError(f"{name} contains NaN or inf values; expected finite numbers")
-        if self.task == "classification":
-            y, y_val, classes = self._check_labels(y, y_val)
+        if classification:
+            classes = self._check_labels(ys, vys, stats["y"], val["y"])
+            outputs = classes
         else:
             classes = None
-            for target, name in ((y, "y"), (y_val, "y_val")):
-                if not target.is_floating_point():
+            for target, name in ((ys, "y"), (vys, "y_val")):
+                if not _is_float_dtype(target.dtype):
                     raise ValueError(f"{name} must hold float targets for regression, got dtype {target.dtype} "
                                      "(integer labels suggest task='classification')")
-            y = y.reshape(X.shape[0], -1)
-            y_val = y_val.reshape(X_val.shape[0], -1)
-            if y.shape[1] != y_val.shape[1]:
-                raise ValueError(f"y and y_val must have the same number of outputs, got {y.shape[1]} and "
-                                 f"{y_val.shape[1]}")
-        return X, y, X_val, y_val, classes
+            outputs = int(np.prod(ys.shape[1:], dtype=np.int64))
+            val_outputs = int(np.prod(vys.shape[1:], dtype=np.int64))
+            if outputs != val_outputs:
+                raise ValueError(f"y and y_val must have the same number of outputs, got {outputs} and "
+                                 f"{val_outputs}")
+
+        device, dtype = _resolve_device(self.device), self.dtype
+        X_val_t = _to_tensor(Vs).to(device=device, dtype=dtype)
+        in_memory = Xs.in_memory and ys.in_memory and reduce is None
+        X_t = y_t = None
+        if in_memory:
+            X_t = _to_tensor(Xs).to(device=device, dtype=dtype)
+            y_t = _to_tensor(ys)
+            y_t = y_t.long().to(device) if classification else y_t.reshape(len(Xs), -1).to(device=device, dtype=dtype)
+        return _Data(device=device, dtype=dtype, n=len(Xs), d=Xs.shape[1], classes=classes, outputs=outputs,
+                     X=X_t, y=y_t, X_src=Xs, y_src=ys, X_val=X_val_t, x_min=stats["X"]["min"],
+                     x_max=stats["X"]["max"], checksum=(stats["X"]["checksum"], stats["y"]["checksum"]))
 
     @staticmethod
-    def _check_labels(y, y_val):
-        for target, name in ((y, "y"), (y_val, "y_val")):
-            if target.dim() != 1:
-                raise ValueError(f"{name} must be a 1-D vector of class labels, got shape {tuple(target.shape)}")
-            if target.is_floating_point() and not torch.equal(target, target.round()):
+    def _check_labels(ys, vys, stats, val):
+        for target, name in ((ys, "y"), (vys, "y_val")):
+            if target.ndim != 1:
+                raise ValueError(f"{name} must be a 1-D vector of class labels, got shape {target.shape}")
+        for part, name in ((stats, "y"), (val, "y_val")):
+            if part["nonint"]:
                 raise ValueError(f"{name} holds non-integer values: classification labels must be 0..C-1")
-        y, y_val = y.long(), y_val.long()
-        classes = int(y.max()) + 1
-        if int(y.min()) < 0:
-            raise ValueError(f"y labels must be in 0..C-1, got a minimum of {int(y.min())}")
-        missing = sorted(set(range(classes)) - set(y.unique().tolist()))
-        if missing:
+        classes = int(stats["max"]) + 1
+        if int(stats["min"]) < 0:
+            raise ValueError(f"y labels must be in 0..C-1, got a minimum of {int(stats['min'])}")
+        if len(stats["labels"]) != classes:
+            missing = sorted(set(range(classes)) - stats["labels"]) if classes <= 1_000_000 else "several"
             raise ValueError(f"y labels must cover 0..{classes - 1}; class(es) {missing} are missing from the "
                              "training set")
-        if int(y_val.min()) < 0 or int(y_val.max()) >= classes:
+        if int(val["min"]) < 0 or int(val["max"]) >= classes:
             raise ValueError(f"y_val labels must be in 0..{classes - 1} (the classes of y), got values in "
-                             f"{int(y_val.min())}..{int(y_val.max())}")
-        return y, y_val, classes
+                             f"{int(val['min'])}..{int(val['max'])}")
+        return classes
 
-    # ------------------------------------------------------------------------------------------ training
-    def _fingerprint(self, X, y, classes):
-        return {"n": int(X.shape[0]), "d": int(X.shape[1]), "task": self.task, "classes": classes,
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _fingerprint(self, data: _Data):
+        return {"n": int(data.n), "d": int(data.d), "task": self.task, "classes": data.classes,
                 "batch_size": self.batch_size, "lr": float(self.lr), "blur": float(self.blur),
                 "scaling": float(self.scaling), "normalize": bool(self.normalize), "diameter": str(self.diameter),
-                "random_state": self.random_state, "dtype": str(self.dtype),
-                "data_sum": float(X.double().sum()) + float(y.double().sum())}
+                "random_state": self.random_state, "dtype": str(self.dtype), "checksum": data.checksum}
 
     def _load_checkpoint(self, fingerprint):
         if self.checkpoint is None or not os.path.exists(self.checkpoint):
@@ -218,121 +369,245 @@ class LossVal:
         torch.save(state, tmp)
         os.replace(tmp, path)  # atomic: a crash mid-save never leaves a truncated checkpoint
 
+    # ------------------------------------------------------------------------------------------ training
     def fit(self, X, y, X_val, y_val) -> "LossVal":
         """Learn one weight per training point. X (n, d), y (n,) labels 0..C-1 or (n,)/(n, K) float targets,
-        X_val (m, d), y_val alike (the validation features enter the divergence; labels are only checked)."""
+        X_val (m, d), y_val alike (the validation features enter the divergence; labels are only checked).
+        X and y may be out of core (a .npy path, a numpy.memmap, an array-like over index arrays)."""
         self._check_params()
-        X, y, X_val, y_val, classes = self._check_data(X, y, X_val, y_val)
-        device, dtype = _resolve_device(self.device), self.dtype
-        X, X_val = X.to(device=device, dtype=dtype), X_val.to(device=device, dtype=dtype)
-        y = y.to(device) if self.task == "classification" else y.to(device=device, dtype=dtype)
-        n = X.shape[0]
-        outputs = classes if self.task == "classification" else y.shape[1]
-        fingerprint = self._fingerprint(X, y, classes)
+        started = time.perf_counter()
+        data = self._check_data(X, y, X_val, y_val)
+        return self._train(data, None, checks_seconds=time.perf_counter() - started)
+
+    def _fixed_diameter(self, data: _Data):
+        if self.diameter == "batch":
+            return None
+        if self.diameter != "global":
+            return float(self.diameter)
+        # 1.1 · the bounding-box diagonal of X ∪ X_val in the working dtype, from the streamed per-column extremes
+        # (rounding is monotone, so these equal the extremes of the converted rows)
+        lo = torch.as_tensor(data.x_min, dtype=torch.float64).to(device=data.device, dtype=data.dtype)
+        hi = torch.as_tensor(data.x_max, dtype=torch.float64).to(device=data.device, dtype=data.dtype)
+        lo = torch.minimum(lo, data.X_val.min(0).values)
+        hi = torch.maximum(hi, data.X_val.max(0).values)
+        return 1.1 * float((hi - lo).norm())
+
+    def _train(self, data: _Data, ctx, *, checks_seconds: float = 0.0) -> "LossVal":
+        """The training loop, one process (ctx None) or one rank of a data-parallel fit (ctx from
+        lossval_fast.distributed: the weights, their Adam state and the data are sharded)."""
+        device, dtype, n = data.device, data.dtype, data.n
+        lo, hi = (0, n) if ctx is None else ctx.shard
+        fingerprint = self._fingerprint(data)
         state = self._load_checkpoint(fingerprint)
+        writer = ctx is None or ctx.rank == 0
+        timings = {"checks": checks_seconds, "validation_side": 0.0, "training": 0.0}
 
         # A minibatch step is a chain of tiny ops (32 x 100 distances, 100-wide layers): on a CPU, fanning each
         # out to a thread pool costs more than the op, and on a busy machine a barrier can wait for a whole time
         # slice. Small steps therefore run on one thread (the Sinkhorn kernel itself is serial at this size).
-        small_step = device.type == "cpu" and self.batch_size * X_val.shape[0] <= (1 << 20)
+        small_step = device.type == "cpu" and self.batch_size * data.X_val.shape[0] <= (1 << 20)
         with torch.random.fork_rng(devices=[]), _intra_op_threads(1 if small_step else None):
             seed = self.random_state if self.random_state is not None else int(torch.randint(0, 2**62, ()).item())
+            if ctx is not None:
+                seed = ctx.agree(seed)  # every rank must draw the same model and the same epoch orders
             torch.manual_seed(seed)
-            model = paper_mlp(X.shape[1], outputs, self.task) if self.model is None else copy.deepcopy(self.model)
+            model = paper_mlp(data.d, data.outputs, self.task) if self.model is None else copy.deepcopy(self.model)
             model = model.to(device=device, dtype=dtype)
-            weights = torch.nn.Parameter(torch.ones(n, dtype=dtype, device=device))
-            optimizer = torch.optim.Adam([weights, *model.parameters()], lr=self.lr)
-            history, start = [], 0
+            weights = torch.nn.Parameter(torch.ones(hi - lo, dtype=dtype, device=device))
+            if ctx is None:
+                optimizer = torch.optim.Adam([weights, *model.parameters()], lr=self.lr)
+            else:
+                optimizer = ctx.optimizer(weights, model, self.lr)
+            history, start, partial = [], 0, None
             if state is not None:
                 model.load_state_dict(state["model"])
                 with torch.no_grad():
-                    weights.copy_(state["weights"].to(device))
-                optimizer.load_state_dict(state["optimizer"])
+                    weights.copy_(state["weights"][lo:hi].to(device))
+                optimizer.load_state_dict(_shard_optimizer_state(state["optimizer"], lo, hi))
                 torch.set_rng_state(state["rng"])
                 history, start = list(state["history"]), state["epoch"] + 1
-            step = _StepRunner(self, model, weights, X, y, X_val, classes)
+                partial = state.get("partial")
+            fixed_diameter = self._fixed_diameter(data)
+            began = time.perf_counter()
+            if ctx is None:
+                step = _StepRunner(self, model, weights, data, fixed_diameter)
+            else:
+                step = ctx.step_runner(self, model, weights, data, fixed_diameter)
+            timings["validation_side"] = time.perf_counter() - began
+
+            def save(epoch_done, position=None, rng_epoch=None, total=0.0):
+                if self.checkpoint is None:
+                    return
+                full = (weights, optimizer.state_dict()) if ctx is None else ctx.gather_state(weights, optimizer)
+                if not writer:
+                    return
+                self._save_checkpoint({
+                    "fingerprint": fingerprint, "epoch": epoch_done, "model": model.state_dict(),
+                    "weights": full[0].detach().cpu(), "optimizer": full[1], "rng": torch.get_rng_state(),
+                    "history": history, "partial": None if position is None else
+                    {"position": position, "rng_epoch": rng_epoch, "total": total}})
+
             epochs = range(start, self.epochs)
             bar = None
-            if self.verbose and sys.stderr.isatty() and len(epochs):
+            if self.verbose and writer and sys.stderr.isatty() and len(epochs):
                 from tqdm.auto import tqdm
                 bar = tqdm(total=self.epochs, initial=start, desc="LossVal", unit="epoch")
             self.n_steps_ = 0
+            budget = math.inf if self.max_steps is None else self.max_steps
+            began = time.perf_counter()
             for epoch in epochs:
-                order = _epoch_order(n, device)
-                total = 0.0
-                batches = torch.split(order, self.batch_size)
-                for idx in batches:
+                if partial is not None:  # resume inside this epoch: redraw its order, then continue the stream
+                    resumed_rng = torch.get_rng_state()
+                    torch.set_rng_state(partial["rng_epoch"])
+                rng_epoch = torch.get_rng_state()
+                order = _epoch_order(n)
+                position, total = 0, 0.0
+                if partial is not None:
+                    torch.set_rng_state(resumed_rng)
+                    position, total, partial = partial["position"], partial["total"], None
+                count = -(-n // self.batch_size)
+                stopped = False
+                for position, item in enumerate(step.batches(order, position), start=position):
+                    if self.n_steps_ >= budget:
+                        stopped = True
+                        break
                     optimizer.zero_grad(set_to_none=True)
-                    loss = step(idx)
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item()
-                self.n_steps_ += len(batches)
-                history.append(total / max(len(batches), 1))
-                if self.checkpoint is not None:
-                    self._save_checkpoint({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                                           "weights": weights.detach().cpu(), "optimizer": optimizer.state_dict(),
-                                           "rng": torch.get_rng_state(), "history": history})
+                    loss = step(item, optimizer)  # forward, backward and the optimiser's step
+                    total += float(loss)
+                    self.n_steps_ += 1
+                    done = position + 1
+                    if (self.checkpoint_every is not None and done % self.checkpoint_every == 0
+                            and done < count):
+                        save(epoch - 1, done, rng_epoch, total)
+                else:
+                    position = count
+                if stopped or (position < count):
+                    save(epoch - 1, position, rng_epoch, total)
+                    break
+                history.append(total / max(count, 1))
+                save(epoch)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{history[-1]:.4g}")
             if bar is not None:
                 bar.close()
+            if ctx is not None:
+                step.finish()
+            timings["training"] = time.perf_counter() - began
         if history and not math.isfinite(history[-1]):
             warnings.warn("the LossVal loss became non-finite; values_ may be meaningless (try a smaller lr)",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
         self.model_ = model
-        self.values_ = weights.detach().cpu().numpy().copy()
+        if ctx is None:
+            self.values_ = weights.detach().cpu().numpy().copy()
+        else:
+            gathered = ctx.gather_values(weights)
+            self.values_ = None if gathered is None else gathered.numpy().copy()
         self.history_ = history
-        self.classes_ = classes
+        self.classes_ = data.classes
         self.random_state_ = seed
+        self.timings_ = timings
         return self
 
 
-def _epoch_order(n: int, device) -> torch.Tensor:
-    """The order a DataLoader(shuffle=True) visits the rows in, drawn from the (forked) global RNG exactly as
-    torch does it: one draw for the loader's base seed, one to seed the sampler's generator."""
+def _shard_optimizer_state(state_dict, lo, hi):
+    """The optimiser state with the weight vector's entries (parameter 0) cut to rows lo..hi-1."""
+    state = {key: dict(value) for key, value in state_dict["state"].items()}
+    if 0 in state:
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in state[0] and state[0][key].dim() == 1:
+                state[0][key] = state[0][key][lo:hi].clone()
+    return {"state": state, "param_groups": state_dict["param_groups"]}
+
+
+def _epoch_order(n: int) -> torch.Tensor:
+    """The order a DataLoader(shuffle=True) visits the rows in (on the CPU), drawn from the (forked) global RNG
+    exactly as torch does it: one draw for the loader's base seed, one to seed the sampler's generator."""
     torch.empty((), dtype=torch.int64).random_()
     seed = int(torch.empty((), dtype=torch.int64).random_().item())
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return torch.randperm(n, generator=generator).to(device)
+    return torch.randperm(n, generator=generator)
+
+
+def _validation_warmup(sinkhorn_kwargs, val_weights, X_val, cache):
+    """Fill `cache` with the validation side GB (it depends only on the validation set and the ε schedule).
+    The M x M problem runs with stored costs only while they take at most 64 MiB, else online: a 10,000-point
+    validation set would otherwise allocate a 400 MB cost matrix in the first step."""
+    dummy = X_val[:1]
+    with torch.no_grad():
+        ops.sinkhorn_divergence(torch.ones(1, dtype=X_val.dtype, device=X_val.device), dummy, val_weights, X_val,
+                                cache=cache, memory_budget=64 << 20, validate=False, **sinkhorn_kwargs)
+
+
+class _Divergence:
+    """S(w_b, x_b; 1_M, X_val) of one step: with the per-batch diameter (faithful), or a fixed one with the
+    validation side computed once and cached. With normalize=True and a cache the masses are normalised here, not
+    by the op: the op normalises a fresh copy of the validation weights every call, which its cache cannot
+    recognise (GB would be recomputed every step)."""
+
+    def __init__(self, est: LossVal, X_val, fixed_diameter):
+        self.X_val, self.fixed_diameter = X_val, fixed_diameter
+        self.blur, self.scaling, self.normalize = est.blur, est.scaling, est.normalize
+        self.val_weights = torch.ones(X_val.shape[0], dtype=X_val.dtype, device=X_val.device)
+        self.cache = None
+        if fixed_diameter is not None:
+            if self.normalize:
+                self.val_weights = self.val_weights / self.val_weights.sum()
+            self.cache = ops.SinkhornCache()  # the validation side is the same every step
+            _validation_warmup(dict(blur=self.blur, scaling=self.scaling, diameter=fixed_diameter, normalize=False),
+                               self.val_weights, X_val, self.cache)
+
+    def __call__(self, wb, xb):
+        normalize = self.normalize
+        if self.fixed_diameter is None:
+            diameter = torch.cdist(xb, self.X_val, p=2).max().item() * 1.1
+        else:
+            diameter = self.fixed_diameter
+            if normalize:
+                wb, normalize = wb / wb.sum(), False
+        return ops.sinkhorn_divergence(wb, xb, self.val_weights, self.X_val, blur=self.blur, scaling=self.scaling,
+                                       diameter=diameter, normalize=normalize, cache=self.cache, validate=False)
 
 
 class _StepRunner:
     """One LossVal minibatch loss: the fused weighted loss times the squared Sinkhorn divergence."""
 
-    def __init__(self, est: LossVal, model, weights, X, y, X_val, classes):
-        self.model, self.weights, self.X, self.y, self.X_val = model, weights, X, y, X_val
+    def __init__(self, est: LossVal, model, weights, data: _Data, fixed_diameter):
+        self.model, self.weights, self.X, self.y = model, weights, data.X, data.y
+        self.data, self.task = data, est.task
+        self.batch_size = est.batch_size
         self.classification = est.task == "classification"
         self.from_logits = est.model_output == "logits"
-        self.blur, self.scaling, self.normalize = est.blur, est.scaling, est.normalize
-        self.val_weights = torch.ones(X_val.shape[0], dtype=X.dtype, device=X.device)
-        self.cache = None
-        if est.diameter == "batch":
-            self.fixed_diameter = None
-        else:
-            if est.diameter == "global":
-                both = torch.cat([X, X_val])
-                self.fixed_diameter = 1.1 * float((both.max(0).values - both.min(0).values).norm())
-            else:
-                self.fixed_diameter = float(est.diameter)
-            self.cache = ops.SinkhornCache()  # the validation side is the same every step
+        self.divergence = _Divergence(est, data.X_val, fixed_diameter)
 
-    def __call__(self, idx):
-        xb = self.X.index_select(0, idx)
-        yb = self.y.index_select(0, idx)
+    def batches(self, order, position):
+        """(idx, x, y) per minibatch from `position` on: gathered on the device for in-memory data, else by the
+        background loader (the same rows, converted the same way)."""
+        device = self.data.device
+        idx_all = order.to(device)
+        parts = torch.split(idx_all, self.batch_size)[position:]
+        if not self.data.streamed:
+            return ((idx, None, None) for idx in parts)
+        cpu = torch.split(order, self.batch_size)[position:]
+
+        def gather(k):
+            return gather_rows(self.data, self.task, cpu[k].numpy())
+        loader = BatchPrefetcher(range(len(cpu)), gather, device)
+        return ((idx, *item) for idx, item in zip(parts, loader))
+
+    def __call__(self, item, optimizer):
+        idx, xb, yb = item
+        if xb is None:
+            xb = self.X.index_select(0, idx)
+            yb = self.y.index_select(0, idx)
         wb = self.weights.index_select(0, idx)
         pred = self.model(xb)
         if self.classification:
             train_loss = ops.weighted_cross_entropy(pred, yb, wb, from_logits=self.from_logits, validate=False)
         else:
             train_loss = ops.weighted_mse(pred.reshape(yb.shape), yb, wb, validate=False)
-        if self.fixed_diameter is None:
-            diameter = torch.cdist(xb, self.X_val, p=2).max().item() * 1.1
-        else:
-            diameter = self.fixed_diameter
-        divergence = ops.sinkhorn_divergence(wb, xb, self.val_weights, self.X_val, blur=self.blur,
-                                             scaling=self.scaling, diameter=diameter, normalize=self.normalize,
-                                             cache=self.cache, validate=False)
-        return train_loss * divergence.square()
+        loss = train_loss * self.divergence(wb, xb).square()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
