@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import warnings
 
 import torch
 
@@ -28,6 +29,8 @@ def _load() -> bool:
 
 
 HAS_EXTENSION = _load()
+if not HAS_EXTENSION:  # never a silent fallback: the plain torch paths are many times slower
+    warnings.warn(_LOAD_ERROR + " Falling back to the plain torch backend.", RuntimeWarning, stacklevel=2)
 
 
 def require_extension() -> None:

@@ -416,7 +416,12 @@ def find_bench_dir(explicit: str | None = None) -> Path | None:
 
     if explicit is not None:
         return Path(explicit) if is_suite(Path(explicit)) else None
-    for candidate in (Path.cwd() / "bench", Path(__file__).resolve().parents[1] / "bench"):
+    # ./bench, the bench/ of a source checkout that holds the working directory (the folder with pyproject.toml),
+    # then the one next to the package (an editable install)
+    checkouts = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "pyproject.toml").is_file()]
+    candidates = [Path.cwd() / "bench", *(p / "bench" for p in checkouts[:1]),
+                  Path(__file__).resolve().parents[1] / "bench"]
+    for candidate in candidates:
         if is_suite(candidate):
             return candidate
     return None

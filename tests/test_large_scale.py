@@ -57,7 +57,7 @@ class Reader:
 
 def run_script(code: str, timeout=600, env=None):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, cwd=str(ROOT), env=env)
+                          timeout=timeout, cwd=str(HERE), env=env)  # not ROOT: its source tree has no _C
 
 
 # ---------------------------------------------------------------------------------------------- out of core
