@@ -3,8 +3,10 @@
 //
 // The module `lossval_fast._C` is an empty abi3 Python module: importing it runs the static registrations.
 #include <Python.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <string>
 
 #include "cpu/kernels.h"
@@ -20,6 +22,15 @@ std::string set_cpu_capability(const std::string& name) {
 }
 std::string cpu_capability() { return lvf::cpu::capability(); }
 std::string best_cpu_capability() { return lvf::cpu::best_capability(); }
+// How many distinct threads at::parallel_for hands work to: the kernels split their rows with it, and it runs
+// serially (silently) when the extension is compiled without OpenMP.
+int64_t parallel_threads(int64_t tasks) {
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, std::max<int64_t>(tasks, 1), 1, [&](int64_t, int64_t) {
+    seen.fetch_or(uint64_t(1) << (at::get_thread_num() % 64));
+  });
+  return __builtin_popcountll(seen.load());
+}
 bool has_cuda_kernels() {
 #ifdef LVF_WITH_CUDA
   return true;
@@ -54,6 +65,7 @@ TORCH_LIBRARY(lossval_fast, m) {
   m.def("cpu_capability() -> str", &cpu_capability);
   m.def("best_cpu_capability() -> str", &best_cpu_capability);
   m.def("has_cuda_kernels() -> bool", &has_cuda_kernels);
+  m.def("parallel_threads(int tasks) -> int", &parallel_threads);
   // fused weighted losses (LossVal): (loss = sum_i w_i l_i, per-row losses l, G = w_i dl_i/d input or (0,) without
   // need_grad); target: int64 class indices (N,) or a distribution like input; validate: reject non-finite weights
   m.def("weighted_cross_entropy(Tensor input, Tensor target, Tensor weight, bool from_logits, float eps, "

@@ -81,3 +81,32 @@ def test_cost_mode_choice():
     assert ops.choose_cost_mode("auto", 100, 100, 32, 4, cpu, passes=20) == "stored"
     assert ops.choose_cost_mode("auto", 100, 100, 32, 4, cpu, passes=20, memory_budget=1000) == "online"
     assert ops.choose_cost_mode("online", 100, 100, 32, 4, cpu, passes=20) == "online"
+
+
+def test_kernels_split_their_work_over_torch_threads():
+    """at::parallel_for inside the extension hands work to as many threads as torch.get_num_threads() (it is an
+    inline OpenMP loop that silently runs on one thread if the extension is built without OpenMP)."""
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.ops.lossval_fast.parallel_threads(64) == 1
+        if (os.cpu_count() or 1) >= 2:
+            torch.set_num_threads(2)
+            assert torch.ops.lossval_fast.parallel_threads(64) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_finiteness_check_finds_a_single_bad_value_in_a_large_tensor():
+    x = torch.randn(300, 40)
+    y = torch.randn(50, 40)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        z = x.clone()
+        z[123, 7] = bad
+        with pytest.raises(ValueError, match="x contains 1 NaN or inf"):
+            ops.nearest(z, y)
+    z = x.clone()
+    z[0, 0], z[1, 0] = 3e38, 3e38  # finite, but the sum overflows: the element-wise scan decides
+    ops.nearest(z, y)

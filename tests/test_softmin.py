@@ -1,6 +1,7 @@
 """softmin, its barycentre flavour, plan column sums and the stored-cost mode: every backend against the float64
 reference, on shapes that are not multiples of any tile, with masked points and eps from 1e-4 to 10."""
 import itertools
+import os
 
 import pytest
 import torch
@@ -188,3 +189,46 @@ def test_online_allocates_no_cost_matrix():
     assert result.returncode == 0, result.stderr
     grown_mib = int(result.stdout.strip().splitlines()[-1])
     assert grown_mib < 40, f"peak RSS grew by {grown_mib} MiB during the online passes (the cost would be 381 MiB)"
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def test_online_pass_allocates_nothing_of_size_n_times_m():
+    """N = M = 10,000 (N·M = 10⁸ pairs, 400 MB as a float32 matrix), d = 32, online softmin and the barycentre
+    flavour with gradients for x, y and h: the peak resident memory the calls add (VmHWM after a reset through
+    /proc/self/clear_refs, in a fresh process) stays at O((N + M) d), far below one N x M matrix."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    code = """
+        import torch
+        from lossval_fast import ops
+        torch.set_num_threads(1)
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+        g = torch.Generator().manual_seed(0)
+        n = m = 10_000
+        x = torch.randn(n, 32, generator=g).requires_grad_()
+        y = torch.randn(m, 32, generator=g).requires_grad_()
+        h = torch.zeros(m, requires_grad=True)
+        ops.pairwise_softmin(x[:5], y[:7], h[:7], eps=1.0, cost="online").sum().backward()  # warm-up
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = status("VmRSS:")
+        f = ops.pairwise_softmin(x, y, h, eps=1.0, cost="online")
+        f.sum().backward()
+        fb, bary = ops.softmin_barycenter(x.detach(), y.detach(), h.detach(), 1.0)
+        assert torch.isfinite(f).all() and torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+        assert torch.isfinite(h.grad).all() and torch.isfinite(bary).all()
+        print(status("VmHWM:") - before)
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=600, cwd=str(Path(__file__).parent))
+    assert result.returncode == 0, result.stderr
+    growth = int(result.stdout.strip().splitlines()[-1])
+    one_matrix = 10_000 * 10_000 * 4
+    assert growth < one_matrix / 20, f"the online pass added {growth / 2**20:.1f} MiB of resident memory"
