@@ -36,7 +36,7 @@ from .data import BatchPrefetcher, open_rows
 from .ops import _backends, _dispatch
 from .ops.memory import default_memory_budget
 from .ops.sinkhorn import _cpp_runner, _ops_runner, epsilon_schedule
-from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats
+from .valuation.lossval import LossVal, _Data, _Divergence, adam, gather_rows, merge_stats
 
 __all__ = ["fit", "launch", "shard_bounds", "init_from_env"]
 
@@ -180,8 +180,8 @@ class _ShardOptimizer:
     the single process's one Adam over both; state_dict() and load_state_dict() use its format."""
 
     def __init__(self, weights, model, lr):
-        self.weights = torch.optim.Adam([weights], lr=lr)
-        self.model = torch.optim.Adam(list(model.parameters()), lr=lr)
+        self.weights = adam([weights], lr)
+        self.model = adam(model.parameters(), lr)
 
     def zero_grad(self, set_to_none: bool = True):
         self.weights.zero_grad(set_to_none=set_to_none)

@@ -415,7 +415,7 @@ class LossVal:
             model = model.to(device=device, dtype=dtype)
             weights = torch.nn.Parameter(torch.ones(hi - lo, dtype=dtype, device=device))
             if ctx is None:
-                optimizer = torch.optim.Adam([weights, *model.parameters()], lr=self.lr)
+                optimizer = adam([weights, *model.parameters()], self.lr)
             else:
                 optimizer = ctx.optimizer(weights, model, self.lr)
             history, start, partial = [], 0, None
@@ -508,6 +508,17 @@ class LossVal:
         self.random_state_ = seed
         self.timings_ = timings
         return self
+
+
+def adam(params, lr):
+    """torch.optim.Adam with the fused kernel where torch has one (CPU and CUDA, floating parameters): the same
+    update as the per-parameter loop, rounded differently only in the last bits, at a fraction of the dispatch
+    cost (the plain loop was the largest part of a LossVal step on CPU)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused Adam
+        return torch.optim.Adam(params, lr=lr)
 
 
 def _shard_optimizer_state(state_dict, lo, hi):
