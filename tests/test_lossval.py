@@ -201,3 +201,28 @@ def test_lossval_finds_flipped_labels_on_the_bundled_data():
     random_f1 = np.mean([noisy_detection_f1(np.random.default_rng(s).random(len(values)), noisy)
                          for s in range(20)])
     assert f1 >= 0.45 and f1 >= 2.5 * random_f1, (f1, random_f1)
+
+
+def test_lean_adam_equals_torch_fused_adam_bit_for_bit_across_a_state_reload():
+    import copy
+
+    from lossval_fast.valuation.optim import LeanAdam
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 2))
+    w = torch.nn.Parameter(torch.ones(10))
+    net2, w2 = copy.deepcopy(net), torch.nn.Parameter(torch.ones(10))
+    lean = LeanAdam([w, *net.parameters()], 0.01)
+    plain = torch.optim.Adam([w2, *net2.parameters()], lr=0.01, fused=True)
+    x = torch.randn(10, 5)
+    for step in range(12):
+        for model, weights, opt in ((net, w, lean), (net2, w2, plain)):
+            opt.zero_grad()
+            (model(x).sum(1) * weights).pow(2).sum().backward()
+            opt.step()
+        if step == 5:
+            lean.load_state_dict(copy.deepcopy(lean.state_dict()))
+    assert lean._lists is not None  # the lean path ran
+    for p, q in zip([w, *net.parameters()], [w2, *net2.parameters()]):
+        assert torch.equal(p, q)
+    assert lean.state_dict()["state"][0]["step"] == plain.state_dict()["state"][0]["step"] == 12

@@ -29,6 +29,7 @@ import torch
 from .. import ops
 from ..data import BatchPrefetcher, RowSource, open_rows
 from ..models import paper_mlp
+from .optim import adam
 
 TASKS = ("classification", "regression")
 
@@ -508,17 +509,6 @@ class LossVal:
         self.random_state_ = seed
         self.timings_ = timings
         return self
-
-
-def adam(params, lr):
-    """torch.optim.Adam with the fused kernel where torch has one (CPU and CUDA, floating parameters): the same
-    update as the per-parameter loop, rounded differently only in the last bits, at a fraction of the dispatch
-    cost (the plain loop was the largest part of a LossVal step on CPU)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):  # a device or dtype without a fused Adam
-        return torch.optim.Adam(params, lr=lr)
 
 
 def _shard_optimizer_state(state_dict, lo, hi):
