@@ -7,19 +7,13 @@
 """
 from __future__ import annotations
 
-import time
-
 import torch
+
+from lossval_fast.demo import best_time
 
 
 def _best(fn, repeats: int = 7) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(fn, repeats)
 
 
 def exp_rates(threads: int | None = None, length: int = 4096, repeats: int = 300) -> dict:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 
-def _best_time(fn, repeats: int = 5) -> float:
+def best_time(fn, repeats: int = 5) -> float:
+    """Seconds of the fastest of `repeats` calls, after one warm-up call (also bench/machine_floor.py's timer)."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -70,7 +71,7 @@ def _primitive_table() -> None:
     print(f"\nthe primitive: softmin of {x.shape[0]} x {y.shape[0]} points, d = {x.shape[1]}, eps = {eps}")
     print(f"{'implementation':<42}{'time (ms)':>10}{'Gpairs/s':>10}{'max |err| vs fp64':>20}")
     for name, fn in rows:
-        seconds = _best_time(fn)
+        seconds = best_time(fn)
         err = (fn().double() - exact).abs().max().item()
         print(f"{name:<42}{seconds * 1e3:>10.3f}{pairs / seconds / 1e9:>10.2f}{err:>20.2e}")
 
