@@ -82,6 +82,9 @@ def info() -> dict:
         "torch_cuda": torch.version.cuda,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        # threads the compiled kernels really split their work over (1 with more torch threads = a build
+        # without OpenMP)
+        "kernel_threads": (torch.ops.lossval_fast.parallel_threads(64) if HAS_EXTENSION else None),
         "extension": "loaded" if HAS_EXTENSION else _LOAD_ERROR,
         "build": build_record,
         "backends_built": {

@@ -95,6 +95,7 @@ def test_kernels_split_their_work_over_torch_threads():
         if (os.cpu_count() or 1) >= 2:
             torch.set_num_threads(2)
             assert torch.ops.lossval_fast.parallel_threads(64) == 2
+            assert lossval_fast.info()["kernel_threads"] == 2
     finally:
         torch.set_num_threads(before)
 
