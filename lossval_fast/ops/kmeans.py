@@ -349,9 +349,7 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
     n_init = _integer(n_init, "n_init", 1)
     init = _init_arg(init, sum(counts_per_group), x, validate)
     be = _dispatch.resolve(backend, "nearest", x.device)
-    # NaN or inf anywhere makes a column sum NaN or inf: the element-wise scan only runs when a sum is not finite
-    # (which a huge finite value can also cause), so clean data pays one reduction instead of an N x d mask
-    if validate and not bool(torch.isfinite(x.sum(dim=0)).all()):
+    if validate:  # one full sum on clean data (a column sum, dim=0, is a strided reduction: 20x slower)
         _validate.finite(x, "x")
     x = x.contiguous()
     base = _base_generator(random_state)
