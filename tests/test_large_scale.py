@@ -18,6 +18,7 @@ import torch
 from lossval_fast import distributed
 from lossval_fast.data import BatchPrefetcher, loader, open_rows
 from lossval_fast.valuation.lossval import LossVal
+from scripts import run_script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,9 +56,6 @@ class Reader:
         return self.array[idx]
 
 
-def run_script(code: str, timeout=600, env=None):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, cwd=str(HERE), env=env)  # not ROOT: its source tree has no _C
 
 
 # ---------------------------------------------------------------------------------------------- out of core

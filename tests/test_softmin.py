@@ -196,10 +196,7 @@ def test_online_pass_allocates_nothing_of_size_n_times_m():
     """N = M = 10,000 (N·M = 10⁸ pairs, 400 MB as a float32 matrix), d = 32, online softmin and the barycentre
     flavour with gradients for x, y and h: the peak resident memory the calls add (VmHWM after a reset through
     /proc/self/clear_refs, in a fresh process) stays at O((N + M) d), far below one N x M matrix."""
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
+    from scripts import run_script
 
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("/proc/self/clear_refs is not writable here")
@@ -226,8 +223,7 @@ def test_online_pass_allocates_nothing_of_size_n_times_m():
         assert torch.isfinite(h.grad).all() and torch.isfinite(bary).all()
         print(status("VmHWM:") - before)
     """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            timeout=600, cwd=str(Path(__file__).parent))
+    result = run_script(code)
     assert result.returncode == 0, result.stderr
     growth = int(result.stdout.strip().splitlines()[-1])
     one_matrix = 10_000 * 10_000 * 4
