@@ -54,9 +54,10 @@ TORCH_LIBRARY(lossval_fast, m) {
   m.def("softmin_stored(Tensor cost, Tensor h, float eps) -> Tensor");
   // the Sinkhorn ε loop of geomloss on batched clouds a (B,N), x (B,N,d), b (B,M), y (B,M,d):
   // (S, dF = F - FA, dG = G - GB, GB, barycentres xy, yx, xx, yy [with barycenters]);
-  // cost_mode 0 = online, 1 = stored; gb = cached GB (skips the y-y passes)
+  // cost_mode 0 = online, 1 = stored; gb = cached GB (skips the y-y passes); threads: how many threads a small
+  // problem may use (its y-y loop next to the rest), -1 = torch's intra-op setting
   m.def("sinkhorn_potentials(Tensor a, Tensor x, Tensor b, Tensor y, float[] eps_list, bool debias, "
-        "bool barycenters, int cost_mode, Tensor? gb) -> Tensor[]");
+        "bool barycenters, int cost_mode, Tensor? gb, int threads=-1) -> Tensor[]");
   // finiteness checks (ValueError naming the argument) and the bounding-box diameter of x and y, in one pass
   m.def("sinkhorn_prepare(Tensor a, Tensor x, Tensor b, Tensor y, bool check_finite) -> float");
   // machine-floor probes used by the benchmarks: kind = "exp2" | "expf" | "read", one buffer row per thread
@@ -72,6 +73,14 @@ TORCH_LIBRARY(lossval_fast, m) {
         "bool validate, bool need_grad) -> (Tensor, Tensor, Tensor)");
   m.def("weighted_mse(Tensor pred, Tensor target, Tensor weight, bool validate, bool need_grad) "
         "-> (Tensor, Tensor, Tensor)");
+  // one LossVal step of an MLP (csrc/cpu/lossval_step_cpu.cpp): forward, weighted loss, Sinkhorn divergence,
+  // backward and Adam; params = [weights, W_1, b_1, ...] are updated in place; returns the step's loss.
+  // activation 0 = ReLU, 1 = Tanh; head 0 = softmax probabilities, 1 = logits, 2 = regression; eps_list empty =
+  // the per-batch diameter and its schedule; weight_grad: a zero buffer shaped like the weights (left zero)
+  m.def("lossval_mlp_step(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+        "Tensor(d!)[] steps, Tensor(e!) weight_grad, float lr, float beta1, float beta2, float adam_eps, "
+        "int activation, int head, Tensor x, Tensor target, Tensor idx, Tensor y_val, Tensor b, float[] eps_list, "
+        "float blur, float scaling, bool normalize, int cost_mode, Tensor? gb, int threads) -> Tensor");
 }
 
 extern "C" {

@@ -101,10 +101,20 @@ def test_torch_inputs_and_custom_model():
     assert est.model_ is not model and len(est.history_) == 1
 
 
-def test_global_diameter_caches_the_validation_side():
+def test_global_diameter_caches_the_validation_side(monkeypatch):
+    from lossval_fast.valuation import lossval as module
+    made = []
+    init = module._Divergence.__init__
+
+    def keep(self, *args):
+        init(self, *args)
+        made.append(self)
+    monkeypatch.setattr(module._Divergence, "__init__", keep)
     Xt, yt, Xv, yv = pol(100, 30)
     est = LossVal(epochs=1, random_state=0, diameter="global", verbose=False).fit(Xt, yt, Xv, yv)
-    assert np.isfinite(est.values_).all()
+    assert np.isfinite(est.values_).all() and est.fused_step_
+    # the C++ step gets the cached validation-side potential (it skips the y-y loop)
+    assert made[0].gb is not None and tuple(made[0].gb.shape) == (1, len(Xv))
     fixed = LossVal(epochs=1, random_state=0, diameter=25.0, verbose=False).fit(Xt, yt, Xv, yv)
     assert np.isfinite(fixed.values_).all()
 
@@ -226,3 +236,83 @@ def test_lean_adam_equals_torch_fused_adam_bit_for_bit_across_a_state_reload():
     for p, q in zip([w, *net.parameters()], [w2, *net2.parameters()]):
         assert torch.equal(p, q)
     assert lean.state_dict()["state"][0]["step"] == plain.state_dict()["state"][0]["step"] == 12
+
+
+# ------------------------------------------------------------------------------------------ the C++ step
+def _fit_both(monkeypatch, task, dtype, **params):
+    import lossval_fast.valuation.lossval as module
+    Xt, yt, Xv, yv = pol(120, 37) if task == "classification" else regression_data(120, 37)
+    if params.get("model_output") == "logits":  # a model ending in a Linear layer
+        from torch import nn
+        torch.manual_seed(1)
+        params["model"] = nn.Sequential(nn.Linear(Xt.shape[1], 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                                        nn.Linear(16, 2))
+    fits = {}
+    for fused in (True, False):
+        monkeypatch.setattr(module, "FUSED_STEP", fused)
+        est = LossVal(task=task, epochs=2, batch_size=17, random_state=3, dtype=dtype, verbose=False, **params)
+        fits[fused] = est.fit(Xt, yt, Xv, yv)
+        assert est.fused_step_ is fused
+    return fits[True], fits[False]
+
+
+@pytest.mark.parametrize("params", [
+    dict(), dict(model_output="logits"), dict(normalize=True), dict(diameter="global"),
+    dict(diameter="global", normalize=True), dict(diameter=7.5, model_output="logits"),
+], ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()) or "faithful")
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_fused_step_equals_the_generic_autograd_path(monkeypatch, task, params):
+    """The C++ step (manual backward, Adam inside) against autograd through the same model, float64; batch 17
+    of 120 leaves a partial last batch."""
+    if task == "regression" and params.get("model_output") == "logits":
+        params = {k: v for k, v in params.items() if k != "model_output"}
+    fused, generic = _fit_both(monkeypatch, task, torch.float64, **params)
+    assert np.abs(fused.values_ - generic.values_).max() <= 1e-10
+    assert np.allclose(fused.history_, generic.history_, rtol=1e-10)
+    for p, q in zip(fused.model_.parameters(), generic.model_.parameters()):
+        assert torch.allclose(p, q, rtol=1e-9, atol=1e-12)
+    assert not np.allclose(fused.values_, 1.0)
+
+
+def test_fused_step_in_float32_stays_within_rounding_of_float64(monkeypatch):
+    fused, generic = _fit_both(monkeypatch, "classification", torch.float32)
+    exact, _ = _fit_both(monkeypatch, "classification", torch.float64)
+    assert np.abs(fused.values_ - exact.values_).max() <= 1e-5
+    assert np.abs(fused.values_ - generic.values_).max() <= 1e-5
+
+
+def test_mlp_structure_decides_which_models_take_the_cpp_step():
+    from torch import nn
+    from lossval_fast.models import paper_mlp
+    from lossval_fast.valuation.lossval import mlp_structure
+    assert mlp_structure(paper_mlp(5, 3, "classification"), "classification", False) == (0, 0)
+    assert mlp_structure(paper_mlp(5, 1, "regression"), "regression", False) == (1, 2)
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)), "classification", True) == (1, 1)
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 3), nn.Softmax(-1)), "classification", False) == (0, 0)
+    # anything else goes through autograd: no softmax head for probabilities, dropout, mixed or other
+    # activations, a layer without bias, a subclass, hooks
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 3)), "classification", False) is None
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.Dropout(), nn.Linear(4, 3)), "regression", False) is None
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1)),
+                         "regression", False) is None
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.GELU(), nn.Linear(4, 1)), "regression", False) is None
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 4, bias=False), nn.ReLU(), nn.Linear(4, 1)), "regression",
+                         False) is None
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 3), nn.Softmax(0)), "classification", False) is None
+
+    class MyLinear(nn.Linear):
+        pass
+    assert mlp_structure(nn.Sequential(MyLinear(5, 1)), "regression", False) is None
+    hooked = nn.Sequential(nn.Linear(5, 1))
+    hooked.register_forward_hook(lambda *args: None)
+    assert mlp_structure(hooked, "regression", False) is None
+    assert mlp_structure(nn.Linear(5, 1), "regression", False) is None
+
+
+def test_custom_model_outside_the_cpp_step_still_trains():
+    from torch import nn
+    Xt, yt, Xv, yv = pol(60, 20)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(Xt.shape[1], 8), nn.GELU(), nn.Linear(8, 2), nn.Softmax(-1))
+    est = LossVal(model=model, epochs=1, random_state=0, verbose=False).fit(Xt, yt, Xv, yv)
+    assert est.fused_step_ is False and np.isfinite(est.values_).all()

@@ -299,3 +299,24 @@ def test_auto_picks_stored_only_within_the_budget():
     assert torch.allclose(tight, ops.sinkhorn_divergence(a, x, b, y, cost="stored"), rtol=1e-11)
     with pytest.raises(ValueError, match="memory_budget"):
         ops.sinkhorn_divergence(a, x, b, y, cost="stored", memory_budget=100)
+
+
+@pytest.mark.parametrize("barycenters", [False, True])
+@pytest.mark.parametrize("cost_mode", [0, 1])
+def test_second_thread_for_the_validation_side_changes_no_bit(cost_mode, barycenters):
+    """A small problem may run its y-y loop on a second thread (threads >= 2): the same operations in the same
+    order per potential. Only the stored costs' GEMM may round differently (BLAS splits it over threads outside
+    the parallel region, not inside), so the online mode is bit for bit and the stored one within rounding."""
+    if not hasattr(torch.ops.lossval_fast, "sinkhorn_potentials"):
+        pytest.skip("the C++ extension is not built")
+    a, x, b, y = clouds(33, 101, 47, seed=4)
+    eps_list = ops.epsilon_schedule(2, 12.0, 0.05, 0.5)
+    for dtype in (torch.float32, torch.float64):
+        args = [t.to(dtype)[None] for t in (a, x, b, y)]
+        outs = [torch.ops.lossval_fast.sinkhorn_potentials(*args, eps_list, True, barycenters, cost_mode, None,
+                                                             threads) for threads in (1, 2)]
+        for serial, concurrent in zip(*outs):
+            if cost_mode == 0:
+                assert torch.equal(serial, concurrent)
+            else:
+                assert torch.allclose(serial, concurrent, rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=0)

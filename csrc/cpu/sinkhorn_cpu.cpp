@@ -12,7 +12,13 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <cmath>
+#include <exception>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -20,6 +26,7 @@
 
 #include "kernels.h"
 #include "pairwise.h"
+#include "sinkhorn.h"
 
 namespace lvf {
 namespace cpu {
@@ -215,14 +222,19 @@ void log_weights(const double* w, int64_t n, double* out) {
 struct Problem {
   int64_t n, m, d;
   bool debias, barycenters, stored, serial, cached_gb;
+  bool concurrent_yy;  // run the y-y problem on a second thread next to the x-y and x-x ones
 };
 
 // One problem: after the ε loop and the final extrapolation, S = <a, F - FA> + <b, G - GB> (without debiasing
 // <a, F> + <b, G>), dF = F - FA, dG = G - GB (the gradients with respect to a and b), GB, and the barycentres.
-// When GB is given (cached), the y-y passes are skipped.
+// When GB is given (cached), the y-y passes are skipped. The y-y potential depends only on (b, y, schedule), so
+// its whole loop can run on its own thread while the x-y and x-x loops run on this one: for a small problem
+// (a LossVal step, 32 x 100 against 100 x 100) that is most of the work, and a fork per pass would cost more.
+// `alongside` (may be empty) runs on the calling thread after the x-y loop, while the y-y loop may still be running
+// on the second one: the caller's own independent work (the LossVal step's forward pass).
 template <typename T>
 void sinkhorn_one(const Problem& p, const T* a, const T* x, const T* b, const T* y, const std::vector<double>& eps_list,
-                  T* S, T* dF, T* dG, T* GB, T* bxy, T* byx, T* bxx, T* byy) {
+                  T* S, T* dF, T* dG, T* GB, T* bxy, T* byx, T* bxx, T* byy, const std::function<void()>& alongside) {
   const int64_t n = p.n, m = p.m;
   std::vector<double> a_log(n), b_log(m);
   {
@@ -230,93 +242,131 @@ void sinkhorn_one(const Problem& p, const T* a, const T* x, const T* b, const T*
     log_weights(wa.data(), n, a_log.data());
     log_weights(wb.data(), m, b_log.data());
   }
-  // stored: one matrix C_xy serves both directions (fused sweeps); the y <- x barycentre of the final pass, if
-  // wanted, comes from an online engine (packed x)
-  SoftminEngine<T> xy(x, n, y, m, p.d, p.stored, p.barycenters, p.serial);
-  std::unique_ptr<SoftminEngine<T>> yx_online;
-  if (!p.stored || p.barycenters)
-    yx_online = std::make_unique<SoftminEngine<T>>(y, m, x, n, p.d, false, p.barycenters, p.serial);
-  auto both = [&](const double* h_cols, const double* h_rows, double eps, double* f, double* g) {
-    if (p.stored) {
-      xy.softmin_both(h_cols, h_rows, eps, f, g);
-    } else {
-      xy.softmin(h_cols, eps, f);
-      yx_online->softmin(h_rows, eps, g);
-    }
-  };
-  std::unique_ptr<SoftminEngine<T>> xx, yy;
-  if (p.debias) xx = std::make_unique<SoftminEngine<T>>(x, n, x, n, p.d, p.stored, p.barycenters, p.serial);
-  const bool run_yy = p.debias && !p.cached_gb;
-  if (run_yy) yy = std::make_unique<SoftminEngine<T>>(y, m, y, m, p.d, p.stored, p.barycenters, p.serial);
-
-  std::vector<double> f_ba(n), g_ab(m), f_aa(p.debias ? n : 0), g_bb(run_yy ? m : 0);
-  std::vector<double> ft_ba(n), gt_ab(m), ft_aa(f_aa.size()), gt_bb(g_bb.size()), hn(n), hm(m);
   auto bias = [](const std::vector<double>& log_w, const std::vector<double>& pot, double eps,
                  std::vector<double>& out) {
     const double inv = 1.0 / eps;
     for (size_t j = 0; j < out.size(); ++j) out[j] = log_w[j] + pot[j] * inv;
   };
+  const double eps_first = eps_list.front(), eps_last = eps_list.back();
+  const bool run_yy = p.debias && !p.cached_gb;
 
-  double eps = eps_list.front();
-  both(b_log.data(), a_log.data(), eps, f_ba.data(), g_ab.data());
-  if (p.debias) xx->softmin(a_log.data(), eps, f_aa.data());
-  if (run_yy) yy->softmin(b_log.data(), eps, g_bb.data());
-  for (double e : eps_list) {  // symmetric updates, both from the old potentials, then averaged
-    eps = e;
-    bias(b_log, g_ab, eps, hm);
-    bias(a_log, f_ba, eps, hn);
-    both(hm.data(), hn.data(), eps, ft_ba.data(), gt_ab.data());
-    if (p.debias) {
-      bias(a_log, f_aa, eps, hn);
-      xx->softmin(hn.data(), eps, ft_aa.data());
+  // GB: first pass, symmetric (here: self) updates, final extrapolation
+  auto solve_yy = [&]() {
+    SoftminEngine<T> yy(y, m, y, m, p.d, p.stored, p.barycenters, p.serial);
+    std::vector<double> g_bb(m), gt_bb(m), h(m);
+    yy.softmin(b_log.data(), eps_first, g_bb.data());
+    for (double e : eps_list) {
+      bias(b_log, g_bb, e, h);
+      yy.softmin(h.data(), e, gt_bb.data());
+      for (int64_t j = 0; j < m; ++j) g_bb[j] = 0.5 * (g_bb[j] + gt_bb[j]);
     }
-    if (run_yy) {
-      bias(b_log, g_bb, eps, hm);
-      yy->softmin(hm.data(), eps, gt_bb.data());
-    }
-    for (int64_t i = 0; i < n; ++i) f_ba[i] = 0.5 * (f_ba[i] + ft_ba[i]);
-    for (int64_t j = 0; j < m; ++j) g_ab[j] = 0.5 * (g_ab[j] + gt_ab[j]);
-    for (size_t i = 0; i < f_aa.size(); ++i) f_aa[i] = 0.5 * (f_aa[i] + ft_aa[i]);
-    for (size_t j = 0; j < g_bb.size(); ++j) g_bb[j] = 0.5 * (g_bb[j] + gt_bb[j]);
-  }
-  // final extrapolation at eps = blur^p, again from the old potentials
-  bias(b_log, g_ab, eps, hm);
-  bias(a_log, f_ba, eps, hn);
-  if (p.barycenters) {
-    xy.softmin(hm.data(), eps, ft_ba.data(), bxy);
-    yx_online->softmin(hn.data(), eps, gt_ab.data(), byx);
-  } else {
-    both(hm.data(), hn.data(), eps, ft_ba.data(), gt_ab.data());
-  }
-  if (p.debias) {
-    bias(a_log, f_aa, eps, hn);
-    xx->softmin(hn.data(), eps, ft_aa.data(), bxx);
-  }
-  if (run_yy) {
-    bias(b_log, g_bb, eps, hm);
-    yy->softmin(hm.data(), eps, gt_bb.data(), byy);
+    bias(b_log, g_bb, eps_last, h);
+    yy.softmin(h.data(), eps_last, gt_bb.data(), byy);
     for (int64_t j = 0; j < m; ++j) GB[j] = T(gt_bb[j]);
+  };
+
+  // F, G (x-y, both directions) and FA (x-x)
+  std::vector<double> ft_ba(n), gt_ab(m), ft_aa(p.debias ? n : 0);
+  auto finish = [&]() {  // S and the gradients with respect to a and b
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double df = ft_ba[i] - (p.debias ? ft_aa[i] : 0.0);
+      dF[i] = T(df);
+      total += double(a[i]) * df;
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      const double dg = gt_ab[j] - (p.debias ? double(GB[j]) : 0.0);
+      dG[j] = T(dg);
+      total += double(b[j]) * dg;
+    }
+    *S = T(total);
+  };
+  auto solve_xy = [&]() {
+    // stored: one matrix C_xy serves both directions (fused sweeps); the y <- x barycentre of the final pass, if
+    // wanted, comes from an online engine (packed x)
+    SoftminEngine<T> xy(x, n, y, m, p.d, p.stored, p.barycenters, p.serial);
+    std::unique_ptr<SoftminEngine<T>> yx_online, xx;
+    if (!p.stored || p.barycenters)
+      yx_online = std::make_unique<SoftminEngine<T>>(y, m, x, n, p.d, false, p.barycenters, p.serial);
+    if (p.debias) xx = std::make_unique<SoftminEngine<T>>(x, n, x, n, p.d, p.stored, p.barycenters, p.serial);
+    auto both = [&](const double* h_cols, const double* h_rows, double eps, double* f, double* g) {
+      if (p.stored) {
+        xy.softmin_both(h_cols, h_rows, eps, f, g);
+      } else {
+        xy.softmin(h_cols, eps, f);
+        yx_online->softmin(h_rows, eps, g);
+      }
+    };
+    std::vector<double> f_ba(n), g_ab(m), f_aa(p.debias ? n : 0), hn(n), hm(m);
+    both(b_log.data(), a_log.data(), eps_first, f_ba.data(), g_ab.data());
+    if (p.debias) xx->softmin(a_log.data(), eps_first, f_aa.data());
+    for (double e : eps_list) {  // symmetric updates, both from the old potentials, then averaged
+      bias(b_log, g_ab, e, hm);
+      bias(a_log, f_ba, e, hn);
+      both(hm.data(), hn.data(), e, ft_ba.data(), gt_ab.data());
+      if (p.debias) {
+        bias(a_log, f_aa, e, hn);
+        xx->softmin(hn.data(), e, ft_aa.data());
+      }
+      for (int64_t i = 0; i < n; ++i) f_ba[i] = 0.5 * (f_ba[i] + ft_ba[i]);
+      for (int64_t j = 0; j < m; ++j) g_ab[j] = 0.5 * (g_ab[j] + gt_ab[j]);
+      for (size_t i = 0; i < f_aa.size(); ++i) f_aa[i] = 0.5 * (f_aa[i] + ft_aa[i]);
+    }
+    // final extrapolation at eps = blur^p, again from the old potentials
+    bias(b_log, g_ab, eps_last, hm);
+    bias(a_log, f_ba, eps_last, hn);
+    if (p.barycenters) {
+      xy.softmin(hm.data(), eps_last, ft_ba.data(), bxy);
+      yx_online->softmin(hn.data(), eps_last, gt_ab.data(), byx);
+    } else {
+      both(hm.data(), hn.data(), eps_last, ft_ba.data(), gt_ab.data());
+    }
+    if (p.debias) {
+      bias(a_log, f_aa, eps_last, hn);
+      xx->softmin(hn.data(), eps_last, ft_aa.data(), bxx);
+    }
+  };
+
+#ifdef _OPENMP
+  if (run_yy && p.concurrent_yy) {
+    // thread 0 is the caller (its ATen state is the caller's: `alongside` may call torch ops); a team of one
+    // (no thread to spare) does everything in order
+    std::exception_ptr errors[2];  // an exception must not leave an OpenMP region: carried out and rethrown
+#pragma omp parallel num_threads(2)
+    {
+      const int thread = omp_get_thread_num();
+      try {
+        if (thread == 0) {
+          solve_xy();
+          if (alongside) alongside();
+          if (omp_get_num_threads() == 1) solve_yy();
+        } else if (thread == 1) {
+          solve_yy();
+        }
+      } catch (...) {
+        if (thread < 2) errors[thread] = std::current_exception();
+      }
+    }
+    for (const auto& error : errors)
+      if (error) std::rethrow_exception(error);
+    return finish();
   }
-  double total = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double df = ft_ba[i] - (p.debias ? ft_aa[i] : 0.0);
-    dF[i] = T(df);
-    total += double(a[i]) * df;
-  }
-  for (int64_t j = 0; j < m; ++j) {
-    const double dg = gt_ab[j] - (p.debias ? double(GB[j]) : 0.0);
-    dG[j] = T(dg);
-    total += double(b[j]) * dg;
-  }
-  *S = T(total);
+#endif
+  solve_xy();
+  if (run_yy) solve_yy();
+  if (alongside) alongside();
+  finish();
 }
+
+}  // namespace
 
 // Batched entry point: a (B, N), x (B, N, d), b (B, M), y (B, M, d); cost_mode 0 = online, 1 = stored.
 // gb (B, M) when given is the cached final GB (it depends only on b, y and the schedule): the y-y passes are skipped.
-std::vector<at::Tensor> sinkhorn_potentials_cpu(const at::Tensor& a_in, const at::Tensor& x_in,
-                                                const at::Tensor& b_in, const at::Tensor& y_in,
-                                                at::ArrayRef<double> eps_list, bool debias, bool barycenters,
-                                                int64_t cost_mode, const std::optional<at::Tensor>& gb_in) {
+std::vector<at::Tensor> sinkhorn_potentials_with(const at::Tensor& a_in, const at::Tensor& x_in,
+                                                 const at::Tensor& b_in, const at::Tensor& y_in,
+                                                 at::ArrayRef<double> eps_list, bool debias, bool barycenters,
+                                                 int64_t cost_mode, const std::optional<at::Tensor>& gb_in,
+                                                 int64_t threads, const std::function<void()>& alongside) {
   TORCH_CHECK(x_in.dim() == 3 && y_in.dim() == 3, "x and y must be (B, N, d) and (B, M, d)");
   TORCH_CHECK(a_in.dim() == 2 && b_in.dim() == 2, "a and b must be (B, N) and (B, M)");
   const int64_t B = x_in.size(0), n = x_in.size(1), m = y_in.size(1), d = x_in.size(2);
@@ -341,7 +391,10 @@ std::vector<at::Tensor> sinkhorn_potentials_cpu(const at::Tensor& a_in, const at
   // pairs per ε step; below ~1e6 a pass is a few microseconds and must not fork
   const double work = double(n) * m * 2 + (debias ? double(n) * n + double(m) * m : 0.0);
   const bool small = work < 1e6;
-  Problem p{n, m, d, debias, barycenters, cost_mode == 1, small || B > 1, cached};
+  // a small single problem may still use a second thread for its y-y loop (threads < 0: torch's setting)
+  const int64_t allowed = threads < 0 ? at::get_num_threads() : threads;
+  const bool concurrent = small && B == 1 && debias && !cached && allowed >= 2 && !at::in_parallel_region();
+  Problem p{n, m, d, debias, barycenters, cost_mode == 1, small || B > 1, cached, concurrent};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sinkhorn_potentials_cpu", [&] {
     using T = scalar_t;
     auto one = [&](int64_t k) {
@@ -351,17 +404,27 @@ std::vector<at::Tensor> sinkhorn_potentials_cpu(const at::Tensor& a_in, const at
       sinkhorn_one<T>(p, a.data_ptr<T>() + k * n, x.data_ptr<T>() + k * n * d, b.data_ptr<T>() + k * m,
                       y.data_ptr<T>() + k * m * d, schedule, S.data_ptr<T>() + k, dF.data_ptr<T>() + k * n,
                       dG.data_ptr<T>() + k * m, ptr(GB, k, m), ptr(bxy, k, n * d), ptr(byx, k, m * d),
-                      ptr(bxx, k, n * d), ptr(byy, k, m * d));
+                      ptr(bxx, k, n * d), ptr(byy, k, m * d), B == 1 ? alongside : std::function<void()>());
     };
     if (B > 1) {
       at::parallel_for(0, B, 1, [&](int64_t k0, int64_t k1) {
         for (int64_t k = k0; k < k1; ++k) one(k);
       });
+      if (alongside) alongside();
     } else {
       one(0);
     }
   });
   return {S, dF, dG, GB, bxy, byx, bxx, byy};
+}
+
+namespace {
+
+std::vector<at::Tensor> sinkhorn_potentials_cpu(const at::Tensor& a, const at::Tensor& x, const at::Tensor& b,
+                                                const at::Tensor& y, at::ArrayRef<double> eps_list, bool debias,
+                                                bool barycenters, int64_t cost_mode,
+                                                const std::optional<at::Tensor>& gb, int64_t threads) {
+  return sinkhorn_potentials_with(a, x, b, y, eps_list, debias, barycenters, cost_mode, gb, threads, {});
 }
 
 // Input checks and geomloss' default diameter in one pass over the data (instead of a dozen small torch ops on

@@ -29,6 +29,7 @@ import torch
 from .. import ops
 from ..data import BatchPrefetcher, RowSource, open_rows
 from ..models import paper_mlp
+from ..ops.sinkhorn import _stored_fits, epsilon_schedule
 from .optim import adam
 
 TASKS = ("classification", "regression")
@@ -220,6 +221,8 @@ class LossVal:
     model_ : the trained model.  history_ : list of mean minibatch losses per epoch.
     classes_ : number of classes (classification).  n_steps_ : optimisation steps run in this fit.
     timings_ : seconds spent checking the data, computing the cached validation side and training.
+    fused_step_ : True when every step ran as one C++ call (CPU, an nn.Sequential MLP of Linear layers with
+        ReLU or Tanh and the paper's heads, see ``mlp_structure``); False for the generic autograd path.
     """
 
     def __init__(self, task: str = "classification", model: torch.nn.Module | None = None, epochs: int = 30,
@@ -407,11 +410,14 @@ class LossVal:
         # out to a thread pool costs more than the op, and on a busy machine a barrier can wait for a whole time
         # slice. Small steps therefore run on one thread (the Sinkhorn kernel itself is serial at this size).
         small_step = device.type == "cpu" and self.batch_size * data.X_val.shape[0] <= (1 << 20)
+        threads = torch.get_num_threads()  # the C++ step may still run its Sinkhorn's y-y loop on a second one
         with torch.random.fork_rng(devices=[]), _intra_op_threads(1 if small_step else None):
             seed = self.random_state if self.random_state is not None else int(torch.randint(0, 2**62, ()).item())
             if ctx is not None:
                 seed = ctx.agree(seed)  # every rank must draw the same model and the same epoch orders
-            torch.manual_seed(seed)
+            # the CPU generator only (what the model's initialisation and the epoch orders draw from): torch.manual_seed
+            # would also reseed the caller's CUDA generators, which fork_rng(devices=[]) does not restore
+            torch.default_generator.manual_seed(seed)
             model = paper_mlp(data.d, data.outputs, self.task) if self.model is None else copy.deepcopy(self.model)
             model = model.to(device=device, dtype=dtype)
             weights = torch.nn.Parameter(torch.ones(hi - lo, dtype=dtype, device=device))
@@ -431,7 +437,7 @@ class LossVal:
             fixed_diameter = self._fixed_diameter(data)
             began = time.perf_counter()
             if ctx is None:
-                step = _StepRunner(self, model, weights, data, fixed_diameter)
+                step = _StepRunner(self, model, weights, data, fixed_diameter, optimizer, threads)
             else:
                 step = ctx.step_runner(self, model, weights, data, fixed_diameter)
             timings["validation_side"] = time.perf_counter() - began
@@ -472,7 +478,8 @@ class LossVal:
                     if self.n_steps_ >= budget:
                         stopped = True
                         break
-                    optimizer.zero_grad(set_to_none=True)
+                    if getattr(step, "fused", None) is None:  # the C++ step keeps its gradients to itself
+                        optimizer.zero_grad(set_to_none=True)
                     loss = step(item, optimizer)  # forward, backward and the optimiser's step
                     total += float(loss)
                     self.n_steps_ += 1
@@ -508,6 +515,7 @@ class LossVal:
         self.classes_ = data.classes
         self.random_state_ = seed
         self.timings_ = timings
+        self.fused_step_ = getattr(step, "fused", None) is not None
         return self
 
 
@@ -548,16 +556,20 @@ class _Divergence:
     recognise (GB would be recomputed every step)."""
 
     def __init__(self, est: LossVal, X_val, fixed_diameter):
-        self.X_val, self.fixed_diameter = X_val, fixed_diameter
+        self.X_val, self.fixed_diameter = X_val.contiguous(), fixed_diameter
         self.blur, self.scaling, self.normalize = est.blur, est.scaling, est.normalize
         self.val_weights = torch.ones(X_val.shape[0], dtype=X_val.dtype, device=X_val.device)
-        self.cache = None
+        self.cache = self.eps_list = self.gb = None
         if fixed_diameter is not None:
             if self.normalize:
                 self.val_weights = self.val_weights / self.val_weights.sum()
             self.cache = ops.SinkhornCache()  # the validation side is the same every step
             _validation_warmup(dict(blur=self.blur, scaling=self.scaling, diameter=fixed_diameter, normalize=False),
-                               self.val_weights, X_val, self.cache)
+                               self.val_weights, self.X_val, self.cache)
+            self.eps_list = epsilon_schedule(2, fixed_diameter if fixed_diameter > 0 else self.blur, self.blur,
+                                             self.scaling)
+            # GB for the C++ step (the op keyed it on the batched (1, M) views it works on)
+            self.gb = self.cache.get(self.val_weights[None], self.X_val[None], self.eps_list)
 
     def __call__(self, wb, xb):
         normalize = self.normalize
@@ -571,16 +583,102 @@ class _Divergence:
                                        diameter=diameter, normalize=normalize, cache=self.cache, validate=False)
 
 
+# The whole step of an MLP model in one C++ call on CPU (csrc/cpu/lossval_step_cpu.cpp); tests switch it off to
+# compare with the generic path (autograd through the model).
+FUSED_STEP = True
+
+
+def mlp_structure(model, task: str, from_logits: bool):
+    """(activation, head) codes of the C++ step when `model` is a plain MLP it covers: an nn.Sequential of
+    nn.Linear layers (with bias) separated by one kind of activation (ReLU or Tanh), ending in a Linear, or in a
+    Softmax over the last dimension for the probability output; None for anything else (the generic path)."""
+    if type(model) is not torch.nn.Sequential:
+        return None
+    mods = list(model.children())
+    if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in [model, *mods]):
+        return None
+    if task == "regression":
+        head = 2
+    elif from_logits:
+        head = 1
+    else:
+        if not mods or type(mods[-1]) is not torch.nn.Softmax or mods[-1].dim not in (-1, 1):
+            return None
+        head, mods = 0, mods[:-1]
+    linear, acts = mods[0::2], mods[1::2]
+    if not linear or len(linear) != len(acts) + 1:
+        return None
+    if any(type(m) is not torch.nn.Linear or m.bias is None for m in linear):
+        return None
+    kinds = {type(m) for m in acts}
+    if not kinds:
+        return 0, head  # a single linear layer: no activation is ever applied
+    if kinds == {torch.nn.ReLU}:
+        return 0, head
+    if kinds == {torch.nn.Tanh}:
+        return 1, head
+    return None
+
+
+class _FusedMLPStep:
+    """A LossVal step of an MLP in one C++ call: forward, weighted loss, divergence, backward and Adam."""
+
+    def __init__(self, est, structure, model, weights, optimizer, data, divergence, threads):
+        self.activation, self.head = structure
+        self.threads = threads
+        self.est, self.data, self.div = est, data, divergence
+        self.optimizer = optimizer
+        self.weight_grad = torch.zeros_like(weights)
+        self.b = divergence.val_weights
+        if est.normalize and divergence.fixed_diameter is None:
+            self.b = self.b / self.b.sum()  # the op's normalisation of the validation masses
+        self.cost_modes = {}
+
+    @classmethod
+    def build(cls, est, model, weights, optimizer, data, divergence, threads):
+        if not FUSED_STEP or data.device.type != "cpu" or not hasattr(optimizer, "fused_state"):
+            return None
+        if not hasattr(torch.ops.lossval_fast, "lossval_mlp_step"):
+            return None
+        structure = mlp_structure(model, est.task, est.model_output == "logits")
+        if structure is None:
+            return None
+        lists = optimizer.fused_state()
+        if lists is None or [id(p) for p in lists[0]] != [id(p) for p in (weights, *model.parameters())]:
+            return None
+        return cls(est, structure, model, weights, optimizer, data, divergence, threads)
+
+    def cost_mode(self, batch: int) -> int:
+        """The op's "auto" choice for this batch size (stored costs when the four matrices fit and d >= 8)."""
+        if batch not in self.cost_modes:
+            X_val = self.data.X_val
+            fits = _stored_fits(batch, X_val.shape[0], X_val.element_size(), True, X_val.device, None)
+            self.cost_modes[batch] = 1 if fits and X_val.shape[1] >= 8 else 0
+        return self.cost_modes[batch]
+
+    def __call__(self, idx, xb, yb):
+        params, exp_avgs, exp_avg_sqs, steps = self.optimizer.fused_state()
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        div = self.div
+        with torch.no_grad():
+            return torch.ops.lossval_fast.lossval_mlp_step(
+                params, exp_avgs, exp_avg_sqs, steps, self.weight_grad, group["lr"], beta1, beta2, group["eps"],
+                self.activation, self.head, xb, yb, idx, div.X_val, self.b, div.eps_list or [], div.blur,
+                div.scaling, div.normalize, self.cost_mode(xb.shape[0]), div.gb, self.threads)
+
+
 class _StepRunner:
     """One LossVal minibatch loss: the fused weighted loss times the squared Sinkhorn divergence."""
 
-    def __init__(self, est: LossVal, model, weights, data: _Data, fixed_diameter):
+    def __init__(self, est: LossVal, model, weights, data: _Data, fixed_diameter, optimizer=None, threads=1):
         self.model, self.weights, self.X, self.y = model, weights, data.X, data.y
         self.data, self.task = data, est.task
         self.batch_size = est.batch_size
         self.classification = est.task == "classification"
         self.from_logits = est.model_output == "logits"
         self.divergence = _Divergence(est, data.X_val, fixed_diameter)
+        self.fused = _FusedMLPStep.build(est, model, weights, optimizer, data, self.divergence, threads)
 
     def batches(self, order, position):
         """(idx, x, y) per minibatch from `position` on: gathered on the device for in-memory data, else by the
@@ -602,6 +700,8 @@ class _StepRunner:
         if xb is None:
             xb = self.X.index_select(0, idx)
             yb = self.y.index_select(0, idx)
+        if self.fused is not None:
+            return self.fused(idx, xb, yb)
         wb = self.weights.index_select(0, idx)
         pred = self.model(xb)
         if self.classification:

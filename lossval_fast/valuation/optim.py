@@ -36,6 +36,19 @@ class LeanAdam(torch.optim.Adam):
                        [s["step"] for s in states])
         return True
 
+    def fused_state(self):
+        """(params, exp_avgs, exp_avg_sqs, steps) of the single group for a caller that runs the fused update
+        itself (the C++ LossVal step), creating the zero state torch's first step would create; None when the
+        lean path does not apply."""
+        for p in self.param_groups[0]["params"]:
+            if not self.state.get(p):
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if self._lists is None and not self._build():
+            return None
+        return self._lists
+
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None or self._lists is None and not self._build():
