@@ -316,3 +316,18 @@ def test_custom_model_outside_the_cpp_step_still_trains():
     model = nn.Sequential(nn.Linear(Xt.shape[1], 8), nn.GELU(), nn.Linear(8, 2), nn.Softmax(-1))
     est = LossVal(model=model, epochs=1, random_state=0, verbose=False).fit(Xt, yt, Xv, yv)
     assert est.fused_step_ is False and np.isfinite(est.values_).all()
+
+
+def test_fused_step_with_several_regression_outputs(monkeypatch):
+    import lossval_fast.valuation.lossval as module
+    Xt, _, Xv, _ = regression_data(90, 25)
+    rng = np.random.default_rng(5)
+    coef = rng.normal(size=(Xt.shape[1], 3)) / np.sqrt(Xt.shape[1])
+    yt, yv = Xt @ coef, Xv @ coef
+    fits = {}
+    for fused in (True, False):
+        monkeypatch.setattr(module, "FUSED_STEP", fused)
+        fits[fused] = LossVal(task="regression", epochs=2, batch_size=16, random_state=1, dtype=torch.float64,
+                              verbose=False).fit(Xt, yt, Xv, yv)
+    assert fits[True].fused_step_ and not fits[False].fused_step_
+    assert np.abs(fits[True].values_ - fits[False].values_).max() <= 1e-10
