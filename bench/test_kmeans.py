@@ -94,9 +94,47 @@ def test_kmeans_20_iterations(benchmark, n, d, k, implementation):
            cpu_seconds_per_wall_second=busy, precision="float32")
 
 
+PAIRS = 7
+
+
+@pytest.mark.parametrize("n,d,k", SHAPES, ids=[f"{n}x{d}-K{k}" for n, d, k in SHAPES])
+def test_kmeans_paired_ratio(benchmark, n, d, k):
+    """The two implementations alternated, one of each per pair, PAIRS times: the load of this shared machine
+    drifts over seconds, so the ratio within a pair (run back to back) is steadier than the ratio of two
+    benchmarks run one after the other. Reports the median and the range of the per-pair ratios."""
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    x, init = data(n, d, k)
+    xn, initn = x.numpy(), init.numpy()
+
+    def ours():
+        return ops.kmeans(x, k, init=init, max_iter=ITERATIONS, tol=0.0, backend="cpp", validate=False).inertia
+
+    def theirs():
+        with sklearn_threads():
+            return float(sklearn_cluster.KMeans(k, init=initn, n_init=1, max_iter=ITERATIONS, tol=0.0,
+                                                algorithm="lloyd").fit(xn).inertia_)
+
+    ours(), theirs()  # warm-up
+    ratios = []
+    for pair in range(PAIRS):
+        order = (ours, theirs) if pair % 2 == 0 else (theirs, ours)  # neither always runs first
+        seconds = {}
+        for run in order:
+            start = time.perf_counter()
+            run()
+            seconds[run] = time.perf_counter() - start
+        ratios.append(seconds[theirs] / seconds[ours])
+    ratios.sort()
+    benchmark.group = f"k-means {n}x{d} K={k}, paired"
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    record(SUITE, implementation="paired", n=n, d=d, k=k, pairs=PAIRS, ratio_median=ratios[PAIRS // 2],
+           ratio_min=ratios[0], ratio_max=ratios[-1], ratios=ratios)
+
+
 def _comparisons(payload) -> dict:
     by = {(r["implementation"], r["n"], r["d"], r["k"]): r for r in payload["rows"]}
     out = {}
+    paired = {(r["n"], r["d"], r["k"]): r for r in payload["rows"] if r["implementation"] == "paired"}
     for n, d, k in SHAPES:
         ours, theirs = by.get(("ours-cpp", n, d, k)), by.get(("sklearn-lloyd", n, d, k))
         if not (ours and theirs):
@@ -107,6 +145,10 @@ def _comparisons(payload) -> dict:
             "rel_inertia_difference": abs(ours["inertia"] - theirs["inertia"]) / theirs["inertia"],
             "same_n_iter": ours["n_iter"] == theirs["n_iter"],
         }
+        if (n, d, k) in paired:
+            p = paired[(n, d, k)]
+            out[f"{n}x{d} K={k}"].update(paired_median=p["ratio_median"], paired_min=p["ratio_min"],
+                                         paired_max=p["ratio_max"], pairs=p["pairs"])
     return out
 
 
@@ -122,14 +164,20 @@ def _markdown(payload) -> str:
              "| shape | implementation | min (s) | median (s) | ms / iteration | iterations | inertia | "
              "rel. error vs float64 | CPU/wall |", "|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
+        if r["implementation"] == "paired":
+            continue
         lines.append(f"| {r['n']}x{r['d']} K={r['k']} | {r['implementation']} | {r['seconds_min']:.3f} | "
                      f"{r['seconds_median']:.3f} | {r['ms_per_iteration']:.1f} | {r['n_iter']} | {r['inertia']:.6g} | "
                      f"{r['rel_inertia_vs_float64']:.1e} | {r['cpu_seconds_per_wall_second']:.2f} |")
-    lines += ["", "| shape | speed-up vs scikit-learn (min / median) | rel. inertia difference | same iterations |",
-              "|---|---|---|---|"]
+    lines += ["", "| shape | speed-up vs scikit-learn (min / median) | paired runs: median (range) | "
+              "rel. inertia difference | same iterations |", "|---|---|---|---|---|"]
     for shape, c in payload["info"].get("comparisons", {}).items():
+        paired = (f"{c['paired_median']:.2f}x ({c['paired_min']:.2f}-{c['paired_max']:.2f}, {c['pairs']} pairs)"
+                  if "paired_median" in c else "")
         lines.append(f"| {shape} | {c['speedup_vs_sklearn']:.2f}x / {c['speedup_vs_sklearn_median']:.2f}x | "
-                     f"{c['rel_inertia_difference']:.1e} | {'yes' if c['same_n_iter'] else 'no'} |")
+                     f"{paired} | {c['rel_inertia_difference']:.1e} | {'yes' if c['same_n_iter'] else 'no'} |")
+    lines += ["", "Paired runs: ours and scikit-learn alternated back to back (the first of a pair alternating too); "
+              "the ratio of each pair, median and range over the pairs."]
     return "\n".join(lines) + "\n"
 
 
