@@ -331,3 +331,34 @@ def test_fused_step_with_several_regression_outputs(monkeypatch):
                               verbose=False).fit(Xt, yt, Xv, yv)
     assert fits[True].fused_step_ and not fits[False].fused_step_
     assert np.abs(fits[True].values_ - fits[False].values_).max() <= 1e-10
+
+
+def test_lossval_mlp_step_op_rejects_malformed_arguments():
+    """The C++ step is internal (LossVal builds its arguments), but a wrong call must fail loudly, not read
+    out of bounds."""
+    if not hasattr(torch.ops.lossval_fast, "lossval_mlp_step"):
+        pytest.skip("the C++ extension is not built")
+    torch.manual_seed(0)
+    x, y, idx = torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.arange(4)
+    params = [torch.ones(6), torch.randn(2, 3), torch.zeros(2)]
+
+    def call(params=params, activation=0, head=1, x=x, idx=idx, steps=None):
+        state = [torch.zeros_like(p) for p in params]
+        steps = steps if steps is not None else [torch.zeros(()) for _ in params]
+        return torch.ops.lossval_fast.lossval_mlp_step(
+            params, state, [s.clone() for s in state], steps, torch.zeros(6), 0.01, 0.9, 0.999, 1e-8, activation,
+            head, x, y, idx, torch.randn(5, 3), torch.ones(5), [], 0.05, 0.5, False, 1, None, 1)
+
+    assert torch.isfinite(call())  # the well-formed call works
+    with pytest.raises(RuntimeError, match="params must be"):
+        call(params=params[:2])
+    with pytest.raises(RuntimeError, match="activation"):
+        call(activation=7)
+    with pytest.raises(RuntimeError, match="head"):
+        call(head=5)
+    with pytest.raises(RuntimeError, match="x and y_val"):
+        call(x=torch.randn(4, 2))
+    with pytest.raises(RuntimeError, match="idx"):
+        call(idx=torch.arange(3))
+    with pytest.raises(RuntimeError, match="step counters"):
+        call(steps=[torch.zeros((), dtype=torch.float64) for _ in params])

@@ -628,6 +628,8 @@ class _FusedMLPStep:
         self.threads = threads
         self.est, self.data, self.div = est, data, divergence
         self.optimizer = optimizer
+        # the Adam state the op updates in place (the fit never reloads the optimiser after this point)
+        self.adam_state = optimizer.fused_state()
         self.weight_grad = torch.zeros_like(weights)
         self.b = divergence.val_weights
         if est.normalize and divergence.fixed_diameter is None:
@@ -657,7 +659,7 @@ class _FusedMLPStep:
         return self.cost_modes[batch]
 
     def __call__(self, idx, xb, yb):
-        params, exp_avgs, exp_avg_sqs, steps = self.optimizer.fused_state()
+        params, exp_avgs, exp_avg_sqs, steps = self.adam_state
         group = self.optimizer.param_groups[0]
         beta1, beta2 = group["betas"]
         div = self.div
