@@ -75,12 +75,14 @@ TORCH_LIBRARY(lossval_fast, m) {
         "-> (Tensor, Tensor, Tensor)");
   // one LossVal step of an MLP (csrc/cpu/lossval_step_cpu.cpp): forward, weighted loss, Sinkhorn divergence,
   // backward and Adam; params = [weights, W_1, b_1, ...] are updated in place; returns the step's loss.
-  // activation 0 = ReLU, 1 = Tanh; head 0 = softmax probabilities, 1 = logits, 2 = regression; eps_list empty =
+  // activations: one code per hidden layer (0 ReLU, 1 Tanh, 2 Sigmoid, 3 LeakyReLU(param), 4 GELU, 5 GELU tanh,
+  // 6 identity); head 0 = softmax probabilities, 1 = logits, 2 = regression; eps_list empty =
   // the per-batch diameter and its schedule; weight_grad: a zero buffer shaped like the weights (left zero)
   m.def("lossval_mlp_step(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor(d!)[] steps, Tensor(e!) weight_grad, float lr, float beta1, float beta2, float adam_eps, "
-        "int activation, int head, Tensor x, Tensor target, Tensor idx, Tensor y_val, Tensor b, float[] eps_list, "
-        "float blur, float scaling, bool normalize, int cost_mode, Tensor? gb, int threads) -> Tensor");
+        "int[] activations, float[] activation_params, int head, Tensor x, Tensor target, Tensor idx, "
+        "Tensor y_val, Tensor b, float[] eps_list, float blur, float scaling, bool normalize, int cost_mode, "
+        "Tensor? gb, int threads) -> Tensor");
 }
 
 extern "C" {

@@ -242,11 +242,19 @@ def test_lean_adam_equals_torch_fused_adam_bit_for_bit_across_a_state_reload():
 def _fit_both(monkeypatch, task, dtype, **params):
     import lossval_fast.valuation.lossval as module
     Xt, yt, Xv, yv = pol(120, 37) if task == "classification" else regression_data(120, 37)
-    if params.get("model_output") == "logits":  # a model ending in a Linear layer
+    if params.get("model_output") == "logits" or "activations" in params:  # a model ending in a Linear layer
         from torch import nn
         torch.manual_seed(1)
-        params["model"] = nn.Sequential(nn.Linear(Xt.shape[1], 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
-                                        nn.Linear(16, 2))
+        if params.pop("activations", None) == "mixed":  # every activation the C++ step knows
+            acts = [nn.ReLU(), nn.Tanh(), nn.Sigmoid(), nn.LeakyReLU(0.1), nn.GELU(), nn.GELU(approximate="tanh"),
+                    nn.Identity()]
+        else:
+            acts = [nn.ReLU(), nn.ReLU()]
+        layers = [nn.Linear(Xt.shape[1], 16)]
+        for act in acts:
+            layers += [act, nn.Linear(16, 16)]
+        layers[-1] = nn.Linear(16, 2 if task == "classification" else 1)
+        params["model"] = nn.Sequential(*layers)
     fits = {}
     for fused in (True, False):
         monkeypatch.setattr(module, "FUSED_STEP", fused)
@@ -257,7 +265,8 @@ def _fit_both(monkeypatch, task, dtype, **params):
 
 
 @pytest.mark.parametrize("params", [
-    dict(), dict(model_output="logits"), dict(normalize=True), dict(diameter="global"),
+    dict(), dict(model_output="logits"), dict(model_output="logits", activations="mixed"), dict(normalize=True),
+    dict(diameter="global"),
     dict(diameter="global", normalize=True), dict(diameter=7.5, model_output="logits"),
 ], ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()) or "faithful")
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -285,17 +294,20 @@ def test_mlp_structure_decides_which_models_take_the_cpp_step():
     from torch import nn
     from lossval_fast.models import paper_mlp
     from lossval_fast.valuation.lossval import mlp_structure
-    assert mlp_structure(paper_mlp(5, 3, "classification"), "classification", False) == (0, 0)
-    assert mlp_structure(paper_mlp(5, 1, "regression"), "regression", False) == (1, 2)
-    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)), "classification", True) == (1, 1)
-    assert mlp_structure(nn.Sequential(nn.Linear(5, 3), nn.Softmax(-1)), "classification", False) == (0, 0)
-    # anything else goes through autograd: no softmax head for probabilities, dropout, mixed or other
-    # activations, a layer without bias, a subclass, hooks
+    assert mlp_structure(paper_mlp(5, 3, "classification"), "classification", False) == ([0] * 4, [0.0] * 4, 0)
+    assert mlp_structure(paper_mlp(5, 1, "regression"), "regression", False) == ([1, 1], [0.0, 0.0], 2)
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)), "classification",
+                         True) == ([1], [0.0], 1)
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 3), nn.Softmax(-1)), "classification", False) == ([], [], 0)
+    mixed = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 4), nn.LeakyReLU(0.2), nn.Linear(4, 4),
+                          nn.GELU(approximate="tanh"), nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 4), nn.Identity(),
+                          nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 1))
+    assert mlp_structure(mixed, "regression", False) == ([0, 3, 5, 2, 6, 4], [0.0, 0.2, 0.0, 0.0, 0.0, 0.0], 2)
+    # anything else goes through autograd: no softmax head for probabilities, dropout, other activations, a layer
+    # without bias, a subclass, hooks
     assert mlp_structure(nn.Sequential(nn.Linear(5, 3)), "classification", False) is None
     assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.Dropout(), nn.Linear(4, 3)), "regression", False) is None
-    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1)),
-                         "regression", False) is None
-    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.GELU(), nn.Linear(4, 1)), "regression", False) is None
+    assert mlp_structure(nn.Sequential(nn.Linear(5, 4), nn.SiLU(), nn.Linear(4, 1)), "regression", False) is None
     assert mlp_structure(nn.Sequential(nn.Linear(5, 4, bias=False), nn.ReLU(), nn.Linear(4, 1)), "regression",
                          False) is None
     assert mlp_structure(nn.Sequential(nn.Linear(5, 3), nn.Softmax(0)), "classification", False) is None
@@ -313,7 +325,7 @@ def test_custom_model_outside_the_cpp_step_still_trains():
     from torch import nn
     Xt, yt, Xv, yv = pol(60, 20)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(Xt.shape[1], 8), nn.GELU(), nn.Linear(8, 2), nn.Softmax(-1))
+    model = nn.Sequential(nn.Linear(Xt.shape[1], 8), nn.SiLU(), nn.Linear(8, 2), nn.Softmax(-1))
     est = LossVal(model=model, epochs=1, random_state=0, verbose=False).fit(Xt, yt, Xv, yv)
     assert est.fused_step_ is False and np.isfinite(est.values_).all()
 
@@ -342,18 +354,21 @@ def test_lossval_mlp_step_op_rejects_malformed_arguments():
     x, y, idx = torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.arange(4)
     params = [torch.ones(6), torch.randn(2, 3), torch.zeros(2)]
 
-    def call(params=params, activation=0, head=1, x=x, idx=idx, steps=None):
+    def call(params=params, activation=0, head=1, x=x, idx=idx, steps=None, activations=None):
         state = [torch.zeros_like(p) for p in params]
         steps = steps if steps is not None else [torch.zeros(()) for _ in params]
         return torch.ops.lossval_fast.lossval_mlp_step(
-            params, state, [s.clone() for s in state], steps, torch.zeros(6), 0.01, 0.9, 0.999, 1e-8, activation,
-            head, x, y, idx, torch.randn(5, 3), torch.ones(5), [], 0.05, 0.5, False, 1, None, 1)
+            params, state, [s.clone() for s in state], steps, torch.zeros(6), 0.01, 0.9, 0.999, 1e-8,
+            [activation] * (len(params) // 2 - 1) if activations is None else activations,
+            [0.0] * (len(params) // 2 - 1) if activations is None else [0.0] * len(activations), head, x, y, idx, torch.randn(5, 3), torch.ones(5), [], 0.05, 0.5, False, 1, None, 1)
 
     assert torch.isfinite(call())  # the well-formed call works
     with pytest.raises(RuntimeError, match="params must be"):
         call(params=params[:2])
     with pytest.raises(RuntimeError, match="activation"):
-        call(activation=7)
+        call(params=params + [torch.randn(2, 2), torch.zeros(2)], activation=7)
+    with pytest.raises(RuntimeError, match="one entry per hidden layer"):
+        call(activations=[0])
     with pytest.raises(RuntimeError, match="head"):
         call(head=5)
     with pytest.raises(RuntimeError, match="x and y_val"):

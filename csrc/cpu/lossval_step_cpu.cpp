@@ -18,7 +18,13 @@
 #include <ATen/ops/_softmax_backward_data.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/leaky_relu.h>
+#include <ATen/ops/leaky_relu_backward.h>
 #include <ATen/ops/relu.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/sigmoid_backward.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/tanh.h>
@@ -39,7 +45,36 @@ namespace lvf {
 namespace cpu {
 namespace {
 
-enum Activation : int64_t { kRelu = 0, kTanh = 1 };
+// the activations between the linear layers (their ATen forward and the backward autograd would call)
+enum Activation : int64_t {
+  kRelu = 0, kTanh = 1, kSigmoid = 2, kLeakyRelu = 3, kGelu = 4, kGeluTanh = 5, kIdentity = 6, kActivations = 7
+};
+
+at::Tensor activate(int64_t kind, double param, const at::Tensor& z) {
+  switch (kind) {
+    case kRelu: return at::relu(z);
+    case kTanh: return at::tanh(z);
+    case kSigmoid: return at::sigmoid(z);
+    case kLeakyRelu: return at::leaky_relu(z, param);
+    case kGelu: return at::gelu(z, "none");
+    case kGeluTanh: return at::gelu(z, "tanh");
+    default: return z;
+  }
+}
+
+// d loss / d z from d loss / d h, with z the input and h the output of the activation
+at::Tensor activation_backward(int64_t kind, double param, const at::Tensor& gh, const at::Tensor& z,
+                               const at::Tensor& h) {
+  switch (kind) {
+    case kRelu: return at::threshold_backward(gh, h, 0);
+    case kTanh: return at::tanh_backward(gh, h);
+    case kSigmoid: return at::sigmoid_backward(gh, h);
+    case kLeakyRelu: return at::leaky_relu_backward(gh, z, param, false);
+    case kGelu: return at::gelu_backward(gh, z, "none");
+    case kGeluTanh: return at::gelu_backward(gh, z, "tanh");
+    default: return gh;
+  }
+}
 enum Head : int64_t { kProbabilities = 0, kLogits = 1, kRegression = 2 };
 
 using Triple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
@@ -95,7 +130,8 @@ std::vector<double> epsilon_schedule(double diameter, double blur, double scalin
 
 at::Tensor lossval_mlp_step_cpu(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                                 at::TensorList steps, const at::Tensor& weight_grad, double lr, double beta1,
-                                double beta2, double adam_eps, int64_t activation, int64_t head, const at::Tensor& x_in,
+                                double beta2, double adam_eps, at::IntArrayRef activations,
+                                at::ArrayRef<double> activation_params, int64_t head, const at::Tensor& x_in,
                                 const at::Tensor& target, const at::Tensor& idx, const at::Tensor& y_val_in,
                                 const at::Tensor& b, at::ArrayRef<double> eps_list, double blur, double scaling,
                                 bool normalize, int64_t cost_mode, const std::optional<at::Tensor>& gb,
@@ -106,7 +142,9 @@ at::Tensor lossval_mlp_step_cpu(at::TensorList params, at::TensorList exp_avgs, 
   TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size() &&
                   steps.size() == params.size(),
               "the Adam state lists must match params");
-  TORCH_CHECK(activation == kRelu || activation == kTanh, "activation must be 0 (ReLU) or 1 (Tanh)");
+  TORCH_CHECK(int64_t(activations.size()) == layers - 1 && activation_params.size() == activations.size(),
+              "activations and activation_params need one entry per hidden layer (", layers - 1, ")");
+  for (int64_t a : activations) TORCH_CHECK(a >= 0 && a < kActivations, "unknown activation code ", a);
   TORCH_CHECK(head == kProbabilities || head == kLogits || head == kRegression, "head must be 0, 1 or 2");
   const at::Tensor x = x_in.contiguous(), y_val = y_val_in.contiguous();
   TORCH_CHECK(x.dim() == 2 && y_val.dim() == 2 && x.size(1) == y_val.size(1), "x and y_val must be (B, d), (M, d)");
@@ -125,14 +163,17 @@ at::Tensor lossval_mlp_step_cpu(at::TensorList params, at::TensorList exp_avgs, 
   }
 
   // forward and weighted training loss (L_w, the per-row losses l and G = w_i dl_i / d out), run alongside the
-  // divergence's validation-side loop; h[l] is the input of layer l (post-activation of layer l - 1)
-  std::vector<at::Tensor> h{x};
+  // divergence's validation-side loop; h[l] is the input of layer l, z[l] its output before the activation
+  std::vector<at::Tensor> h{x}, zs;
   at::Tensor out, train_loss, rows, G;
   auto forward = [&]() {
     at::Tensor z;
     for (int64_t l = 0; l < layers; ++l) {
       z = at::linear(h.back(), params[1 + 2 * l], params[2 + 2 * l]);
-      if (l + 1 < layers) h.push_back(activation == kRelu ? at::relu(z) : at::tanh(z));
+      if (l + 1 < layers) {
+        zs.push_back(z);
+        h.push_back(activate(activations[l], activation_params[l], z));
+      }
     }
     out = head == kProbabilities ? at::softmax(z, -1) : z;
     if (head == kRegression) {
@@ -161,7 +202,7 @@ at::Tensor lossval_mlp_step_cpu(at::TensorList params, at::TensorList exp_avgs, 
     grads[2 + 2 * l] = gz.sum(0);
     if (l == 0) break;
     const at::Tensor gh = at::mm(gz, params[1 + 2 * l]);
-    gz = activation == kRelu ? at::threshold_backward(gh, h[l], 0) : at::tanh_backward(gh, h[l]);
+    gz = activation_backward(activations[l - 1], activation_params[l - 1], gh, zs[l - 1], h[l]);
   }
   // the dense weight vector's gradient is zero outside the batch: a persistent zero buffer, touched at idx only
   weight_grad.index_add_(0, idx, rows * S2 + (train_loss * 2 * S) * dS);

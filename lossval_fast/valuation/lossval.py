@@ -222,7 +222,8 @@ class LossVal:
     classes_ : number of classes (classification).  n_steps_ : optimisation steps run in this fit.
     timings_ : seconds spent checking the data, computing the cached validation side and training.
     fused_step_ : True when every step ran as one C++ call (CPU, an nn.Sequential MLP of Linear layers with
-        ReLU or Tanh and the paper's heads, see ``mlp_structure``); False for the generic autograd path.
+        ReLU, Tanh, Sigmoid, LeakyReLU, GELU or Identity between them and the paper's heads, see
+        ``mlp_structure``); False for the generic autograd path.
     """
 
     def __init__(self, task: str = "classification", model: torch.nn.Module | None = None, epochs: int = 30,
@@ -588,10 +589,29 @@ class _Divergence:
 FUSED_STEP = True
 
 
+def _activation_code(module):
+    """(code, parameter) of an activation the C++ step implements, or None."""
+    kind = type(module)
+    if kind is torch.nn.ReLU:
+        return 0, 0.0
+    if kind is torch.nn.Tanh:
+        return 1, 0.0
+    if kind is torch.nn.Sigmoid:
+        return 2, 0.0
+    if kind is torch.nn.LeakyReLU:
+        return 3, float(module.negative_slope)
+    if kind is torch.nn.GELU:
+        return {"none": (4, 0.0), "tanh": (5, 0.0)}.get(module.approximate)
+    if kind is torch.nn.Identity:
+        return 6, 0.0
+    return None
+
+
 def mlp_structure(model, task: str, from_logits: bool):
-    """(activation, head) codes of the C++ step when `model` is a plain MLP it covers: an nn.Sequential of
-    nn.Linear layers (with bias) separated by one kind of activation (ReLU or Tanh), ending in a Linear, or in a
-    Softmax over the last dimension for the probability output; None for anything else (the generic path)."""
+    """(activation codes, activation parameters, head code) of the C++ step when `model` is a plain MLP it covers:
+    an nn.Sequential of nn.Linear layers (with bias), each pair separated by one activation (ReLU, Tanh, Sigmoid,
+    LeakyReLU, GELU or Identity), ending in a Linear, or in a Softmax over the last dimension for the probability
+    output; None for anything else (the generic autograd path)."""
     if type(model) is not torch.nn.Sequential:
         return None
     mods = list(model.children())
@@ -610,21 +630,17 @@ def mlp_structure(model, task: str, from_logits: bool):
         return None
     if any(type(m) is not torch.nn.Linear or m.bias is None for m in linear):
         return None
-    kinds = {type(m) for m in acts}
-    if not kinds:
-        return 0, head  # a single linear layer: no activation is ever applied
-    if kinds == {torch.nn.ReLU}:
-        return 0, head
-    if kinds == {torch.nn.Tanh}:
-        return 1, head
-    return None
+    codes = [_activation_code(m) for m in acts]
+    if any(c is None for c in codes):
+        return None
+    return [c for c, _ in codes], [p for _, p in codes], head
 
 
 class _FusedMLPStep:
     """A LossVal step of an MLP in one C++ call: forward, weighted loss, divergence, backward and Adam."""
 
     def __init__(self, est, structure, model, weights, optimizer, data, divergence, threads):
-        self.activation, self.head = structure
+        self.activations, self.activation_params, self.head = structure
         self.threads = threads
         self.est, self.data, self.div = est, data, divergence
         self.optimizer = optimizer
@@ -666,7 +682,7 @@ class _FusedMLPStep:
         with torch.no_grad():
             return torch.ops.lossval_fast.lossval_mlp_step(
                 params, exp_avgs, exp_avg_sqs, steps, self.weight_grad, group["lr"], beta1, beta2, group["eps"],
-                self.activation, self.head, xb, yb, idx, div.X_val, self.b, div.eps_list or [], div.blur,
+                self.activations, self.activation_params, self.head, xb, yb, idx, div.X_val, self.b, div.eps_list or [], div.blur,
                 div.scaling, div.normalize, self.cost_mode(xb.shape[0]), div.gb, self.threads)
 
 
