@@ -50,6 +50,10 @@ TORCH_LIBRARY(lossval_fast, m) {
   m.def("plan_colsum(Tensor x, Tensor y, Tensor h, Tensor f, Tensor weight, float eps) -> (Tensor, Tensor)");
   // (index, squared distance) of the nearest row of y; with accumulate, per-row-of-y sums of x and counts
   m.def("nearest(Tensor x, Tensor y, bool accumulate) -> (Tensor, Tensor, Tensor, Tensor)");
+  // one Lloyd iteration with Hamerly's bounds (csrc/cpu/kmeans_cpu.cpp): labels, upper, lower (float64) are updated
+  // in place (reset: recompute every row); returns (sums, counts) of x per centroid, rows recomputed, labels changed
+  m.def("kmeans_bounded_step(Tensor x, Tensor centroids, Tensor previous, Tensor(a!) labels, Tensor(b!) upper, "
+        "Tensor(c!) lower, bool reset) -> (Tensor, Tensor, int, int)");
   // softmin over a stored cost matrix (n x m)
   m.def("softmin_stored(Tensor cost, Tensor h, float eps) -> Tensor");
   // the Sinkhorn ε loop of geomloss on batched clouds a (B,N), x (B,N,d), b (B,M), y (B,M,d):

@@ -386,3 +386,80 @@ def test_non_tensor_x_is_a_type_error():
 
 def test_validate_false_skips_the_finite_scan():
     ops.kmeans(_x(), 2, validate=False, random_state=0)
+
+
+# ------------------------------------------------------------------------------------------------ bounded passes
+needs_bounded = pytest.mark.skipif(not hasattr(torch.ops.lossval_fast, "kmeans_bounded_step"),
+                                   reason="the C++ extension is not built")
+
+
+@needs_bounded
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,d,k", [(1037, 7, 5), (3001, 33, 37), (500, 3, 1)])
+def test_bounded_pass_gives_the_plain_pass_labels_and_sums(n, d, k, dtype):
+    """Every iteration of the bounded pass (Hamerly's bounds, rows skipped) equals the plain pass: labels, counts
+    and sums bit for bit, on overlapping blobs whose labels keep moving."""
+    x = blobs(n, d, k, seed=n + d, spread=2.0, dtype=dtype)
+    c = random_rows(x, k, seed=1)
+    labels = torch.full((n,), -1, dtype=torch.int64)
+    upper, lower = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    previous, recomputed = c, []
+    for iteration in range(12):
+        index, _, sums, counts = torch.ops.lossval_fast.nearest(x, c, True)
+        before = labels.clone()
+        s, cnt, done, changed = torch.ops.lossval_fast.kmeans_bounded_step(x, c, previous, labels, upper, lower,
+                                                                           iteration == 0)
+        assert torch.equal(labels, index)
+        assert torch.equal(cnt, counts) and torch.equal(s, sums)
+        assert changed == int((labels != before).sum())
+        recomputed.append(done)
+        previous = c
+        c = torch.where(counts[:, None] > 0, sums.double() / counts.clamp_min(1).double()[:, None],
+                        c.double()).to(dtype)
+    assert recomputed[0] == n
+    assert min(recomputed[3:]) < n // 2  # rows were skipped
+    if k == 1:
+        assert max(recomputed[1:]) == 0
+
+
+@needs_bounded
+def test_bounded_pass_rejects_malformed_state():
+    x, c = torch.randn(10, 3), torch.randn(2, 3)
+    good = dict(labels=torch.zeros(10, dtype=torch.int64), upper=torch.zeros(10, dtype=torch.float64),
+                lower=torch.zeros(10, dtype=torch.float64))
+    for name, bad in [("labels", torch.zeros(9, dtype=torch.int64)), ("upper", torch.zeros(10)),
+                      ("lower", torch.zeros(10, dtype=torch.float64)[::1][:9])]:
+        state = dict(good, **{name: bad})
+        with pytest.raises(RuntimeError, match=name if name == "labels" else "upper and lower"):
+            torch.ops.lossval_fast.kmeans_bounded_step(x, c, c, state["labels"], state["upper"], state["lower"],
+                                                       True)
+    with pytest.raises(RuntimeError, match="centroids and previous"):
+        torch.ops.lossval_fast.kmeans_bounded_step(x, c, torch.randn(3, 3), **good, reset=False)
+
+
+@needs_bounded
+@pytest.mark.parametrize("case", ["overlapping", "separated", "empty-clusters"])
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+def test_kmeans_with_bounded_passes_equals_plain_passes(monkeypatch, case, tol):
+    """kmeans() switched to bounded passes after its first iteration gives what plain passes give."""
+    import importlib
+    module = importlib.import_module("lossval_fast.ops.kmeans")
+    if case == "empty-clusters":
+        x, init = empty_cluster_problem(2)
+        x, init = x.float(), init.float()
+    else:
+        x = blobs(4000, 6, 9, seed=3, spread=2.0 if case == "overlapping" else 12.0)
+        init = random_rows(x, 9, seed=2)
+    results = {}
+    for bounded in (True, False):
+        monkeypatch.setattr(module, "_BOUNDED_MIN_WORK", 1 if bounded else 10**12)
+        monkeypatch.setattr(module, "_BOUNDED_MIN_ROWS", 1)
+        monkeypatch.setattr(module, "_BOUNDED_SWITCH", 1.0)  # switch as soon as one pass has been compared
+        calls = []
+        step = module._Bounds.step
+        monkeypatch.setattr(module._Bounds, "step", lambda self, *a: calls.append(1) or step(self, *a))
+        results[bounded] = ops.kmeans(x, init.shape[0], init=init, max_iter=60, tol=tol)
+        assert bool(calls) == (bounded and results[bounded].n_iter > 2)
+    a, b = results[True], results[False]
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+    assert a.inertia == b.inertia and a.n_iter == b.n_iter

@@ -45,9 +45,9 @@ struct KernelTable {
   void (*reduce)(const Rows<T>& r, const Columns<T>& c, T scale, Reduction mode, int64_t row_begin,
                  int64_t row_end, int64_t panel_begin, int64_t panel_end, T* rowmax, T* rowsum, T* acc,
                  T* half_norm);
-  // best_j t_ij (scale 1) and the first j reaching it
+  // best_j t_ij (scale 1) and the first j reaching it; second (may be null): the second-largest t_ij
   void (*argmax)(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t row_end, T* best,
-                 int64_t* index);
+                 int64_t* index, T* second);
   // stored cost: t_ij = hb_j - scale * cost_ij over a row-major cost (m columns, row stride ld >= m), rows
   // [row_begin, row_end). When ld is a multiple of 4 vectors and the padding holds +inf, no tail code runs.
   void (*stored_rows)(const T* cost, int64_t m, int64_t ld, const T* hb, T scale, int64_t row_begin,

@@ -246,9 +246,10 @@ void reduce(const Rows<T>& r, const Columns<T>& c, T scale, Reduction mode, int6
 }
 
 // ---------------------------------------------------------------------------------------------- argmax
-template <typename T>
-void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t row_end, T* best_out,
-            int64_t* index_out) {
+// SECOND: also the second-largest t_ij of each row (-inf with one column), for the bounds of a k-means step
+template <typename T, bool SECOND>
+void argmax_impl(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t row_end, T* best_out,
+                 int64_t* index_out, T* second_out) {
   // Rows in the vector lanes, columns broadcast: a block of RB = RV * W rows is transposed once (xt: d x RB), then
   // every column tile is RV x NC register accumulators, and the running maximum over columns is a vertical
   // compare-and-blend per row vector. No horizontal reduction over lanes, and no work on padding columns.
@@ -294,6 +295,7 @@ void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t ro
       }
   };
   alignas(64) T best_lane[RB];
+  alignas(64) T second_lane[RB];
   alignas(64) I index_lane[RB];
 
   for (int64_t rb = row_begin; rb < row_end; rb += RB) {
@@ -324,11 +326,12 @@ void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t ro
           for (int64_t k = k0; k < d; ++k)
             xt[k * RB + g0 + i] = i < valid ? xb[(g0 + i) * d + k] - r.center[k] : T(0);
     }
-    v best[RV];
+    v best[RV], second[RV];
     vi index[RV];
 #pragma GCC unroll 4
     for (int q = 0; q < RV; ++q) {
       best[q] = V::set1(neg_inf<T>());
+      if constexpr (SECOND) second[q] = V::set1(neg_inf<T>());
       index[q] = V::set1i(I(0));
     }
     // NCC columns starting at j0 (NCC < NC only for the last tile): dot products, then fold them into the
@@ -361,6 +364,7 @@ void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t ro
         for (int q = 0; q < RV; ++q) {
           const v t = b + acc[q][cc];
           const vi better = t > best[q];
+          if constexpr (SECOND) second[q] = better ? best[q] : (t > second[q] ? t : second[q]);
           best[q] = better ? t : best[q];
           index[q] = better ? col : index[q];
         }
@@ -381,13 +385,22 @@ void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t ro
 #pragma GCC unroll 4
     for (int q = 0; q < RV; ++q) {
       V::store(best_lane + q * W, best[q]);
+      if constexpr (SECOND) V::store(second_lane + q * W, second[q]);
       V::storei(index_lane + q * W, index[q]);
     }
     for (int64_t rr = 0; rr < nr; ++rr) {
       best_out[rb + rr] = best_lane[rr];
       index_out[rb + rr] = index_lane[rr];
+      if constexpr (SECOND) second_out[rb + rr] = second_lane[rr];
     }
   }
+}
+
+template <typename T>
+void argmax(const Rows<T>& r, const Columns<T>& c, int64_t row_begin, int64_t row_end, T* best_out,
+            int64_t* index_out, T* second_out) {
+  if (second_out != nullptr) argmax_impl<T, true>(r, c, row_begin, row_end, best_out, index_out, second_out);
+  else argmax_impl<T, false>(r, c, row_begin, row_end, best_out, index_out, nullptr);
 }
 
 // ---------------------------------------------------------------------------------------------- stored cost

@@ -273,7 +273,7 @@ void nearest_impl(const at::Tensor& x, const at::Tensor& y, bool accumulate, at:
     T best[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kBlock, r1 = std::min(n, r0 + kBlock);
-      table.argmax(rows, c, r0, r1, best - r0, idx);
+      table.argmax(rows, c, r0, r1, best - r0, idx, nullptr);
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(_IMMINTRIN_H_INCLUDED) || defined(__IMMINTRIN_H))
       if (wide) {
         if (accumulate)
