@@ -487,6 +487,9 @@ def _worker(rank, nproc, backend, host, port, threads, fn, args, kwargs, folder)
         result = fn(*args, **kwargs)
         if rank == 0:
             torch.save(result, os.path.join(folder, "result.pt"))
+        # every rank past its last collective before any tears the group down: a rank that destroys its gloo
+        # context while a peer still talks to it makes the peer's gloo thread abort the process (seen ~1 in 25)
+        dist.barrier()
     except BaseException as error:
         try:  # the caller re-raises the original exception, not only its text
             torch.save(error, os.path.join(folder, f"error-{rank}.pt"))

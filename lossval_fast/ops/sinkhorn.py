@@ -134,6 +134,12 @@ def _stored_fits(n, m, itemsize, debias, device, memory_budget):
     return matrices * itemsize <= budget
 
 
+def auto_stored(n: int, m: int, d: int, itemsize: int, debias: bool, device, memory_budget=None) -> bool:
+    """cost="auto"'s choice: stored costs on CPU when the four matrices fit the budget and d >= 8 (below that,
+    recomputing a dot product is as cheap as reading a stored entry)."""
+    return device.type == "cpu" and d >= 8 and _stored_fits(n, m, itemsize, debias, device, memory_budget)
+
+
 def _cpp_runner(cost_mode):
     def run(a, x, b, y, eps_list, debias, barycenters, gb):
         return torch.ops.lossval_fast.sinkhorn_potentials(a, x, b, y, eps_list, debias, barycenters, cost_mode, gb)
@@ -291,7 +297,8 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     fits = _stored_fits(n, m, xs.element_size(), debias, xs.device, memory_budget)
     if cost == "stored" and not fits:
         raise ValueError("cost='stored' needs the four cost matrices in memory_budget; use cost='online'")
-    stored = cost == "stored" or (cost == "auto" and fits and xs.device.type == "cpu" and d >= 8)
+    stored = cost == "stored" or (cost == "auto" and auto_stored(n, m, d, xs.element_size(), debias, xs.device,
+                                                                 memory_budget))
     if be == "cpp":
         runner = _cpp_runner(1 if stored else 0)
     else:

@@ -29,7 +29,7 @@ import torch
 from .. import ops
 from ..data import BatchPrefetcher, RowSource, open_rows
 from ..models import paper_mlp
-from ..ops.sinkhorn import _stored_fits, epsilon_schedule
+from ..ops.sinkhorn import auto_stored, epsilon_schedule
 from .optim import adam
 
 TASKS = ("classification", "regression")
@@ -639,13 +639,12 @@ def mlp_structure(model, task: str, from_logits: bool):
 class _FusedMLPStep:
     """A LossVal step of an MLP in one C++ call: forward, weighted loss, divergence, backward and Adam."""
 
-    def __init__(self, est, structure, model, weights, optimizer, data, divergence, threads):
+    def __init__(self, est, structure, adam_state, weights, optimizer, data, divergence, threads):
         self.activations, self.activation_params, self.head = structure
         self.threads = threads
-        self.est, self.data, self.div = est, data, divergence
+        self.data, self.div = data, divergence
         self.optimizer = optimizer
-        # the Adam state the op updates in place (the fit never reloads the optimiser after this point)
-        self.adam_state = optimizer.fused_state()
+        self.adam_state = adam_state  # updated in place by the op (the fit never reloads the optimiser after this)
         self.weight_grad = torch.zeros_like(weights)
         self.b = divergence.val_weights
         if est.normalize and divergence.fixed_diameter is None:
@@ -661,17 +660,17 @@ class _FusedMLPStep:
         structure = mlp_structure(model, est.task, est.model_output == "logits")
         if structure is None:
             return None
-        lists = optimizer.fused_state()
-        if lists is None or [id(p) for p in lists[0]] != [id(p) for p in (weights, *model.parameters())]:
+        adam_state = optimizer.fused_state()
+        if adam_state is None or [id(p) for p in adam_state[0]] != [id(p) for p in (weights, *model.parameters())]:
             return None
-        return cls(est, structure, model, weights, optimizer, data, divergence, threads)
+        return cls(est, structure, adam_state, weights, optimizer, data, divergence, threads)
 
     def cost_mode(self, batch: int) -> int:
         """The op's "auto" choice for this batch size (stored costs when the four matrices fit and d >= 8)."""
         if batch not in self.cost_modes:
             X_val = self.data.X_val
-            fits = _stored_fits(batch, X_val.shape[0], X_val.element_size(), True, X_val.device, None)
-            self.cost_modes[batch] = 1 if fits and X_val.shape[1] >= 8 else 0
+            self.cost_modes[batch] = int(auto_stored(batch, X_val.shape[0], X_val.shape[1], X_val.element_size(), True,
+                                                     X_val.device))
         return self.cost_modes[batch]
 
     def __call__(self, idx, xb, yb):
@@ -682,8 +681,9 @@ class _FusedMLPStep:
         with torch.no_grad():
             return torch.ops.lossval_fast.lossval_mlp_step(
                 params, exp_avgs, exp_avg_sqs, steps, self.weight_grad, group["lr"], beta1, beta2, group["eps"],
-                self.activations, self.activation_params, self.head, xb, yb, idx, div.X_val, self.b, div.eps_list or [], div.blur,
-                div.scaling, div.normalize, self.cost_mode(xb.shape[0]), div.gb, self.threads)
+                self.activations, self.activation_params, self.head, xb, yb, idx, div.X_val, self.b,
+                div.eps_list or [], div.blur, div.scaling, div.normalize, self.cost_mode(xb.shape[0]), div.gb,
+                self.threads)
 
 
 class _StepRunner:
