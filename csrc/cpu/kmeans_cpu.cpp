@@ -254,18 +254,7 @@ void bounded_step_impl(const at::Tensor& x, const at::Tensor& c, const at::Tenso
       add_rows(tsums, xp + r0 * d, lab + r0, r1 - r0, d, tcounts, wide);
     }
   });
-  T* so = sums.data_ptr<T>();
-  int64_t* co = counts.data_ptr<int64_t>();
-  for (int64_t j = 0; j < m; ++j) {
-    int64_t cnt = 0;
-    for (int t = 0; t < threads; ++t) cnt += thread_counts[size_t(t) * m + j];
-    co[j] = cnt;
-    for (int64_t k = 0; k < d; ++k) {
-      double acc = 0;
-      for (int t = 0; t < threads; ++t) acc += thread_sums[(size_t(t) * m + j) * d + k];
-      so[j * d + k] = T(acc);
-    }
-  }
+  merge_cluster_partials(thread_sums, thread_counts, threads, m, d, sums.data_ptr<T>(), counts.data_ptr<int64_t>());
   recomputed = changed = 0;
   for (int t = 0; t < threads; ++t) {
     recomputed += thread_recomputed[t];

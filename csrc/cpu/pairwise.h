@@ -202,5 +202,23 @@ void reduce_rows(const T* x, int64_t n, const PackedColumns<T>& cols, T scale, R
   });
 }
 
+// Per-thread cluster partials (sums in double, m x d per thread; counts, m per thread) merged in thread order into
+// sums (T) and counts: the k-means passes (nearest with accumulate, the bounded step) share it, so that the same
+// rows give the same bits.
+template <typename T>
+void merge_cluster_partials(const std::vector<double>& thread_sums, const std::vector<int64_t>& thread_counts,
+                            int threads, int64_t m, int64_t d, T* sums, int64_t* counts) {
+  for (int64_t j = 0; j < m; ++j) {
+    int64_t cnt = 0;
+    for (int t = 0; t < threads; ++t) cnt += thread_counts[size_t(t) * m + j];
+    counts[j] = cnt;
+    for (int64_t k = 0; k < d; ++k) {
+      double acc = 0;
+      for (int t = 0; t < threads; ++t) acc += thread_sums[(size_t(t) * m + j) * d + k];
+      sums[j * d + k] = T(acc);
+    }
+  }
+}
+
 }  // namespace cpu
 }  // namespace lvf

@@ -289,20 +289,8 @@ void nearest_impl(const at::Tensor& x, const at::Tensor& y, bool accumulate, at:
         epilogue_baseline(std::false_type{}, rows.x, cd, d, r0, r1, best, offset, idx, dist, tsums, tcounts);
     }
   });
-  if (accumulate) {
-    T* so = sums.data_ptr<T>();
-    int64_t* co = counts.data_ptr<int64_t>();
-    for (int64_t j = 0; j < m; ++j) {
-      int64_t cnt = 0;
-      for (int t = 0; t < threads; ++t) cnt += thread_counts[size_t(t) * m + j];
-      co[j] = cnt;
-      for (int64_t k = 0; k < d; ++k) {
-        double acc = 0;
-        for (int t = 0; t < threads; ++t) acc += thread_sums[(size_t(t) * m + j) * d + k];
-        so[j * d + k] = T(acc);
-      }
-    }
-  }
+  if (accumulate)
+    merge_cluster_partials(thread_sums, thread_counts, threads, m, d, sums.data_ptr<T>(), counts.data_ptr<int64_t>());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nearest_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
