@@ -2,8 +2,9 @@
 
     loss = (Σ_i w_i l_i over the minibatch) · S(w_b, x_b; 1_M, X_val)²
 
-with S the debiased Sinkhorn divergence of geomloss (lossval_fast.ops.sinkhorn_divergence, one C++ call per step
-on CPU). The faithful defaults reproduce the authors' code (lossval_fast.reference.lossval) exactly: one Adam over
+with S the debiased Sinkhorn divergence of geomloss (lossval_fast.ops.sinkhorn_divergence). On CPU, an MLP
+model's whole step (forward, weighted loss, divergence, backward, Adam) is one C++ call
+(csrc/cpu/lossval_step_cpu.cpp, `mlp_structure` says which models); other models go through autograd. The faithful defaults reproduce the authors' code (lossval_fast.reference.lossval) exactly: one Adam over
 the model and the dense weight vector, L_w a sum over the batch, per-batch diameter 1.1·max|x_b - x_val|, a new
 shuffle every epoch with the last partial batch kept, and the same random stream (a seeded run of both gives the
 same values).
