@@ -97,5 +97,16 @@ def info() -> dict:
         "best_cpu_capability": (torch.ops.lossval_fast.best_cpu_capability() if HAS_EXTENSION else None),
         "dispatch": {dev: {op: _describe(*auto_backend(op, torch.device(dev))) for op in OPS}
                      for dev in devices},
+        # whole-algorithm steps in C++ that the estimators use on CPU when they apply
+        "cpu_steps": {
+            "LossVal step of an MLP (lossval_mlp_step)": _step_state("lossval_mlp_step"),
+            "bounded Lloyd pass (kmeans_bounded_step)": _step_state("kmeans_bounded_step"),
+        },
     }
     return result
+
+
+def _step_state(op: str) -> str:
+    if not HAS_EXTENSION:
+        return "not built (the estimators use their torch paths)"
+    return "built" if hasattr(torch.ops.lossval_fast, op) else "missing from this build"

@@ -17,6 +17,7 @@ def test_extension_was_built_and_info_reports_it():
     assert info["cpu_capability"] in ("generic", "avx2", "avx512")
     for op in ("softmin", "softmin_barycenter", "plan_colsum", "nearest", "softmin_stored"):
         assert op in info["dispatch"]["cpu"]
+    assert set(info["cpu_steps"].values()) == {"built"}
 
 
 def test_cli_info_prints_json(capsys):
