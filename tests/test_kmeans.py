@@ -435,6 +435,12 @@ def test_bounded_pass_rejects_malformed_state():
                                                        True)
     with pytest.raises(RuntimeError, match="centroids and previous"):
         torch.ops.lossval_fast.kmeans_bounded_step(x, c, torch.randn(3, 3), **good, reset=False)
+    # labels out of range (never set) with reset=False: those rows are measured, not looked up
+    labels = torch.tensor([-1, 7, 0, 1, -5, 2, 0, 1, 99, 1], dtype=torch.int64)
+    upper, lower = torch.zeros(10, dtype=torch.float64), torch.zeros(10, dtype=torch.float64)
+    unset = (labels < 0) | (labels >= 2)
+    torch.ops.lossval_fast.kmeans_bounded_step(x, c, c, labels, upper, lower, False)
+    assert torch.equal(labels[unset], torch.ops.lossval_fast.nearest(x, c, False)[0][unset])
 
 
 @needs_bounded

@@ -181,7 +181,8 @@ void bounded_step_impl(const at::Tensor& x, const at::Tensor& c, const at::Tenso
     }
   }
   // bound on the kernel's error in a squared distance, relative to |x'|² + max |c'|²: the centring, the bias, the
-  // d-term dot product and the final difference give at most (d + 3) ulp(1) of it; 4x that
+  // d-term dot product and the final difference give at most 2 (d + 3) u of it (u the unit roundoff, eps / 2);
+  // taken as 4 (d + 4) eps, about 4x that
   const double rel_err = 4.0 * (double(d) + 4.0) * double(std::numeric_limits<T>::epsilon());
 
   const T* xp = x.data_ptr<T>();
@@ -215,8 +216,8 @@ void bounded_step_impl(const at::Tensor& x, const at::Tensor& c, const at::Tenso
       }
       int64_t count = 0;
       for (int64_t i = r0; i < r1; ++i) {
-        if (!reset) {
-          const int64_t a = lab[i];
+        const int64_t a = lab[i];
+        if (!reset && a >= 0 && a < m) {  // (a label out of range, e.g. never set, is measured again)
           double u = up[i] + shift[a];
           const double l = lo[i] - (a == top ? shift2 : shift1);
           const double bound = std::max(l, half_sep[a]);
