@@ -405,7 +405,8 @@ def _cmd_evaluate(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ bench
 _ONE_RATIO = r"\**\s*(\d+(?:\.\d+)?)\s*[x×]\s*\**"
-_RATIO = re.compile(rf"^{_ONE_RATIO}(?:\s*/\s*{_ONE_RATIO})*$")  # "16.7x", "**3.4x**", "1.67x / 1.62x"
+# "16.7x", "**3.4x**", "1.67x / 1.62x", "2.20x (1.94-2.38, 7 pairs)"
+_RATIO = re.compile(rf"^{_ONE_RATIO}(?:\s*/\s*{_ONE_RATIO})*(?:\s*\([^)]*\))?$")
 _PROSE_RATIO = re.compile(r"([Ss]peed-?up[^:|]*):\s*\**\s*(\d+(?:\.\d+)?)\s*[x×]")
 
 
@@ -442,7 +443,7 @@ def _tables(text: str):
 
 def collect_ratios(results_dir) -> list[dict]:
     """Every speed-up ratio in the reports results_dir/*.md: table cells made of ratios ("16.7x", "**3.4x**",
-    "1.67x / 1.62x") and sentences "Speed-up ...: **3.1x**". One dict per cell or sentence: the report file, its
+    "1.67x / 1.62x", optionally followed by a note in parentheses) and sentences "Speed-up ...: **3.1x**". One dict per cell or sentence: the report file, its
     title, the case (the row's first cell), the comparison (the column header), the first ratio as a number and the
     cell's text."""
     found = []

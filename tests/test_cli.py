@@ -440,3 +440,11 @@ def test_value_rows_rejects_bad_arguments():
         value_rows(X, y.astype(float), task="regression", method="knn-shapley", val_size=2)
     with pytest.raises(ValueError, match="epochs"):
         MethodOptions(epochs=0)
+
+
+def test_collect_ratios_reads_ratio_cells_with_a_note(tmp_path):
+    (tmp_path / "suite_cpu.md").write_text(
+        "# a suite\n\n| shape | min / median | paired runs | inertia |\n|---|---|---|---|\n"
+        "| 100x3 | 2.36x / 2.26x | 2.20x (1.94-2.38, 7 pairs) | 2.3e-06 |\n")
+    ratios = cli.collect_ratios(tmp_path)
+    assert [(r["comparison"], r["ratio"]) for r in ratios] == [("min / median", 2.36), ("paired runs", 2.2)]
