@@ -63,6 +63,12 @@ struct KernelTable {
                       T* colmax, T* colsum);
   // throughput probe for the benchmarks: sum of 2^buffer over `repeats` sweeps of an in-cache buffer
   double (*exp2_sum)(const T* buffer, int64_t n, int64_t repeats);
+  // online mode, both half-steps of a symmetric update from one computation of each dot-product tile: the row
+  // reduction of `reduce` (Online) and, with row biases ha (log2 units, the caller's shift applied), the column
+  // reduction t'_ij = ha_i - scale ½|x'_i|² + scale <x'_i, z'_j> into running per-column (max, sum) partials
+  // (m_pad entries each, starting at kColumnEmpty / 0); half_norm (n) receives ½|x'_i|²
+  void (*reduce_both)(const Rows<T>& r, const Columns<T>& c, T scale, const T* ha, int64_t row_begin,
+                      int64_t row_end, T* rowmax, T* rowsum, T* half_norm, T* colmax, T* colsum);
 };
 
 // Start value of a column's running max in stored_cols: finite, so that an all-masked column (t = -inf) never

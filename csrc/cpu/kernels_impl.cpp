@@ -222,6 +222,88 @@ static void reduce_impl(const Rows<T>& r, const Columns<T>& c, T scale, int64_t 
   }
 }
 
+// Both half-steps of a symmetric Sinkhorn update from ONE computation of each tile of dot products (online mode):
+// the row reduction of reduce(ONLINE) with t_ij = bias_j + scale dot_ij, and the column reduction with
+// u_ij = ha_i - scale ½|x'_i|² + scale dot_ij into the caller's running per-column (max, sum) partials colmax /
+// colsum (m_pad entries; start at kColumnEmpty / 0). Padding columns (zero panels) only touch their own partials.
+template <typename T>
+void reduce_both(const Rows<T>& r, const Columns<T>& c, T scale, const T* ha, int64_t row_begin, int64_t row_end,
+                 T* rowmax, T* rowsum, T* half_norm, T* colmax, T* colsum) {
+  using M = Micro<T>;
+  using V = typename M::V;
+  using v = typename M::v;
+  constexpr int MR = M::MR, NR = M::NR, NV = M::NV, W = M::W;
+  const int64_t d = r.d;
+  const int64_t n_panels = c.m_pad / NR;
+  thread_local std::vector<T> xt;
+  xt.resize(std::max<int64_t>(d, 1) * MR);
+  alignas(64) T tile[MR * kChunk];  // raw dot products: both passes form their exponents with one FMA each
+  const v vscale = V::set1(scale);
+  for (int64_t rb = row_begin; rb < row_end; rb += MR) {
+    const int64_t nr = std::min<int64_t>(MR, row_end - rb);
+    load_row_block(r, rb, nr, xt.data(), half_norm);
+    T m[MR], S[MR], arow[MR];
+    for (int rr = 0; rr < MR; ++rr) {
+      m[rr] = neg_inf<T>();
+      S[rr] = T(0);
+      arow[rr] = rr < nr ? T(ha[rb + rr] - scale * half_norm[rb + rr]) : T(0);
+    }
+    for (int64_t pc = 0; pc < n_panels; pc += kChunk / NR) {
+      const int64_t np = std::min<int64_t>(kChunk / NR, n_panels - pc);
+      const int64_t ncols = np * NR;
+      const T* bias = c.bias + pc * NR;
+      for (int64_t q = 0; q < np; ++q) {
+        v dots[MR][NV];
+        dot_tile<T>(xt.data(), c.panels + (pc + q) * d * NR, d, dots);
+#pragma GCC unroll 4
+        for (int vv = 0; vv < NV; ++vv)
+#pragma GCC unroll 16
+          for (int rr = 0; rr < MR; ++rr) V::store(tile + rr * kChunk + q * NR + vv * W, dots[rr][vv]);
+      }
+      // rows: online max and sum, as reduce(ONLINE)
+      for (int64_t rr = 0; rr < nr; ++rr) {
+        const T* t = tile + rr * kChunk;
+        v mv = V::load(bias) + vscale * V::load(t);
+        for (int64_t cc = W; cc < ncols; cc += W) mv = V::max(mv, V::load(bias + cc) + vscale * V::load(t + cc));
+        const T cm = V::hmax(mv);
+        if (cm > m[rr]) {
+          if (m[rr] != neg_inf<T>()) S[rr] *= std::exp2(m[rr] - cm);
+          m[rr] = cm;
+        }
+        if (m[rr] == neg_inf<T>()) continue;
+        const v mm = V::set1(m[rr]);
+        v s0 = V::set1(T(0)), s1 = V::set1(T(0));
+        int64_t cc = 0;
+        for (; cc + 2 * W <= ncols; cc += 2 * W) {
+          s0 += simd::exp2<false>(V::load(bias + cc) + vscale * V::load(t + cc) - mm);
+          s1 += simd::exp2<false>(V::load(bias + cc + W) + vscale * V::load(t + cc + W) - mm);
+        }
+        for (; cc < ncols; cc += W) s0 += simd::exp2<false>(V::load(bias + cc) + vscale * V::load(t + cc) - mm);
+        S[rr] += V::hsum(s0 + s1);
+      }
+      // columns: this block's rows folded into the running (max, sum) of every column
+      for (int64_t cc = 0; cc < ncols; cc += W) {
+        v top = V::set1(neg_inf<T>());
+        for (int64_t rr = 0; rr < nr; ++rr)
+          top = V::max(top, V::set1(arow[rr]) + vscale * V::load(tile + rr * kChunk + cc));
+        T* cmx = colmax + pc * NR + cc;
+        T* csm = colsum + pc * NR + cc;
+        const v old = V::load(cmx);
+        const v nm = V::max(old, top);
+        v sum = V::load(csm) * simd::exp2<false>(old - nm);
+        for (int64_t rr = 0; rr < nr; ++rr)
+          sum += simd::exp2<false>(V::set1(arow[rr]) + vscale * V::load(tile + rr * kChunk + cc) - nm);
+        V::store(cmx, nm);
+        V::store(csm, sum);
+      }
+    }
+    for (int64_t rr = 0; rr < nr; ++rr) {
+      rowmax[rb + rr] = m[rr];
+      rowsum[rb + rr] = S[rr];
+    }
+  }
+}
+
 template <typename T>
 void reduce(const Rows<T>& r, const Columns<T>& c, T scale, Reduction mode, int64_t row_begin, int64_t row_end,
             int64_t panel_begin, int64_t panel_end, T* rowmax, T* rowsum, T* acc, T* half_norm) {
@@ -609,7 +691,7 @@ template <typename T>
 static KernelTable<T> make_table() {
   return KernelTable<T>{LVF_CAP_NAME, Micro<T>::NR,    Micro<T>::MR,          &pack_columns<T>,
                         &reduce<T>,   &argmax<T>,      &stored_rows<T>,       &stored_weighted_rows<T>,
-                        &stored_cols<T>, &exp2_sum<T>};
+                        &stored_cols<T>, &exp2_sum<T>,   &reduce_both<T>};
 }
 
 const KernelTable<float>& table_f32() {

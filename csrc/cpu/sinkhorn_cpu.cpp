@@ -48,7 +48,7 @@ class SoftminEngine {
       packed_ = std::make_unique<PackedColumns<T>>(cols, m, d, nullptr, barycenters);
     }
     hb_.assign(stored ? ld_ : m, T(0));
-    if (stored) ha_.assign(n, T(0));
+    ha_.assign(n, T(0));
     rowmax_.resize(n);
     rowsum_.resize(n);
     half_norm_.resize(n);
@@ -101,6 +101,51 @@ class SoftminEngine {
   }
 
   bool stored() const { return !cost_.empty(); }
+
+  // Online mode: both half-steps of a symmetric update from one computation of each tile of dot products (the
+  // column problem x <- y needs the same dots): rows_out_i = softmin over j with h_cols, cols_out_j = softmin
+  // over i with h_rows. Row blocks are split over threads; each thread folds its rows into its own column partials.
+  void softmin_both_online(const double* h_cols, const double* h_rows, double eps, double* rows_out,
+                           double* cols_out) {
+    const double s = kLog2e / eps;
+    const auto& hn = packed_->half_norm();
+    packed_->set_bias([&](int64_t j) { return kLog2e * h_cols[j] - s * double(hn[j]); });
+    const double offset_b = packed_->bias_offset();
+    const double offset_a = shifted_bias(h_rows, n_, ha_);
+    const auto& table = packed_->table();
+    const Columns<T> c = packed_->view();
+    Rows<T> rows;
+    rows.x = rows_;
+    rows.center = packed_->center();
+    rows.n = n_;
+    rows.d = d_;
+    const int64_t ld = c.m_pad;
+    const int64_t block = table.row_block;
+    const int64_t n_blocks = (n_ + block - 1) / block;
+    const int threads = serial_ ? 1 : std::max(1, at::get_num_threads());
+    colmax_.assign(size_t(threads) * ld, T(kColumnEmpty));
+    colsum_.assign(size_t(threads) * ld, T(0));
+    auto run = [&](int64_t b0, int64_t b1) {
+      const int tid = serial_ ? 0 : at::get_thread_num();
+      table.reduce_both(rows, c, T(s), ha_.data(), b0 * block, std::min(n_, b1 * block), rowmax_.data(),
+                        rowsum_.data(), half_norm_.data(), colmax_.data() + size_t(tid) * ld,
+                        colsum_.data() + size_t(tid) * ld);
+    };
+    if (serial_) run(0, n_blocks);
+    else at::parallel_for(0, n_blocks, 1, run);
+    for (int64_t i = 0; i < n_; ++i)
+      rows_out[i] = double(half_norm_[i]) -
+                    eps * kLn2 * (offset_b + double(rowmax_[i]) + std::log2(double(rowsum_[i])));
+    for (int64_t j = 0; j < m_; ++j) {  // merge the threads' (max, sum) partials
+      double best = kColumnEmpty;
+      for (int t = 0; t < threads; ++t) best = std::max(best, double(colmax_[size_t(t) * ld + j]));
+      double total = 0;
+      for (int t = 0; t < threads; ++t)
+        total += double(colsum_[size_t(t) * ld + j]) * std::exp2(double(colmax_[size_t(t) * ld + j]) - best);
+      cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
+                                            : double(hn[j]) - eps * kLn2 * (offset_a + best + std::log2(total));
+    }
+  }
 
   // Both half-steps of a symmetric update from ONE sweep of the stored cost (the column problem's cost is the
   // transpose): rows_out_i = softmin over j with h_cols, cols_out_j = softmin over i with h_rows. Each tile of rows
@@ -286,16 +331,12 @@ void sinkhorn_one(const Problem& p, const T* a, const T* x, const T* b, const T*
     // wanted, comes from an online engine (packed x)
     SoftminEngine<T> xy(x, n, y, m, p.d, p.stored, p.barycenters, p.serial);
     std::unique_ptr<SoftminEngine<T>> yx_online, xx;
-    if (!p.stored || p.barycenters)
+    if (p.barycenters)  // the y <- x barycentres of the final pass
       yx_online = std::make_unique<SoftminEngine<T>>(y, m, x, n, p.d, false, p.barycenters, p.serial);
     if (p.debias) xx = std::make_unique<SoftminEngine<T>>(x, n, x, n, p.d, p.stored, p.barycenters, p.serial);
     auto both = [&](const double* h_cols, const double* h_rows, double eps, double* f, double* g) {
-      if (p.stored) {
-        xy.softmin_both(h_cols, h_rows, eps, f, g);
-      } else {
-        xy.softmin(h_cols, eps, f);
-        yx_online->softmin(h_rows, eps, g);
-      }
+      if (p.stored) xy.softmin_both(h_cols, h_rows, eps, f, g);
+      else xy.softmin_both_online(h_cols, h_rows, eps, f, g);
     };
     std::vector<double> f_ba(n), g_ab(m), f_aa(p.debias ? n : 0), hn(n), hm(m);
     both(b_log.data(), a_log.data(), eps_first, f_ba.data(), g_ab.data());
