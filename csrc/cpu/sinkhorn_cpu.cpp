@@ -136,15 +136,7 @@ class SoftminEngine {
     for (int64_t i = 0; i < n_; ++i)
       rows_out[i] = double(half_norm_[i]) -
                     eps * kLn2 * (offset_b + double(rowmax_[i]) + std::log2(double(rowsum_[i])));
-    for (int64_t j = 0; j < m_; ++j) {  // merge the threads' (max, sum) partials
-      double best = kColumnEmpty;
-      for (int t = 0; t < threads; ++t) best = std::max(best, double(colmax_[size_t(t) * ld + j]));
-      double total = 0;
-      for (int t = 0; t < threads; ++t)
-        total += double(colsum_[size_t(t) * ld + j]) * std::exp2(double(colmax_[size_t(t) * ld + j]) - best);
-      cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
-                                            : double(hn[j]) - eps * kLn2 * (offset_a + best + std::log2(total));
-    }
+    merge_columns(threads, ld, eps, offset_a, hn.data(), cols_out);
   }
 
   // Both half-steps of a symmetric update from ONE sweep of the stored cost (the column problem's cost is the
@@ -174,24 +166,25 @@ class SoftminEngine {
     else at::parallel_for(0, n_tiles, 1, tiles);
     for (int64_t i = 0; i < n_; ++i)
       rows_out[i] = -eps * kLn2 * (offset_b + double(rowmax_[i]) + std::log2(double(rowsum_[i])));
-    for (int64_t j = 0; j < m_; ++j) {  // merge the threads' (max, sum) partials
-      if (threads == 1) {
-        const double best = colmax_[j];
-        cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
-                                              : -eps * kLn2 * (offset_a + best + std::log2(double(colsum_[j])));
-        continue;
-      }
-      double best = kColumnEmpty;
-      for (int t = 0; t < threads; ++t) best = std::max(best, double(colmax_[size_t(t) * ld_ + j]));
-      double total = 0;
-      for (int t = 0; t < threads; ++t)
-        total += double(colsum_[size_t(t) * ld_ + j]) * std::exp2(double(colmax_[size_t(t) * ld_ + j]) - best);
-      cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
-                                            : -eps * kLn2 * (offset_a + best + std::log2(total));
-    }
+    merge_columns(threads, ld_, eps, offset_a, nullptr, cols_out);
   }
 
  private:
+  // cols_out_j = half_norm_j - eps ln2 (offset + log2 sum_t colsum_tj 2^(colmax_tj - max_t colmax_tj)): the threads'
+  // per-column (max, sum) partials (stride ld) merged; +inf for a column that saw no finite term
+  void merge_columns(int threads, int64_t ld, double eps, double offset, const T* half_norm, double* cols_out) {
+    for (int64_t j = 0; j < m_; ++j) {
+      double best = kColumnEmpty;
+      for (int t = 0; t < threads; ++t) best = std::max(best, double(colmax_[size_t(t) * ld + j]));
+      double total = 0;
+      for (int t = 0; t < threads; ++t)
+        total += double(colsum_[size_t(t) * ld + j]) * std::exp2(double(colmax_[size_t(t) * ld + j]) - best);
+      const double base = half_norm != nullptr ? double(half_norm[j]) : 0.0;
+      cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
+                                            : base - eps * kLn2 * (offset + best + std::log2(total));
+    }
+  }
+
   // out_j = T(log2(e) h_j - offset) with offset the largest finite log2(e) h_j (subtracted in double); padding 0
   static double shifted_bias(const double* h, int64_t count, std::vector<T>& out) {
     double offset = -std::numeric_limits<double>::infinity();
