@@ -87,6 +87,12 @@ TORCH_LIBRARY(lossval_fast, m) {
         "int[] activations, float[] activation_params, int head, Tensor x, Tensor target, Tensor idx, "
         "Tensor y_val, Tensor b, float[] eps_list, float blur, float scaling, bool normalize, int cost_mode, "
         "Tensor? gb, int threads) -> Tensor");
+  // the same step given its divergence (S, dS = dS/dw_b, computed ahead): wb the batch's weights; params[0] is a
+  // weight shard whose entries own_local are the batch rows own_pos
+  m.def("lossval_mlp_model_step(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+        "Tensor(d!)[] steps, Tensor(e!) weight_grad, float lr, float beta1, float beta2, float adam_eps, "
+        "int[] activations, float[] activation_params, int head, Tensor x, Tensor target, Tensor wb, Tensor S, "
+        "Tensor dS, Tensor own_pos, Tensor own_local) -> Tensor");
 }
 
 extern "C" {

@@ -247,41 +247,67 @@ def test_max_steps_stops_and_a_later_fit_continues_exactly(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- data parallel
+class _Doubler(torch.nn.Module):
+    """A model the C++ step does not cover (not an nn.Sequential): the autograd path."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.ReLU(), torch.nn.Linear(12, 2),
+                                         torch.nn.Softmax(-1))
+
+    def forward(self, x):
+        return self.inner(2 * x)
+
+
 def _parallel_cases(cases, folder):
     """Run on every rank: one data-parallel fit per case; rank 0 returns the values and loss histories."""
     out = []
-    for params, shard, task in cases:
+    for params, options, task in cases:
         X, y, Xv, yv = synthetic(n=301, m=60, task=task)
         est = distributed.fit(LossVal(task=task, epochs=2, random_state=3, verbose=False, **params), X, y, Xv, yv,
-                              shard_validation=shard)
-        out.append(None if est.values_ is None else (est.values_, est.history_, est.n_steps_))
+                              **options)
+        out.append(None if est.values_ is None else (est.values_, est.history_, est.n_steps_, est.fused_step_))
     return out
 
 
+DIVERGENCES, POINTS, SHARDED = dict(split="divergences"), dict(split="points"), dict(shard_validation=True)
 PARALLEL_CASES = [
-    (dict(dtype=torch.float64), False, "classification"),
-    (dict(dtype=torch.float64, diameter="global"), True, "classification"),
-    (dict(dtype=torch.float64, diameter="global", batch_size=5, normalize=True), True, "regression"),
+    (dict(dtype=torch.float64), DIVERGENCES, "classification"),
+    (dict(dtype=torch.float64), POINTS, "classification"),
+    (dict(dtype=torch.float64, diameter="global"), SHARDED, "classification"),
+    (dict(dtype=torch.float64, diameter="global", batch_size=5, normalize=True), SHARDED, "regression"),
+    (dict(dtype=torch.float64, diameter="global", batch_size=5, normalize=True), dict(chunk_steps=7), "regression"),
     (dict(dtype=torch.float64, batch_size=3, model_output="logits",
-          model=torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))), False,
+          model=torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))), POINTS,
      "classification"),
-    (dict(dtype=torch.float32), False, "regression"),
-    (dict(dtype=torch.float32, diameter="global"), True, "classification"),
+    (dict(dtype=torch.float64, batch_size=3, model_output="logits", normalize=True,
+          model=torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))),
+     dict(chunk_steps=5), "classification"),
+    (dict(dtype=torch.float64, batch_size=7, model=_Doubler()), dict(chunk_steps=4), "classification"),
+    (dict(dtype=torch.float32), POINTS, "regression"),
+    (dict(dtype=torch.float32), DIVERGENCES, "regression"),
+    (dict(dtype=torch.float32, diameter="global"), SHARDED, "classification"),
+    (dict(dtype=torch.float32, diameter="global"), DIVERGENCES, "classification"),
 ]
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
-    """301 points over 2 ranks (151 + 150), batches of 32, 5 and 3 (many batches hold no point of one rank), the
-    divergence whole on each rank or split over the validation points: the values of a single-process fit over
-    the same global batch order, to 1e-9 (float64) and 1e-4 (float32)."""
+    """301 points over 2 ranks (151 + 150), batches of 32, 7, 5 and 3 (many batches hold no point of one rank),
+    both splits (the divergences of chunks of steps spread over the ranks, with the C++ model step or a model it
+    does not cover; the model run on each rank's own rows with the divergence whole on each rank or split over the
+    validation points): the values of a single-process fit over the same global batch order, to 1e-9 (float64)
+    and 1e-4 (float32)."""
     results = distributed.launch(2, _parallel_cases, PARALLEL_CASES, str(tmp_path))
-    for (params, shard, task), (values, history, steps) in zip(PARALLEL_CASES, results):
+    for (params, options, task), (values, history, steps, fused) in zip(PARALLEL_CASES, results):
         X, y, Xv, yv = synthetic(n=301, m=60, task=task)
         single = LossVal(task=task, epochs=2, random_state=3, verbose=False, **params).fit(X, y, Xv, yv)
         tol = 1e-9 if params["dtype"] == torch.float64 else 1e-4
-        assert np.abs(values - single.values_).max() <= tol, (params, shard)
-        assert np.allclose(history, single.history_, rtol=tol), (params, shard)
+        assert np.abs(values - single.values_).max() <= tol, (params, options)
+        assert np.allclose(history, single.history_, rtol=tol), (params, options)
         assert steps == single.n_steps_ and not np.allclose(values, 1.0)
+        # the C++ model step runs for the MLPs it covers when the divergences are split
+        assert fused == (options.get("split", "divergences") == "divergences" and "shard_validation" not in options
+                         and not isinstance(params.get("model"), _Doubler))
 
 
 def _three_ranks(folder):
@@ -291,12 +317,20 @@ def _three_ranks(folder):
     # a checkpoint written by the ranks (full weights and Adam state, single-process format)
     distributed.fit(LossVal(epochs=2, batch_size=4, random_state=1, verbose=False, dtype=torch.float64,
                             checkpoint=os.path.join(folder, "ranks.pt")), X, y, Xv, yv)
-    return a.values_
+    # one-step chunks (three per epoch, the pipeline two deep): stopped mid-epoch with collectives in flight,
+    # then resumed by the ranks
+    params = dict(epochs=3, batch_size=2, random_state=4, verbose=False, dtype=torch.float64,
+                  checkpoint=os.path.join(folder, "stopped.pt"))
+    distributed.fit(LossVal(**params, max_steps=8), X, y, Xv, yv, chunk_steps=1)
+    resumed = distributed.fit(LossVal(**params), X, y, Xv, yv, chunk_steps=1)
+    return a.values_, resumed.values_, resumed.n_steps_
 
 
 def test_three_ranks_uneven_shards_and_a_checkpoint_resumed_by_one_process(tmp_path):
-    values = distributed.launch(3, _three_ranks, str(tmp_path))
+    values, resumed, resumed_steps = distributed.launch(3, _three_ranks, str(tmp_path))
     X, y, Xv, yv = synthetic(n=11, m=7, d=3)  # shards of 3, 4, 4 rows; validation slices of 2, 2, 3
+    whole = LossVal(epochs=3, batch_size=2, random_state=4, verbose=False, dtype=torch.float64).fit(X, y, Xv, yv)
+    assert resumed_steps == 3 * 6 - 8 and np.abs(resumed - whole.values_).max() <= 1e-9
     single = LossVal(epochs=3, batch_size=4, random_state=1, verbose=False, dtype=torch.float64,
                      diameter="global").fit(X, y, Xv, yv)
     assert np.abs(values - single.values_).max() <= 1e-9
@@ -403,9 +437,10 @@ def one_rank_group():
 
 def test_a_world_of_one_rank_equals_the_estimator(one_rank_group, tmp_path):
     X, y, Xv, yv = synthetic(n=100, m=30)
-    for params, shard in ((dict(diameter="global"), True), (dict(batch_size=9), False)):
+    for params, options in ((dict(diameter="global"), SHARDED), (dict(batch_size=9), POINTS),
+                            (dict(batch_size=9), dict(chunk_steps=2)), (dict(batch_size=9), {})):
         params = dict(epochs=2, random_state=6, verbose=False, dtype=torch.float64, **params)
-        ranks = distributed.fit(LossVal(**params), X, y, Xv, yv, shard_validation=shard)
+        ranks = distributed.fit(LossVal(**params), X, y, Xv, yv, **options)
         single = LossVal(**params).fit(X, y, Xv, yv)
         assert np.abs(ranks.values_ - single.values_).max() <= 1e-9
     path = tmp_path / "one.pt"
@@ -419,6 +454,13 @@ def test_a_world_of_one_rank_equals_the_estimator(one_rank_group, tmp_path):
         distributed.fit(LossVal(epochs=1, verbose=False), X, y, Xv, yv, shard_validation=True)
     with pytest.raises(ValueError, match="shard_validation must be True or False"):
         distributed.fit(LossVal(epochs=1, verbose=False), X, y, Xv, yv, shard_validation="auto")
+    with pytest.raises(ValueError, match="split must be 'divergences' or 'points', got 'rows'"):
+        distributed.fit(LossVal(epochs=1, verbose=False), X, y, Xv, yv, split="rows")
+    with pytest.raises(ValueError, match="shard_validation=True .* needs split='points'"):
+        distributed.fit(LossVal(epochs=1, verbose=False, diameter="global"), X, y, Xv, yv, split="divergences",
+                        shard_validation=True)
+    with pytest.raises(ValueError, match="chunk_steps must be an integer >= 1, got 0"):
+        distributed.fit(LossVal(epochs=1, verbose=False), X, y, Xv, yv, chunk_steps=0)
     with pytest.raises(ValueError, match="estimator must be a LossVal"):
         distributed.fit(object(), X, y, Xv, yv)
 

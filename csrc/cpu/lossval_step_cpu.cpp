@@ -128,45 +128,44 @@ std::vector<double> epsilon_schedule(double diameter, double blur, double scalin
   return out;
 }
 
-at::Tensor lossval_mlp_step_cpu(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                                at::TensorList steps, const at::Tensor& weight_grad, double lr, double beta1,
-                                double beta2, double adam_eps, at::IntArrayRef activations,
-                                at::ArrayRef<double> activation_params, int64_t head, const at::Tensor& x_in,
-                                const at::Tensor& target, const at::Tensor& idx, const at::Tensor& y_val_in,
-                                const at::Tensor& b, at::ArrayRef<double> eps_list, double blur, double scaling,
-                                bool normalize, int64_t cost_mode, const std::optional<at::Tensor>& gb,
-                                int64_t threads) {
-  const int64_t layers = (int64_t(params.size()) - 1) / 2;
-  TORCH_CHECK(layers >= 1 && int64_t(params.size()) == 2 * layers + 1,
-              "params must be [weights, W_1, b_1, ..., W_L, b_L]");
-  TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size() &&
-                  steps.size() == params.size(),
-              "the Adam state lists must match params");
-  TORCH_CHECK(int64_t(activations.size()) == layers - 1 && activation_params.size() == activations.size(),
-              "activations and activation_params need one entry per hidden layer (", layers - 1, ")");
-  for (int64_t a : activations) TORCH_CHECK(a >= 0 && a < kActivations, "unknown activation code ", a);
-  TORCH_CHECK(head == kProbabilities || head == kLogits || head == kRegression, "head must be 0, 1 or 2");
-  const at::Tensor x = x_in.contiguous(), y_val = y_val_in.contiguous();
-  TORCH_CHECK(x.dim() == 2 && y_val.dim() == 2 && x.size(1) == y_val.size(1), "x and y_val must be (B, d), (M, d)");
-  TORCH_CHECK(idx.dim() == 1 && idx.size(0) == x.size(0), "idx must hold one index per row of x");
-  const at::Tensor& weights = params[0];
-  const at::Tensor wb = weights.index_select(0, idx);
+// The model's part of a step, shared by the whole step and by the step given its divergence: forward, weighted
+// loss, backward, the weight gradient and the fused Adam update over [weights, W_1, b_1, ...].
+struct MlpStep {
+  at::TensorList params, exp_avgs, exp_avg_sqs, steps;
+  const at::Tensor& weight_grad;
+  double lr, beta1, beta2, adam_eps;
+  at::IntArrayRef activations;
+  at::ArrayRef<double> activation_params;
+  int64_t head, layers;
+  at::Tensor x;
+  const at::Tensor& target;
+  at::Tensor wb;
+  // h[l] is the input of layer l, zs[l] its output before the activation; rows = l_i, G = w_i dl_i / d out
+  std::vector<at::Tensor> h, zs;
+  at::Tensor out, train_loss, rows, G;
 
-  // the divergence's schedule (faithful: from this batch's diameter)
-  const at::Tensor a = normalize ? wb / wb.sum() : wb;
-  std::vector<double> schedule(eps_list.begin(), eps_list.end());
-  if (schedule.empty()) {
-    double diameter = 0;
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lossval_mlp_step_diameter",
-                               [&] { diameter = batch_diameter<scalar_t>(x, y_val); });
-    schedule = epsilon_schedule(diameter > 0 ? diameter : blur, blur, scaling);
+  MlpStep(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
+          const at::Tensor& weight_grad, double lr, double beta1, double beta2, double adam_eps,
+          at::IntArrayRef activations, at::ArrayRef<double> activation_params, int64_t head, const at::Tensor& x_in,
+          const at::Tensor& target)
+      : params(params), exp_avgs(exp_avgs), exp_avg_sqs(exp_avg_sqs), steps(steps), weight_grad(weight_grad),
+        lr(lr), beta1(beta1), beta2(beta2), adam_eps(adam_eps), activations(activations),
+        activation_params(activation_params), head(head), layers((int64_t(params.size()) - 1) / 2),
+        x(x_in.contiguous()), target(target) {
+    TORCH_CHECK(layers >= 1 && int64_t(params.size()) == 2 * layers + 1,
+                "params must be [weights, W_1, b_1, ..., W_L, b_L]");
+    TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size() &&
+                    steps.size() == params.size(),
+                "the Adam state lists must match params");
+    TORCH_CHECK(int64_t(activations.size()) == layers - 1 && activation_params.size() == activations.size(),
+                "activations and activation_params need one entry per hidden layer (", layers - 1, ")");
+    for (int64_t a : activations) TORCH_CHECK(a >= 0 && a < kActivations, "unknown activation code ", a);
+    TORCH_CHECK(head == kProbabilities || head == kLogits || head == kRegression, "head must be 0, 1 or 2");
+    TORCH_CHECK(x.dim() == 2, "x must be (B, d)");
+    h.push_back(x);
   }
 
-  // forward and weighted training loss (L_w, the per-row losses l and G = w_i dl_i / d out), run alongside the
-  // divergence's validation-side loop; h[l] is the input of layer l, z[l] its output before the activation
-  std::vector<at::Tensor> h{x}, zs;
-  at::Tensor out, train_loss, rows, G;
-  auto forward = [&]() {
+  void forward() {
     at::Tensor z;
     for (int64_t l = 0; l < layers; ++l) {
       z = at::linear(h.back(), params[1 + 2 * l], params[2 + 2 * l]);
@@ -182,48 +181,107 @@ at::Tensor lossval_mlp_step_cpu(at::TensorList params, at::TensorList exp_avgs, 
     } else {
       std::tie(train_loss, rows, G) = weighted_cross_entropy(out, target, wb, head == kLogits);
     }
-  };
-  // the divergence of the weighted batch and the validation set, with dS/da
+  }
+
+  // Given S and dS/dw_b: the backward pass of loss = L_w · S², the weight gradient added at `local` (of the rows
+  // `pos` of the batch, or of every row), Adam; returns the loss
+  at::Tensor finish(const at::Tensor& S, const at::Tensor& dS, const at::Tensor& local,
+                    const std::optional<at::Tensor>& pos) {
+    const at::Tensor S2 = S * S;
+    const at::Tensor loss = train_loss * S2;
+    std::vector<at::Tensor> grads(params.size());
+    at::Tensor gz = G * S2;
+    if (head == kProbabilities) gz = at::_softmax_backward_data(gz, out, 1, out.scalar_type());
+    for (int64_t l = layers - 1; l >= 0; --l) {
+      grads[1 + 2 * l] = at::mm(gz.t(), h[l]);
+      grads[2 + 2 * l] = gz.sum(0);
+      if (l == 0) break;
+      const at::Tensor gh = at::mm(gz, params[1 + 2 * l]);
+      gz = activation_backward(activations[l - 1], activation_params[l - 1], gh, zs[l - 1], h[l]);
+    }
+    // the dense weight vector's gradient is zero outside the batch: a persistent zero buffer, touched at local only
+    const at::Tensor wgrad = rows * S2 + (train_loss * 2 * S) * dS;
+    weight_grad.index_add_(0, local, pos ? wgrad.index_select(0, *pos) : wgrad);
+    grads[0] = weight_grad;
+    // the step counters are 0-d float32 CPU tensors (fused Adam's format): bump them in place (_foreach_add_
+    // would take its slow per-tensor path for 0-d tensors, ~40 µs)
+    for (const at::Tensor& step : steps) {
+      TORCH_CHECK(step.scalar_type() == at::kFloat && step.numel() == 1 && step.is_cpu(),
+                  "Adam step counters must be float32 CPU scalars");
+      *step.data_ptr<float>() += 1.0f;
+    }
+    at::_fused_adam_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, lr, beta1, beta2, 0.0, adam_eps, false, false,
+                     std::nullopt, std::nullopt);
+    weight_grad.index_fill_(0, local, 0);
+    return loss;
+  }
+};
+
+at::Tensor lossval_mlp_step_cpu(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                at::TensorList steps, const at::Tensor& weight_grad, double lr, double beta1,
+                                double beta2, double adam_eps, at::IntArrayRef activations,
+                                at::ArrayRef<double> activation_params, int64_t head, const at::Tensor& x_in,
+                                const at::Tensor& target, const at::Tensor& idx, const at::Tensor& y_val_in,
+                                const at::Tensor& b, at::ArrayRef<double> eps_list, double blur, double scaling,
+                                bool normalize, int64_t cost_mode, const std::optional<at::Tensor>& gb,
+                                int64_t threads) {
+  MlpStep step(params, exp_avgs, exp_avg_sqs, steps, weight_grad, lr, beta1, beta2, adam_eps, activations,
+               activation_params, head, x_in, target);
+  const at::Tensor& x = step.x;
+  const at::Tensor y_val = y_val_in.contiguous();
+  TORCH_CHECK(y_val.dim() == 2 && x.size(1) == y_val.size(1), "x and y_val must be (B, d), (M, d)");
+  TORCH_CHECK(idx.dim() == 1 && idx.size(0) == x.size(0), "idx must hold one index per row of x");
+  step.wb = params[0].index_select(0, idx);
+  const at::Tensor& wb = step.wb;
+
+  // the divergence's schedule (faithful: from this batch's diameter)
+  const at::Tensor a = normalize ? wb / wb.sum() : wb;
+  std::vector<double> schedule(eps_list.begin(), eps_list.end());
+  if (schedule.empty()) {
+    double diameter = 0;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lossval_mlp_step_diameter",
+                               [&] { diameter = batch_diameter<scalar_t>(x, y_val); });
+    schedule = epsilon_schedule(diameter > 0 ? diameter : blur, blur, scaling);
+  }
+  // the divergence of the weighted batch and the validation set, with dS/da; the forward pass and the weighted
+  // training loss run alongside the divergence's validation-side loop
   const auto potentials = sinkhorn_potentials_with(a.unsqueeze(0), x.unsqueeze(0), b.unsqueeze(0),
                                                    y_val.unsqueeze(0), schedule, true, false, cost_mode, gb, threads,
-                                                   forward);
+                                                   [&] { step.forward(); });
   const at::Tensor S = potentials[0][0];
   at::Tensor dS = potentials[1][0];
   if (normalize) dS = (dS - (a * dS).sum()) / wb.sum();  // through a = w / Σ w
-  const at::Tensor S2 = S * S;
-  const at::Tensor loss = train_loss * S2;
+  return step.finish(S, dS, idx, std::nullopt);
+}
 
-  // backward: the output gradient of loss = L_w · S², then layer by layer
-  std::vector<at::Tensor> grads(params.size());
-  at::Tensor gz = G * S2;
-  if (head == kProbabilities) gz = at::_softmax_backward_data(gz, out, 1, out.scalar_type());
-  for (int64_t l = layers - 1; l >= 0; --l) {
-    grads[1 + 2 * l] = at::mm(gz.t(), h[l]);
-    grads[2 + 2 * l] = gz.sum(0);
-    if (l == 0) break;
-    const at::Tensor gh = at::mm(gz, params[1 + 2 * l]);
-    gz = activation_backward(activations[l - 1], activation_params[l - 1], gh, zs[l - 1], h[l]);
-  }
-  // the dense weight vector's gradient is zero outside the batch: a persistent zero buffer, touched at idx only
-  weight_grad.index_add_(0, idx, rows * S2 + (train_loss * 2 * S) * dS);
-  grads[0] = weight_grad;
-
-  // the step counters are 0-d float32 CPU tensors (fused Adam's format): bump them in place (_foreach_add_ would
-  // take its slow per-tensor path for 0-d tensors, ~40 µs)
-  for (const at::Tensor& step : steps) {
-    TORCH_CHECK(step.scalar_type() == at::kFloat && step.numel() == 1 && step.is_cpu(),
-                "Adam step counters must be float32 CPU scalars");
-    *step.data_ptr<float>() += 1.0f;
-  }
-  at::_fused_adam_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, lr, beta1, beta2, 0.0, adam_eps, false, false,
-                   std::nullopt, std::nullopt);
-  weight_grad.index_fill_(0, idx, 0);
-  return loss;
+// The model's part of a step whose divergence was computed elsewhere (a data-parallel fit computes the
+// divergences of many steps ahead, spread over the ranks): wb the batch's weights, S and dS = dS/dw_b given;
+// params[0] holds this rank's weight shard, rows own_pos of the batch are its entries own_local.
+at::Tensor lossval_mlp_model_step_cpu(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                      at::TensorList steps, const at::Tensor& weight_grad, double lr, double beta1,
+                                      double beta2, double adam_eps, at::IntArrayRef activations,
+                                      at::ArrayRef<double> activation_params, int64_t head, const at::Tensor& x,
+                                      const at::Tensor& target, const at::Tensor& wb, const at::Tensor& S,
+                                      const at::Tensor& dS, const at::Tensor& own_pos, const at::Tensor& own_local) {
+  MlpStep step(params, exp_avgs, exp_avg_sqs, steps, weight_grad, lr, beta1, beta2, adam_eps, activations,
+               activation_params, head, x, target);
+  const int64_t B = step.x.size(0);
+  TORCH_CHECK(wb.dim() == 1 && wb.size(0) == B && dS.dim() == 1 && dS.size(0) == B,
+              "wb and dS must hold one value per row of x");
+  TORCH_CHECK(S.numel() == 1, "S must be one value");
+  TORCH_CHECK(own_pos.dim() == 1 && own_local.dim() == 1 && own_pos.size(0) == own_local.size(0),
+              "own_pos and own_local must be index vectors of one length");
+  step.wb = wb.to(step.x.scalar_type());
+  step.forward();
+  return step.finish(S.reshape({}).to(step.x.scalar_type()), dS.to(step.x.scalar_type()), own_local, own_pos);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lossval_fast, CPU, m) { m.impl("lossval_mlp_step", &lossval_mlp_step_cpu); }
+TORCH_LIBRARY_IMPL(lossval_fast, CPU, m) {
+  m.impl("lossval_mlp_step", &lossval_mlp_step_cpu);
+  m.impl("lossval_mlp_model_step", &lossval_mlp_model_step_cpu);
+}
 
 }  // namespace cpu
 }  // namespace lvf

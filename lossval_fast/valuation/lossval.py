@@ -441,7 +441,7 @@ class LossVal:
             if ctx is None:
                 step = _StepRunner(self, model, weights, data, fixed_diameter, optimizer, threads)
             else:
-                step = ctx.step_runner(self, model, weights, data, fixed_diameter)
+                step = ctx.step_runner(self, model, weights, data, fixed_diameter, optimizer)
             timings["validation_side"] = time.perf_counter() - began
 
             def save(epoch_done, position=None, rng_epoch=None, total=0.0):
