@@ -348,3 +348,22 @@ def test_online_fused_row_and_column_pass_equals_the_stored_one(threads):
 
 def _has_cpp():
     return hasattr(torch.ops.lossval_fast, "sinkhorn_potentials")
+
+
+def test_reused_scratch_buffers_change_no_bit():
+    """The stored costs live in per-thread scratch buffers reused across calls (a fresh ~MB buffer per call made
+    the kernel map and zero new pages every LossVal step): a problem solved after a larger and a smaller one, whose
+    buffers it then reuses uninitialised, gives the bits it gave first."""
+    if not hasattr(torch.ops.lossval_fast, "sinkhorn_potentials"):
+        pytest.skip("the C++ extension is not built")
+    eps_list = ops.epsilon_schedule(2, 12.0, 0.05, 0.5)
+    for dtype in (torch.float32, torch.float64):
+        problems = [[t.to(dtype)[None] for t in clouds(n, m, 19, seed=n)] for n, m in ((31, 517), (97, 1203), (5, 33))]
+
+        def solve(k):
+            return torch.ops.lossval_fast.sinkhorn_potentials(*problems[k], eps_list, True, False, 1, None, 1)
+
+        first = solve(0)
+        solve(1), solve(2)
+        for before, after in zip(first, solve(0)):
+            assert torch.equal(before, after)

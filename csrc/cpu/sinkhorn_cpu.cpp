@@ -26,6 +26,7 @@
 
 #include "kernels.h"
 #include "pairwise.h"
+#include "scratch.h"
 #include "sinkhorn.h"
 
 namespace lvf {
@@ -173,6 +174,15 @@ class SoftminEngine {
   // cols_out_j = half_norm_j - eps ln2 (offset + log2 sum_t colsum_tj 2^(colmax_tj - max_t colmax_tj)): the threads'
   // per-column (max, sum) partials (stride ld) merged; +inf for a column that saw no finite term
   void merge_columns(int threads, int64_t ld, double eps, double offset, const T* half_norm, double* cols_out) {
+    if (threads == 1) {  // one partial per column: its own maximum and sum
+      for (int64_t j = 0; j < m_; ++j) {
+        const double best = double(colmax_[j]);
+        const double base = half_norm != nullptr ? double(half_norm[j]) : 0.0;
+        cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
+                                              : base - eps * kLn2 * (offset + best + std::log2(double(colsum_[j])));
+      }
+      return;
+    }
     for (int64_t j = 0; j < m_; ++j) {
       double best = kColumnEmpty;
       for (int t = 0; t < threads; ++t) best = std::max(best, double(colmax_[size_t(t) * ld + j]));
@@ -202,7 +212,7 @@ class SoftminEngine {
       for (int64_t k = 0; k < d_; ++k) center[k] += cols[j * d_ + k];
     for (auto& c : center) c /= double(m_);
     center_.assign(center.begin(), center.end());
-    auto centred = [&](const T* p, int64_t count, std::vector<T>& out, std::vector<double>& half_norm) {
+    auto centred = [&](const T* p, int64_t count, Scratch<T>& out, std::vector<double>& half_norm) {
       out.resize(count * d_);
       half_norm.assign(count, 0.0);
       for (int64_t i = 0; i < count; ++i)
@@ -212,23 +222,25 @@ class SoftminEngine {
           half_norm[i] += 0.5 * double(v) * double(v);
         }
     };
-    std::vector<T> rc, zc;
+    Scratch<T> rc, zc;
     std::vector<double> hr, hz;
     centred(rows_, n_, rc, hr);
     centred(cols, m_, zc, hz);
-    auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-    const at::Tensor dots =
-        at::mm(at::from_blob(rc.data(), {n_, d_}, opts), at::from_blob(zc.data(), {m_, d_}, opts).t());
-    const T* dp = dots.data_ptr<T>();
     // rows padded to whole vectors with +inf (exp gives nothing there), so the pass never runs tail code
     const int64_t block = 64 / int64_t(sizeof(T));
     ld_ = (m_ + block - 1) / block * block;
     cost_.resize(n_ * ld_);
     T* c = cost_.data();
+    // the GEMM writes the dot products straight into the padded cost rows (leading dimension ld_)
+    auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    at::Tensor dots = at::from_blob(c, {n_, m_}, {ld_, 1}, opts);
+    at::mm_out(dots, at::from_blob(rc.data(), {n_, d_}, opts), at::from_blob(zc.data(), {m_, d_}, opts).t());
+    TORCH_INTERNAL_ASSERT(dots.data_ptr<T>() == c, "the GEMM did not write into the cost buffer");
     auto finish = [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        for (int64_t j = 0; j < m_; ++j) c[i * ld_ + j] = T(hr[i] + hz[j] - double(dp[i * m_ + j]));
-        for (int64_t j = m_; j < ld_; ++j) c[i * ld_ + j] = std::numeric_limits<T>::infinity();
+        T* row = c + i * ld_;
+        for (int64_t j = 0; j < m_; ++j) row[j] = T(hr[i] + hz[j] - double(row[j]));
+        for (int64_t j = m_; j < ld_; ++j) row[j] = std::numeric_limits<T>::infinity();
       }
     };
     if (serial_) finish(0, n_);
@@ -246,7 +258,7 @@ class SoftminEngine {
   int64_t n_, m_, d_;
   bool serial_;
   std::unique_ptr<PackedColumns<T>> packed_;
-  std::vector<T> cost_;  // n x ld_, padded with +inf
+  Scratch<T> cost_;  // n x ld_, padded with +inf
   int64_t ld_ = 0, d_pad_ = 0;
   std::vector<T> zrows_;      // centred columns for the barycentre sweep
   std::vector<double> center_;
