@@ -50,7 +50,8 @@ from .data import BatchPrefetcher, open_rows
 from .ops import _backends, _dispatch
 from .ops.memory import default_memory_budget
 from .ops.sinkhorn import _cpp_runner, _ops_runner, epsilon_schedule
-from .valuation.lossval import LossVal, _Data, _Divergence, adam, gather_rows, merge_stats
+from .valuation.chunked import ChunkedStep, SplitAdam
+from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats
 
 __all__ = ["fit", "launch", "shard_bounds", "init_from_env"]
 
@@ -151,17 +152,25 @@ class _Context:
         # gloo works on CPU tensors; NCCL on the rank's GPU
         self.comm_device = data.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
+    @staticmethod
+    def all_reduce(tensor):
+        """Sum over the ranks, issued asynchronously: returns the work to wait for."""
+        return dist.all_reduce(tensor, async_op=True)
+
     def agree(self, seed: int) -> int:
         t = torch.tensor([seed], dtype=torch.int64, device=self.comm_device)
         dist.broadcast(t, src=0)
         return int(t.item())
 
     def optimizer(self, weights, model, lr):
-        return _ShardOptimizer(weights, model, lr)
+        return SplitAdam(weights, model, lr)
 
-    def step_runner(self, est, model, weights, data, fixed_diameter, optimizer):
-        if self.split == "divergences" and optimizer.weights.fused_state() is not None:
-            return _ChunkedStep(self, est, model, weights, data, fixed_diameter, optimizer)
+    def step_runner(self, est, model, weights, data, fixed_diameter, optimizer, threads=1):
+        fused_state = getattr(optimizer.weights, "fused_state", None)
+        if self.split == "divergences" and fused_state is not None and fused_state() is not None:
+            # the rank's threads beyond the one a step runs on compute divergences in the background
+            return ChunkedStep(self, est, model, weights, data, fixed_diameter, optimizer,
+                               helpers=max(0, threads - 1) if data.device.type == "cpu" else 0)
         m = data.X_val.shape[0]
         shard = self.shard_validation
         if shard and m < self.world:
@@ -205,278 +214,6 @@ def _log_weights(w: torch.Tensor) -> torch.Tensor:
     """geomloss' log-weights in double: log(w), -1e5 where w <= 0 (as in the Sinkhorn op)."""
     w = w.double()
     return torch.where(w > 0, w.clamp_min(torch.finfo(w.dtype).tiny).log(), torch.full_like(w, -1e5))
-
-
-class _ShardOptimizer:
-    """Adam over the rank's weight shard and Adam over the replicated model, stepped separately (the model's
-    gradient all-reduce runs while the weights are updated). Adam is elementwise and per parameter, so this is
-    the single process's one Adam over both; state_dict() and load_state_dict() use its format."""
-
-    def __init__(self, weights, model, lr):
-        self.weights = adam([weights], lr)
-        self.model = adam(model.parameters(), lr)
-
-    def zero_grad(self, set_to_none: bool = True):
-        self.weights.zero_grad(set_to_none=set_to_none)
-        self.model.zero_grad(set_to_none=set_to_none)
-
-    def step(self):
-        self.weights.step()
-        self.model.step()
-
-    def state_dict(self):
-        w, m = self.weights.state_dict(), self.model.state_dict()
-        state = {}
-        if 0 in w["state"]:
-            state[0] = w["state"][0]
-        state.update({1 + i: value for i, value in m["state"].items()})
-        group = {**w["param_groups"][0], "params": list(range(1 + len(m["param_groups"][0]["params"])))}
-        return {"state": state, "param_groups": [group]}
-
-    def load_state_dict(self, state_dict):
-        group = state_dict["param_groups"][0]
-        count = len(group["params"])
-        states = state_dict["state"]
-        self.weights.load_state_dict({"state": {0: states[0]} if 0 in states else {},
-                                      "param_groups": [{**group, "params": [0]}]})
-        self.model.load_state_dict({"state": {i - 1: v for i, v in states.items() if i > 0},
-                                    "param_groups": [{**group, "params": list(range(count - 1))}]})
-
-
-class _Chunk:
-    """The rows of a chunk of consecutive steps of one epoch: the global indices (flat, batch after batch), the
-    batch offsets, x and y; once started (_ChunkedStep.start) this rank's rows (positions in the flat chunk, their
-    indices in the shard, the range of each batch's), every step's batch weights wb, and when ready S and
-    dS = dS/dw_b of every step."""
-
-    def __init__(self, idx, offsets, x, y):
-        self.idx, self.offsets, self.x, self.y = idx, offsets, x, y
-        self.own = self.local = self.own_bounds = None
-        self.wb = self.wb_work = None  # the batch weights, and their all-reduce while in flight
-        self.shared = self.shared_work = None  # [S of each step, dS of each row], and its all-reduce
-        self.tasks, self.done = [], 0  # this rank's steps whose divergence it computes, how many are done
-        self.S = self.dS = None
-
-    def __len__(self):
-        return len(self.offsets) - 1
-
-
-class _ChunkedStep:
-    """split="divergences" (see the module docstring): the divergences of a chunk of steps computed ahead, spread
-    over the ranks; the model's steps replicated; each rank's weight shard stepped by Adam as one process would.
-
-    Pipelined: while a rank runs chunk c's model steps it computes its share of chunk c + 2's divergences between
-    them (their weights were all-reduced during chunk c - 1) and starts chunk c + 3's weights; the divergences'
-    all-reduce has all of chunk c + 1 to arrive. So a rank slowed for a moment (a shared machine, the loader
-    thread) rarely makes the other wait. An epoch's first two chunks are prepared before its first step (their
-    weights depend on the previous epoch's last steps)."""
-
-    def __init__(self, ctx: _Context, est, model, weights, data: _Data, fixed_diameter, optimizer):
-        from .valuation import lossval as single
-
-        self.ctx, self.model, self.weights, self.data = ctx, model, weights, data
-        self.task, self.batch_size, self.chunk_steps = est.task, est.batch_size, ctx.chunk_steps
-        self.classification = est.task == "classification"
-        self.from_logits = est.model_output == "logits"
-        self.lo, self.hi = ctx.shard
-        self.divergence = _Divergence(est, data.X_val, fixed_diameter)
-        self.optimizer = optimizer
-        self.weight_state = optimizer.weights.fused_state()  # ([weights], [m], [v], [step]) of the shard's Adam
-        self.weight_grad = torch.zeros_like(weights)  # zero outside the batch; touched at the batch's rows only
-        self.ahead = None  # the chunk whose divergences this rank computes during the current chunk's steps
-        self.window = []
-        self.fused = None
-        structure = single.mlp_structure(model, est.task, est.model_output == "logits")
-        model_state = optimizer.model.fused_state()
-        if (single.FUSED_STEP and structure is not None and model_state is not None and data.device.type == "cpu"
-                and hasattr(torch.ops.lossval_fast, "lossval_mlp_model_step")):
-            self.fused = structure
-            self.adam_state = tuple([*w, *m] for w, m in zip(self.weight_state, model_state))
-
-    # ---------------------------------------------------------------------------------------------- loader
-    def batches(self, order, position):
-        """(chunk, j) per step from `position` on. The chunks' rows (every batch row, not only this rank's) come
-        from the background loader; the three chunks after the current one are loaded and started ahead."""
-        parts = torch.split(order, self.batch_size)[position:]
-        K = self.chunk_steps
-        groups = [parts[i:i + K] for i in range(0, len(parts), K)]
-        data = self.data
-
-        def gather(c):
-            idx = torch.cat(groups[c])
-            offsets = [0]
-            for part in groups[c]:
-                offsets.append(offsets[-1] + len(part))
-            if data.streamed:
-                xb, yb = gather_rows(data, self.task, idx.numpy())
-            else:
-                xb, yb = data.X.index_select(0, idx.to(data.device)), data.y.index_select(0, idx.to(data.device))
-            return idx, offsets, xb, yb
-
-        loader = iter(BatchPrefetcher(range(len(groups)), gather, data.device))
-        window = self.window = []  # the current chunk and the three after it
-        for item in loader:
-            window.append(_Chunk(*item))
-            if len(window) == 4:
-                break
-        # the epoch's first two chunks, prepared now (each rank its share, then the collectives); the third's
-        # weights are shared while the first runs
-        for k, chunk in enumerate(window[:3]):
-            self.start(chunk, skip=sum(len(c) for c in window[:k]))
-            if k < 2:
-                self.share(chunk)
-        while window:
-            chunk = window[0]
-            self.ahead = window[2] if len(window) > 2 else None
-            if len(window) > 3:  # its first step comes after the three chunks before it
-                self.start(window[3], skip=sum(len(c) for c in window[:3]))
-            for j in range(len(chunk)):
-                yield chunk, j
-            window.pop(0)
-            item = next(loader, None)
-            if item is not None:
-                window.append(_Chunk(*item))
-        self.ahead = None
-
-    # ------------------------------------------------------------------------------------ chunk preparation
-    def _fast_forward(self, chunk: _Chunk, skip: int) -> torch.Tensor:
-        """This rank's weights of the chunk's batches as each batch's step will see them: from the shard's state
-        now, the zero-gradient Adam updates of the `skip` steps before the chunk and of the chunk's steps before
-        the batch's (the fused kernel on a gathered copy: the dense step's arithmetic, bit for bit)."""
-        (w,), (m,), (v,), (count,) = self.weight_state
-        local = chunk.local.to(w.device)
-        wbuf, mbuf, vbuf = (t.detach().index_select(0, local) for t in (w, m, v))
-        gbuf = torch.zeros_like(wbuf)
-        counter = count.clone()
-        group = self.optimizer.weights.param_groups[0]
-        beta1, beta2 = group["betas"]
-
-        def update(start):  # one zero-gradient step of the entries from `start` on
-            counter.add_(1)
-            if start < wbuf.numel():
-                torch._fused_adam_([wbuf[start:]], [gbuf[start:]], [mbuf[start:]], [vbuf[start:]], [], [counter],
-                                   lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
-                                   amsgrad=False, maximize=False)
-
-        for _ in range(skip):
-            update(0)
-        snapshot = torch.empty_like(wbuf)
-        bounds = chunk.own_bounds  # own rows are in batch order: batch j's are bounds[j]:bounds[j + 1]
-        for j in range(len(chunk)):
-            snapshot[bounds[j]:bounds[j + 1]] = wbuf[bounds[j]:bounds[j + 1]]
-            if j + 1 < len(chunk):
-                update(bounds[j + 1])
-        return snapshot
-
-    def start(self, chunk: _Chunk, skip: int):
-        """This rank's weights of the chunk's batches, fast-forwarded, into the all-reduce that gives every rank
-        all of them (issued, not waited for); the chunk's divergences this rank will compute."""
-        rank, world, comm = self.ctx.rank, self.ctx.world, self.ctx.comm_device
-        dtype, device = self.data.dtype, self.data.device
-        mine = (chunk.idx >= self.lo) & (chunk.idx < self.hi)
-        chunk.own = torch.nonzero(mine).reshape(-1)
-        chunk.local = chunk.idx.index_select(0, chunk.own) - self.lo
-        chunk.own_bounds = torch.searchsorted(chunk.own, torch.tensor(chunk.offsets, dtype=chunk.own.dtype)).tolist()
-        wb = torch.zeros(chunk.idx.numel(), dtype=dtype, device=device)
-        if chunk.own.numel():
-            wb.index_copy_(0, chunk.own.to(device), self._fast_forward(chunk, skip))
-        chunk.wb = wb.to(comm)
-        chunk.wb_work = dist.all_reduce(chunk.wb, async_op=True)  # one rank's value plus zeros: exact
-        chunk.tasks = list(range(rank, len(chunk), world))
-        chunk.shared = torch.zeros(len(chunk) + chunk.idx.numel(), dtype=dtype, device=device)
-        chunk.own, chunk.local = chunk.own.to(device), chunk.local.to(device)
-
-    def work(self, chunk: _Chunk, upto: int):
-        """Compute this rank's divergences of the chunk until `upto` of them are done."""
-        if chunk.wb_work is not None:
-            chunk.wb_work.wait()
-            chunk.wb, chunk.wb_work = chunk.wb.to(self.data.device), None
-        steps = len(chunk)
-        while chunk.done < min(upto, len(chunk.tasks)):
-            j = chunk.tasks[chunk.done]
-            a, b = chunk.offsets[j], chunk.offsets[j + 1]
-            S, dS = self._divergence(chunk.wb[a:b], chunk.x[a:b])
-            chunk.shared[j] = S
-            chunk.shared[steps + a:steps + b] = dS
-            chunk.done += 1
-
-    def share(self, chunk: _Chunk):
-        """Issue the all-reduce that gives every rank every divergence of the chunk."""
-        self.work(chunk, len(chunk.tasks))
-        chunk.shared = chunk.shared.to(self.ctx.comm_device)
-        chunk.shared_work = dist.all_reduce(chunk.shared, async_op=True)
-
-    def _ready(self, chunk: _Chunk):
-        if chunk.S is None:
-            chunk.shared_work.wait()
-            shared = chunk.shared.to(self.data.device)
-            chunk.S, chunk.dS = shared[:len(chunk)], shared[len(chunk):]
-            chunk.shared = chunk.shared_work = None
-
-    def _divergence(self, wb, xb):
-        """(S, dS/dw_b) of one step, the gradient by the op's envelope theorem."""
-        w = wb.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            value = self.divergence(w, xb)
-            (grad,) = torch.autograd.grad(value, w)
-        return value.detach(), grad
-
-    # ------------------------------------------------------------------------------------------------ step
-    def _loss(self, pred, yb, wb):
-        if self.classification:
-            return ops.weighted_cross_entropy(pred, yb, wb, from_logits=self.from_logits, validate=False)
-        return ops.weighted_mse(pred.reshape(yb.shape), yb, wb, validate=False)
-
-    def __call__(self, item, optimizer) -> float:
-        chunk, j = item
-        self._ready(chunk)
-        loss = self._model_step(chunk, j, optimizer)
-        ahead = self.ahead
-        if ahead is not None and ahead.shared_work is None:
-            # spread the chunk-after-next's divergences over this chunk's steps (its weights' all-reduce was
-            # issued a chunk ago), then start their all-reduce
-            self.work(ahead, -(-len(ahead.tasks) * (j + 1) // len(chunk)))
-            if j == len(chunk) - 1:
-                self.share(ahead)
-        return loss
-
-    def _model_step(self, chunk: _Chunk, j: int, optimizer) -> float:
-        a, b = chunk.offsets[j], chunk.offsets[j + 1]
-        xb, yb, wb, S, dS = chunk.x[a:b], chunk.y[a:b], chunk.wb[a:b], chunk.S[j], chunk.dS[a:b]
-        # this rank's rows of the batch: positions in the batch and indices in the shard
-        lo_own, hi_own = chunk.own_bounds[j], chunk.own_bounds[j + 1]
-        pos, local = chunk.own[lo_own:hi_own] - a, chunk.local[lo_own:hi_own]
-        if self.fused is not None:
-            activations, activation_params, head = self.fused
-            params, exp_avgs, exp_avg_sqs, steps = self.adam_state
-            group = optimizer.weights.param_groups[0]
-            beta1, beta2 = group["betas"]
-            with torch.no_grad():
-                return float(torch.ops.lossval_fast.lossval_mlp_model_step(
-                    params, exp_avgs, exp_avg_sqs, steps, self.weight_grad, group["lr"], beta1, beta2,
-                    group["eps"], activations, activation_params, head, xb, yb, wb, S, dS, pos, local))
-        w = wb.detach().clone().requires_grad_(True)
-        train_loss = self._loss(self.model(xb), yb, w)
-        square = S * S
-        # d/dθ: S² Σ w_i ∂l_i/∂θ; d/dw_i: S² l_i + L_w · 2S ∂S/∂w_i (S and dS are constants here)
-        (train_loss * square + train_loss.detach() * 2 * S * (dS * w).sum()).backward()
-        with torch.no_grad():
-            self.weight_grad.index_add_(0, local, w.grad.index_select(0, pos))
-        self.weights.grad = self.weight_grad
-        optimizer.step()
-        with torch.no_grad():
-            self.weight_grad.index_fill_(0, local, 0)
-        self.weights.grad = None
-        return float(train_loss.detach() * square)
-
-    def finish(self):
-        """Wait for the collectives issued ahead for steps that will not run (a time-boxed fit)."""
-        pending, self.window, self.ahead = self.window, [], None
-        for chunk in pending:
-            if chunk.wb_work is not None:
-                chunk.wb_work.wait()
-            if chunk.shared_work is not None:
-                chunk.shared_work.wait()
 
 
 class _ShardedStep:
@@ -546,7 +283,7 @@ class _ShardedStep:
             return ops.weighted_cross_entropy(pred, yb, wb, from_logits=self.from_logits, validate=False)
         return ops.weighted_mse(pred.reshape(yb.shape), yb, wb, validate=False)
 
-    def __call__(self, item, optimizer: _ShardOptimizer) -> float:
+    def __call__(self, item, optimizer: SplitAdam) -> float:
         pos, local, xb_own, yb_own, size = item
         data, d = self.data, self.d
         pending = self._pending if self._pending is not None and self._pending[0] is item else self._issue(item)

@@ -398,6 +398,14 @@ class LossVal:
         hi = torch.maximum(hi, data.X_val.max(0).values)
         return 1.1 * float((hi - lo).norm())
 
+    def _chunked(self, data: _Data, threads: int, small_step: bool) -> bool:
+        """Whether a single-process fit computes its divergences ahead on helper threads: on CPU with threads to
+        spare, when each divergence is serial work (small_step) worth a thread (batch x validation points >=
+        65,536: ~1 ms and more) and an epoch holds at least four chunks."""
+        return (CHUNKED_STEPS and data.device.type == "cpu" and threads >= 2 and small_step
+                and self.batch_size * data.X_val.shape[0] >= CHUNKED_MIN_PAIRS
+                and -(-data.n // self.batch_size) >= 4 * CHUNK_STEPS)
+
     def _train(self, data: _Data, ctx, *, checks_seconds: float = 0.0) -> "LossVal":
         """The training loop, one process (ctx None) or one rank of a data-parallel fit (ctx from
         lossval_fast.distributed: the weights, their Adam state and the data are sharded)."""
@@ -423,7 +431,11 @@ class LossVal:
             model = paper_mlp(data.d, data.outputs, self.task) if self.model is None else copy.deepcopy(self.model)
             model = model.to(device=device, dtype=dtype)
             weights = torch.nn.Parameter(torch.ones(hi - lo, dtype=dtype, device=device))
-            if ctx is None:
+            chunked = ctx is None and self._chunked(data, threads, small_step)
+            if chunked:
+                from .chunked import SplitAdam
+                optimizer = SplitAdam(weights, model, self.lr)
+            elif ctx is None:
                 optimizer = adam([weights, *model.parameters()], self.lr)
             else:
                 optimizer = ctx.optimizer(weights, model, self.lr)
@@ -438,10 +450,14 @@ class LossVal:
                 partial = state.get("partial")
             fixed_diameter = self._fixed_diameter(data)
             began = time.perf_counter()
-            if ctx is None:
+            if chunked:
+                from .chunked import ChunkedStep, LocalContext
+                step = ChunkedStep(LocalContext(n, CHUNK_STEPS, device), self, model, weights, data, fixed_diameter,
+                                   optimizer, helpers=threads - 1)
+            elif ctx is None:
                 step = _StepRunner(self, model, weights, data, fixed_diameter, optimizer, threads)
             else:
-                step = ctx.step_runner(self, model, weights, data, fixed_diameter, optimizer)
+                step = ctx.step_runner(self, model, weights, data, fixed_diameter, optimizer, threads)
             timings["validation_side"] = time.perf_counter() - began
 
             def save(epoch_done, position=None, rng_epoch=None, total=0.0):
@@ -464,44 +480,48 @@ class LossVal:
             self.n_steps_ = 0
             budget = math.inf if self.max_steps is None else self.max_steps
             began = time.perf_counter()
-            for epoch in epochs:
-                if partial is not None:  # resume inside this epoch: redraw its order, then continue the stream
-                    resumed_rng = torch.get_rng_state()
-                    torch.set_rng_state(partial["rng_epoch"])
-                rng_epoch = torch.get_rng_state()
-                order = _epoch_order(n)
-                position, total = 0, 0.0
-                if partial is not None:
-                    torch.set_rng_state(resumed_rng)
-                    position, total, partial = partial["position"], partial["total"], None
-                count = -(-n // self.batch_size)
-                stopped = False
-                for position, item in enumerate(step.batches(order, position), start=position):
-                    if self.n_steps_ >= budget:
-                        stopped = True
+            try:
+                for epoch in epochs:
+                    if partial is not None:  # resume inside this epoch: redraw its order, then continue the stream
+                        resumed_rng = torch.get_rng_state()
+                        torch.set_rng_state(partial["rng_epoch"])
+                    rng_epoch = torch.get_rng_state()
+                    order = _epoch_order(n)
+                    position, total = 0, 0.0
+                    if partial is not None:
+                        torch.set_rng_state(resumed_rng)
+                        position, total, partial = partial["position"], partial["total"], None
+                    count = -(-n // self.batch_size)
+                    stopped = False
+                    for position, item in enumerate(step.batches(order, position), start=position):
+                        if self.n_steps_ >= budget:
+                            stopped = True
+                            break
+                        if getattr(step, "fused", None) is None:  # the C++ step keeps its gradients to itself
+                            optimizer.zero_grad(set_to_none=True)
+                        loss = step(item, optimizer)  # forward, backward and the optimiser's step
+                        total += float(loss)
+                        self.n_steps_ += 1
+                        done = position + 1
+                        if (self.checkpoint_every is not None and done % self.checkpoint_every == 0
+                                and done < count):
+                            save(epoch - 1, done, rng_epoch, total)
+                    else:
+                        position = count
+                    if stopped or (position < count):
+                        save(epoch - 1, position, rng_epoch, total)
                         break
-                    if getattr(step, "fused", None) is None:  # the C++ step keeps its gradients to itself
-                        optimizer.zero_grad(set_to_none=True)
-                    loss = step(item, optimizer)  # forward, backward and the optimiser's step
-                    total += float(loss)
-                    self.n_steps_ += 1
-                    done = position + 1
-                    if (self.checkpoint_every is not None and done % self.checkpoint_every == 0
-                            and done < count):
-                        save(epoch - 1, done, rng_epoch, total)
-                else:
-                    position = count
-                if stopped or (position < count):
-                    save(epoch - 1, position, rng_epoch, total)
-                    break
-                history.append(total / max(count, 1))
-                save(epoch)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{history[-1]:.4g}")
+                    history.append(total / max(count, 1))
+                    save(epoch)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{history[-1]:.4g}")
+            finally:  # helper threads of the chunked step stop even when the fit fails
+                if hasattr(step, "close"):
+                    step.close()
             if bar is not None:
                 bar.close()
-            if ctx is not None:
+            if hasattr(step, "finish"):
                 step.finish()
             timings["training"] = time.perf_counter() - began
         if history and not math.isfinite(history[-1]):
@@ -588,6 +608,12 @@ class _Divergence:
 # The whole step of an MLP model in one C++ call on CPU (csrc/cpu/lossval_step_cpu.cpp); tests switch it off to
 # compare with the generic path (autograd through the model).
 FUSED_STEP = True
+
+# Single-process fits over many points with a fixed diameter compute the divergences of chunks of steps ahead, on
+# the threads a step cannot use (lossval_fast/valuation/chunked.py); tests switch it off or on.
+CHUNKED_STEPS = True
+CHUNK_STEPS = 32  # steps per chunk
+CHUNKED_MIN_PAIRS = 65_536  # batch x validation points from which a divergence (~1 ms and more) is worth a thread
 
 
 def _activation_code(module):
