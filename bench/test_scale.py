@@ -1,6 +1,7 @@
 """LossVal at scale on CPU: 1,000,000 x 32 synthetic training points (a memory-mapped .npy file, as a user with
 millions of points would pass them) and a 10,000-point validation set, diameter="global", batch 32, the paper's
-MLP, float32; 1 process x 1 thread against 2 processes x 1 thread each (gloo, lossval_fast.distributed).
+MLP, float32; 1 process x 1 thread against 2 processes x 1 thread each (gloo, lossval_fast.distributed), and
+against 1 process x 2 threads (the divergences of chunks of steps ahead on a helper thread).
 
 diameter="global": with the faithful per-batch diameter the ε schedule changes every step, so the 10,000 x 10,000
 validation-side problem (GB) would be recomputed in every one of the 31,250 steps; with one diameter for the run
@@ -120,6 +121,7 @@ def _summary(ranks, wall):
 
 ONE, TWO = "1 process x 1 thread", "2 processes x 1 thread (gloo)"
 CAPACITY = "2 independent processes (machine capacity)"
+THREADS = "1 process x 2 threads"  # one process, the divergences of chunks of steps ahead on a helper thread
 
 
 def _launch(dataset, config, steps, device="cpu"):
@@ -128,7 +130,7 @@ def _launch(dataset, config, steps, device="cpu"):
     nproc = 1 if config.startswith("1") else 2
     start = time.perf_counter()
     ranks = distributed.launch(nproc, _rank_run, dataset, steps, device, config == CAPACITY, backend="gloo",
-                               threads=1)
+                               threads=2 if config == THREADS else 1)
     return _summary(ranks, time.perf_counter() - start)
 
 
@@ -141,16 +143,18 @@ def test_lossval_scale(benchmark, dataset):
 
     def one_round():
         rounds.append({ONE: _launch(dataset, ONE, STEPS), TWO: _launch(dataset, TWO, STEPS),
-                       CAPACITY: _launch(dataset, CAPACITY, max(STEPS // 4, 100))})
+                       CAPACITY: _launch(dataset, CAPACITY, max(STEPS // 4, 100)),
+                       THREADS: _launch(dataset, THREADS, STEPS)})
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
-    for config in (ONE, TWO, CAPACITY):
+    for config in (ONE, TWO, CAPACITY, THREADS):
         runs = [r[config] for r in rounds]
         best = min(runs, key=lambda r: r["ms_per_step"])
         record(SUITE, config=config, rounds=[r["ms_per_step"] for r in runs], **best)
     speedups = [r[ONE]["ms_per_step"] / r[TWO]["ms_per_step"] for r in rounds]
     capacities = [2 * r[ONE]["ms_per_step"] / r[CAPACITY]["ms_per_step"] for r in rounds]
     annotate(SUITE, speedup_per_round=speedups, capacity_per_round=capacities,
+             threads_speedup_per_round=[r[ONE]["ms_per_step"] / r[THREADS]["ms_per_step"] for r in rounds],
              epoch_speedup_per_round=[r[ONE]["epoch_s_extrapolated"] / r[TWO]["epoch_s_extrapolated"]
                                       for r in rounds])
 
@@ -199,7 +203,12 @@ def _markdown(payload):
         lines += ["", f"2 processes against 1, per step, within each round ({per_round}). Target: 1.6x. The ceiling "
                   "is the machine's capacity in that round: two independent single-process fits (no communication) "
                   "ran at that multiple of one fit's throughput (2.00 on two free cores); no 2-process run can "
-                  "exceed it."]
+                  "exceed it. Both split the divergences of chunks of steps (lossval_fast/valuation/chunked.py): "
+                  "over the 2 processes (lossval_fast.distributed, split='divergences'), or over 2 threads of one "
+                  "process."]
+        if "threads_speedup_per_round" in info:
+            lines += ["", "1 process x 2 threads against 1 x 1, per step: " + ", ".join(
+                f"{v:.2f}x" for v in info["threads_speedup_per_round"]) + "."]
     lines += ["", "Own memory = anonymous resident memory (RssAnon) of each process: growth above the level before "
               "the fit, and the absolute peak (which includes ~200 MB held by torch itself). Target: 2 x (weights + "
               "validation data + model) + 256 MB, for the growth. The load average (1 min) shows how busy the "
