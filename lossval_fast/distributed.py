@@ -51,6 +51,7 @@ from .ops import _backends, _dispatch
 from .ops.memory import default_memory_budget
 from .ops.sinkhorn import _cpp_runner, _ops_runner, epsilon_schedule
 from .valuation.chunked import ChunkedStep, SplitAdam
+from .valuation.ecoval import EcoVal
 from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats
 
 __all__ = ["fit", "launch", "shard_bounds", "init_from_env"]
@@ -102,8 +103,10 @@ def fit(estimator: LossVal, X, y, X_val, y_val, *, split: str | None = None, chu
     model_, history_, n_steps_, classes_ and timings_ are set on every rank. Checkpoints are written by rank 0 in
     the single-process format (full weights and Adam state), so a run can resume with any number of processes.
     """
+    if isinstance(estimator, EcoVal):
+        return _fit_ecoval(estimator, X, y, X_val, y_val)
     if not isinstance(estimator, LossVal):
-        raise ValueError(f"estimator must be a LossVal, got {type(estimator).__name__}")
+        raise ValueError(f"estimator must be a LossVal or an EcoVal, got {type(estimator).__name__}")
     if not isinstance(shard_validation, bool):
         raise ValueError(f"shard_validation must be True or False, got {shard_validation!r}")
     if split is None:
@@ -137,6 +140,57 @@ def fit(estimator: LossVal, X, y, X_val, y_val, *, split: str | None = None, chu
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def _fit_ecoval(estimator: EcoVal, X, y, X_val, y_val) -> EcoVal:
+    """EcoVal over the ranks: every rank clusters the data (the same k-means, the same seed), trains every
+    world-th of the remaining subset models, and one all-gather gives every rank all the utilities, LCO held-out
+    outputs and models; the cluster values and point values are then computed everywhere. A path to a .npy file is
+    loaded (EcoVal holds its data in memory)."""
+    def load(a):
+        return np.load(a) if isinstance(a, (str, os.PathLike)) else a
+
+    created = init_from_env()
+    try:
+        estimator._ranks = _EcoValRanks(dist.get_rank(), dist.get_world_size())
+        return estimator.fit(load(X), load(y), load(X_val), load(y_val))
+    finally:
+        estimator._ranks = None
+        if created:
+            dist.destroy_process_group()
+
+
+class _EcoValRanks:
+    """EcoVal's view of the ranks: which trainings are this rank's (EcoVal._my_tasks), and their merge."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world = rank, world
+
+    @staticmethod
+    def barrier():
+        dist.barrier()
+
+    def merge(self, est: EcoVal, state: dict) -> dict:
+        """Every rank's finished trainings into `state` (collective); rank 0 then saves the merged checkpoint and
+        the other ranks remove their own files."""
+        p = est.n_clusters_
+        lco = [(r, j - 1) for r, j in zip(*np.nonzero(state["done"])) if 1 <= j <= p]
+        mine = {"done": state["done"], "U": state["U"], "models": state["models"],
+                "heldout_rows": {(r, i): state["heldout"][r, est._members[i]] for r, i in lco},
+                "trainings": est.n_trainings_, "converged": est.converged_}
+        parts = [None] * self.world
+        dist.all_gather_object(parts, mine)
+        for part in parts:
+            state = est.merge_state(state, part)
+        est.n_trainings_ = sum(part["trainings"] for part in parts)
+        est.converged_ = all(part["converged"] for part in parts)
+        if est.checkpoint is not None:
+            if self.rank == 0:
+                est._save_checkpoint(state, force=True)
+            dist.barrier()  # the merged state is on disk before the ranks' partial files go
+            if self.rank != 0 and os.path.exists(est._checkpoint_path()):
+                os.remove(est._checkpoint_path())
+        return state
 
 
 class _Context:

@@ -15,6 +15,7 @@ scikit-learn-style learner.
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import itertools
 import math
@@ -250,6 +251,7 @@ class EcoVal:
     """
 
     _checkpoint_interval = 2.0   # seconds between checkpoint writes on the loop path (always on exit, too)
+    _ranks = None  # set by lossval_fast.distributed.fit: this rank's share of the trainings, and their merge
 
     def __init__(self, n_clusters=20, learner=None, *, task="auto", stratify_by_label=True, embed=None, pairs="all",
                  n_repeats=1, lam=1.0, cluster_value="pairwise_shapley", intrinsic="lco_proba", gamma=1.0, eps=1e-3,
@@ -478,6 +480,8 @@ class EcoVal:
         self._trainer = None
 
         state = self._load_checkpoint(R, S, n, p)
+        if self._ranks is not None:  # every rank has read the same files before any writes its own
+            self._ranks.barrier()
         self.n_trainings_ = 0
         self.converged_ = True
         try:
@@ -487,6 +491,8 @@ class EcoVal:
                 self._train_loop(state, removed, skip)
         finally:
             self._save_checkpoint(state, force=True)
+        if self._ranks is not None:  # every rank's trainings, on every rank (collective)
+            state = self._ranks.merge(self, state)
         self.utilities_ = np.where(skip[None, :], self.u0_, state["U"])
         self._lco_models = state["models"] if self.keep_models else {}
         self._lco_cache = {}
@@ -667,7 +673,7 @@ class EcoVal:
         trainer = self._make_trainer()
         R, S = state["U"].shape
         p = self.n_clusters_
-        tasks = [(r, j) for r in range(R) for j in range(S) if not skip[j] and not state["done"][r, j]]
+        tasks = self._my_tasks([(r, j) for r in range(R) for j in range(S) if not skip[j] and not state["done"][r, j]])
         chunk = self._chunk_size(trainer)
         Xv = torch.as_tensor(self._Xs_val, dtype=torch.float64, device=self._device)
         bar = self._progress(len(tasks))
@@ -791,7 +797,7 @@ class EcoVal:
     def _train_loop(self, state, removed, skip):
         R, S = state["U"].shape
         p = self.n_clusters_
-        tasks = [(r, j) for r in range(R) for j in range(S) if not skip[j] and not state["done"][r, j]]
+        tasks = self._my_tasks([(r, j) for r in range(R) for j in range(S) if not skip[j] and not state["done"][r, j]])
         bar = self._progress(len(tasks))
 
         def run(task):
@@ -834,7 +840,37 @@ class EcoVal:
             if bar is not None:
                 bar.close()
 
+    def _my_tasks(self, tasks):
+        """This rank's share of the remaining (repeat, subset) trainings: every world-th (all in one process)."""
+        if self._ranks is None:
+            return tasks
+        return tasks[self._ranks.rank::self._ranks.world]
+
+    def merge_state(self, state, other):
+        """Add to `state` the trainings `other` (a state of the same fit: another rank's, another checkpoint
+        file's) has done and `state` has not: utilities, LCO held-out outputs and models."""
+        new = other["done"] & ~state["done"]
+        state["U"][new] = other["U"][new]
+        p = self.n_clusters_
+        for r, j in zip(*np.nonzero(new)):
+            if 1 <= j <= p:
+                rows = self._members[j - 1]
+                state["heldout"][r, rows] = other["heldout_rows"][(r, j - 1)] if "heldout_rows" in other else \
+                    other["heldout"][r, rows]
+                if (r, j - 1) in other["models"]:
+                    state["models"][(r, j - 1)] = other["models"][(r, j - 1)]
+        state["done"] |= new
+        return state
+
     # ------------------------------------------------------------------------------------------ checkpoint
+    def _checkpoint_path(self):
+        """The checkpoint file of this process: `checkpoint`, or `checkpoint.rank<r>` for rank r > 0 of a
+        distributed fit (each rank saves the trainings it finished; rank 0 saves the merged state at the end)."""
+        path = os.fspath(self.checkpoint)
+        if self._ranks is None or self._ranks.rank == 0:
+            return path
+        return f"{path}.rank{self._ranks.rank}"
+
     def _fingerprint(self, R, S, n, p):
         learner = self.learner
         if not (isinstance(learner, str) or learner is None):
@@ -860,13 +896,17 @@ class EcoVal:
         self._fingerprint_ = self._fingerprint(R, S, n, p)
         state["fingerprint"] = self._fingerprint_
         path = os.fspath(self.checkpoint)
-        if not os.path.exists(path):
-            return state
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or saved.get("fingerprint") != self._fingerprint_:
-            raise ValueError(f"checkpoint {path!r} belongs to a different configuration or data set; delete it or "
-                             "pass another path")
-        return saved
+        # the main file and the files of the ranks of an interrupted distributed fit: every training any finished
+        paths = [path] + sorted(glob.glob(glob.escape(path) + ".rank[0-9]*"))
+        for name in paths:
+            if not os.path.exists(name) or name.endswith(".tmp"):
+                continue
+            saved = torch.load(name, map_location="cpu", weights_only=False)
+            if not isinstance(saved, dict) or saved.get("fingerprint") != self._fingerprint_:
+                raise ValueError(f"checkpoint {name!r} belongs to a different configuration or data set; delete it "
+                                 "or pass another path")
+            state = self.merge_state(state, saved)
+        return state
 
     def _save_checkpoint(self, state, force=False):
         if self.checkpoint is None:
@@ -874,7 +914,7 @@ class EcoVal:
         now = time.monotonic()
         if not force and now - self._last_save < self._checkpoint_interval:
             return
-        path = os.fspath(self.checkpoint)
+        path = self._checkpoint_path()
         tmp = path + ".tmp"
         torch.save(state, tmp)
         os.replace(tmp, path)  # atomic: a crash mid-save never leaves a truncated checkpoint
