@@ -48,6 +48,7 @@ import torch.distributed as dist
 from . import ops
 from .data import BatchPrefetcher, open_rows
 from .ops import _backends, _dispatch
+from .ops.kmeans import split_runs as kmeans_split_runs
 from .ops.memory import default_memory_budget
 from .ops.sinkhorn import _cpp_runner, _ops_runner, epsilon_schedule
 from .valuation.chunked import ChunkedStep, SplitAdam
@@ -152,8 +153,9 @@ def _fit_ecoval(estimator: EcoVal, X, y, X_val, y_val) -> EcoVal:
 
     created = init_from_env()
     try:
-        estimator._ranks = _EcoValRanks(dist.get_rank(), dist.get_world_size())
-        return estimator.fit(load(X), load(y), load(X_val), load(y_val))
+        ranks = estimator._ranks = _EcoValRanks(dist.get_rank(), dist.get_world_size())
+        with kmeans_split_runs(ranks.rank, ranks.world, ranks.choose_run):  # k-means' n_init runs, spread too
+            return estimator.fit(load(X), load(y), load(X_val), load(y_val))
     finally:
         estimator._ranks = None
         if created:
@@ -169,6 +171,16 @@ class _EcoValRanks:
     @staticmethod
     def barrier():
         dist.barrier()
+
+    def choose_run(self, best, run_index):
+        """The best k-means run over the ranks (lowest inertia, ties to the lower run index), from its rank."""
+        mine = None if best is None else (float(best[2]), run_index, self.rank)
+        offers = [None] * self.world
+        dist.all_gather_object(offers, mine)
+        winner = min((o for o in offers if o is not None), key=lambda o: (o[0], o[1]))
+        holder = [best if self.rank == winner[2] else None]
+        dist.broadcast_object_list(holder, src=winner[2])
+        return holder[0]
 
     def merge(self, est: EcoVal, state: dict) -> dict:
         """Every rank's finished trainings into `state` (collective); rank 0 then saves the merged checkpoint and

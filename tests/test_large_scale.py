@@ -575,11 +575,13 @@ def _ecoval_ranks(folder):
                                      checkpoint=os.path.join(folder, "eco.ckpt")), X, y, Xv, yv)
     loop = distributed.fit(EcoVal(4, LogisticRegression(max_iter=200), n_init=2, verbose=False), X, y, Xv, yv)
     files = sorted(os.listdir(folder))
-    return batched.values_, batched.n_trainings_, batched.utilities_, loop.values_, loop.n_trainings_, files
+    return (batched.values_, batched.n_trainings_, batched.utilities_, loop.values_, loop.n_trainings_, files,
+            batched.cluster_labels_, batched.centroids_)
 
 
 def test_ecoval_over_two_gloo_processes_equals_one_process(tmp_path):
-    """Each rank trains every other subset model; one all-gather merges utilities, LCO held-out outputs and
+    """Each rank runs every other k-means restart (the best agreed over the ranks) and trains every other subset
+    model; one all-gather merges utilities, LCO held-out outputs and
     models: the values of a single-process fit (bit for bit on the loop path; to rounding on the batched one,
     whose batches of models differ). Rank 0 leaves
     the merged checkpoint (the ranks' partial files are removed), which a single process resumes with no
@@ -589,10 +591,12 @@ def test_ecoval_over_two_gloo_processes_equals_one_process(tmp_path):
 
     folder = tmp_path / "run"
     folder.mkdir()
-    values, trainings, utilities, loop_values, loop_trainings, files = distributed.launch(
+    values, trainings, utilities, loop_values, loop_trainings, files, labels, centroids = distributed.launch(
         2, _ecoval_ranks, str(folder))
     X, y, Xv, yv = _ecoval_data()
     single = EcoVal(6, max_models_per_batch=4, verbose=False).fit(X, y, Xv, yv)
+    # k-means' 10 runs split 5 + 5 over the ranks: the run one process keeps
+    assert np.array_equal(labels, single.cluster_labels_) and np.array_equal(centroids, single.centroids_)
     # the batches of models differ (each rank batches its own share): rounding only
     assert np.abs(values - single.values_).max() <= 1e-12 and np.abs(utilities - single.utilities_).max() <= 1e-12
     assert trainings == single.n_trainings_ == 1 + 6 + 15

@@ -37,8 +37,10 @@ its own generator seeded from that one, on every device alike.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import threading
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -371,15 +373,39 @@ def _tolerance(x: torch.Tensor, tol: float) -> float:
     return float(x.var(dim=0, unbiased=False).double().mean()) * tol
 
 
+# The n_init runs spread over the ranks of a distributed fit (lossval_fast.distributed runs EcoVal's k-means so):
+# each rank runs every world-th, then `choose` (collective) agrees on the best of all, lowest inertia and ties to the
+# lower run as in one process. Run r draws from its own generator, so it is the same run wherever it runs.
+_split = threading.local()
+
+
+@contextlib.contextmanager
+def split_runs(rank: int, world: int, choose):
+    """Within the block, kmeans() on this thread runs only this rank's share of its n_init runs per group;
+    choose(best, run_index) gets this rank's best (None without a run) and returns the best over the ranks."""
+    previous = getattr(_split, "value", None)
+    _split.value = (rank, world, choose)
+    try:
+        yield
+    finally:
+        _split.value = previous
+
+
 def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend):
     """Best of the runs (one per generator) on one group's rows: (centroids, labels, inertia, n_iter)."""
     threshold = _tolerance(x, tol)
-    best = None
-    for generator in generators:
+    split = getattr(_split, "value", None) if len(generators) > 1 else None
+    runs = list(enumerate(generators))
+    if split is not None:
+        runs = runs[split[0]::split[1]]
+    best, best_run = None, None
+    for r, generator in runs:
         start = init if isinstance(init, torch.Tensor) else _initial_centroids(x, k, init, generator, backend)
         run = _lloyd(x, start, max_iter, threshold, backend)
         if best is None or run[2] < best[2]:
-            best = run
+            best, best_run = run, r
+    if split is not None:
+        best = split[2](best, best_run)
     return best
 
 
