@@ -170,6 +170,82 @@ def test_lossval_scale_gpu(benchmark, dataset):
     record(SUITE, config="1 GPU", rounds=[r["ms_per_step"] for r in results], **best)
 
 
+ECOVAL_N = int(os.environ.get("LOSSVAL_FAST_BENCH_ECOVAL_N", str(N)))
+ECOVAL_ROUNDS = int(os.environ.get("LOSSVAL_FAST_BENCH_ECOVAL_ROUNDS", "1"))
+
+
+def _ecoval_rank_run(paths, n):
+    """In each process: EcoVal p = 20 (batched logreg, stratified k-means with 10 restarts) on the first n rows,
+    alone or over the ranks; time per phase and memory (RssAnon sampled). Rank 0 also returns the values."""
+    import torch.distributed as dist
+
+    from lossval_fast import distributed
+    from lossval_fast.valuation.ecoval import EcoVal
+
+    X = np.asarray(np.load(paths["X"], mmap_mode="r")[:n])
+    y = np.asarray(np.load(paths["y"], mmap_mode="r")[:n])
+    Xv, yv = np.load(paths["Xv"]), np.load(paths["yv"])
+    world = dist.get_world_size()
+    before = _anon()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _anon())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    est = EcoVal(20, verbose=False)
+    if world == 1:
+        est.fit(X, y, Xv, yv)
+    else:
+        distributed.fit(est, X, y, Xv, yv)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    mine = {"rank": dist.get_rank(), "timings": est.timings_, "wall": wall, "trainings": est.n_trainings_,
+            "growth": max(peak[0], _anon()) - before, "load": os.getloadavg()[0]}
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    return everyone, (est.values_ if dist.get_rank() == 0 else None)
+
+
+def test_ecoval_scale(benchmark, dataset):
+    """EcoVal p = 20 on ECOVAL_N x 32 points (1,000,000 by default) against the 10,000 validation points: one
+    process against two (the k-means restarts and the 211 subset trainings spread over the ranks), 1 thread each,
+    rounds back to back; the values of the two runs compared."""
+    from lossval_fast import distributed
+
+    benchmark.group = f"EcoVal p = 20, {ECOVAL_N} x {D}, {M} validation points"
+    rounds = []
+
+    def one_round():
+        runs = {}
+        for config, nproc in (("1 process x 1 thread", 1), ("2 processes x 1 thread (gloo)", 2)):
+            ranks, values = distributed.launch(nproc, _ecoval_rank_run, dataset, ECOVAL_N, backend="gloo", threads=1)
+            runs[config] = {"ranks": ranks, "values": values}
+        rounds.append(runs)
+
+    benchmark.pedantic(one_round, rounds=ECOVAL_ROUNDS, iterations=1)
+    table = []
+    for k, runs in enumerate(rounds):
+        one, two = runs["1 process x 1 thread"], runs["2 processes x 1 thread (gloo)"]
+        diff = float(np.abs(one["values"] - two["values"]).max())
+        for config, run in runs.items():
+            ranks = run["ranks"]
+            table.append({"round": k + 1, "config": config, "wall_s": max(r["wall"] for r in ranks),
+                          "clustering_s": max(r["timings"]["clustering"] for r in ranks),
+                          "trainings_s": max(r["timings"]["trainings"] for r in ranks),
+                          "values_s": max(r["timings"]["values"] for r in ranks),
+                          "trainings": ranks[0]["trainings"], "growth_mib": [r["growth"] / 2**20 for r in ranks],
+                          "load_avg": [r["load"] for r in ranks], "max_abs_value_difference": diff,
+                          "speedup": max(r["wall"] for r in one["ranks"]) / max(r["wall"] for r in ranks)})
+    annotate(SUITE, ecoval=table, ecoval_n=ECOVAL_N)
+
+
 def _target_mib(model_bytes):
     weights, validation = N * 4, M * D * 4
     return (2 * (weights + validation + model_bytes) + (256 << 20)) / 2**20
@@ -209,6 +285,20 @@ def _markdown(payload):
         if "threads_speedup_per_round" in info:
             lines += ["", "1 process x 2 threads against 1 x 1, per step: " + ", ".join(
                 f"{v:.2f}x" for v in info["threads_speedup_per_round"]) + "."]
+    if "ecoval" in info:
+        lines += ["", f"## EcoVal p = 20 on {info['ecoval_n']:,} x {D} against {M:,} validation points", "",
+                  "Stratified k-means (10 restarts) and 211 subset trainings of the batched L-BFGS logistic "
+                  "regression, float64; two processes split the restarts and the trainings (lossval_fast."
+                  "distributed.fit(EcoVal(...))). Times are the slowest rank's; memory is each process's growth.",
+                  "",
+                  "| round | configuration | total (s) | clustering (s) | trainings (s) | values (s) | trainings run | "
+                  "speed-up | max abs value difference, 2 vs 1 process | own memory growth (MiB) | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in info["ecoval"]:
+            lines.append(f"| {r['round']} | {r['config']} | {r['wall_s']:.1f} | {r['clustering_s']:.1f} | "
+                         f"{r['trainings_s']:.1f} | {r['values_s']:.1f} | {r['trainings']} | {r['speedup']:.2f}x | "
+                         f"{r['max_abs_value_difference']:.1e} | {' ; '.join(f'{g:.0f}' for g in r['growth_mib'])} | "
+                         f"{', '.join(f'{v:.1f}' for v in r['load_avg'])} |")
     lines += ["", "Own memory = anonymous resident memory (RssAnon) of each process: growth above the level before "
               "the fit, and the absolute peak (which includes ~200 MB held by torch itself). Target: 2 x (weights + "
               "validation data + model) + 256 MB, for the growth. The load average (1 min) shows how busy the "

@@ -247,7 +247,7 @@ class EcoVal:
     intrinsic_, weights_, utility_full_, u0_, gamma_beta_star_, n_trainings_ (fits run by this call), classes_,
     backend_ (path and device); also n_clusters_, pairs_ (|P|, 2), subsets_ (S, p) removal masks, utilities_
     (R, S), agreement_ (n,) g, converged_ (all built-in fits reached their tolerance), random_state_, task_,
-    metric_.
+    metric_, timings_ (seconds: clustering, trainings, values).
     """
 
     _checkpoint_interval = 2.0   # seconds between checkpoint writes on the loop path (always on exit, too)
@@ -431,6 +431,7 @@ class EcoVal:
             Z = np.concatenate([Z, ((y - self._y_mu) / self._y_sigma)[:, None]], 1)
 
         # clusters
+        began = time.perf_counter()
         if cluster_labels is not None:
             labels, centroids = self._fixed_clusters(cluster_labels, Z, n)
         else:
@@ -439,6 +440,7 @@ class EcoVal:
             labels, centroids = self._kmeans(Z, y_code if classification else None, C, n)
         p = centroids.shape[0]
         self.cluster_labels_, self.centroids_, self.n_clusters_ = labels, centroids, p
+        self.timings_ = {"clustering": time.perf_counter() - began}
         members = [np.flatnonzero(labels == i) for i in range(p)]
         if classification:
             self._cluster_classes = np.zeros((p, C), dtype=bool)
@@ -479,6 +481,7 @@ class EcoVal:
         self._device = self._resolve_device()
         self._trainer = None
 
+        began = time.perf_counter()
         state = self._load_checkpoint(R, S, n, p)
         if self._ranks is not None:  # every rank has read the same files before any writes its own
             self._ranks.barrier()
@@ -493,6 +496,8 @@ class EcoVal:
             self._save_checkpoint(state, force=True)
         if self._ranks is not None:  # every rank's trainings, on every rank (collective)
             state = self._ranks.merge(self, state)
+        self.timings_["trainings"] = time.perf_counter() - began
+        began = time.perf_counter()
         self.utilities_ = np.where(skip[None, :], self.u0_, state["U"])
         self._lco_models = state["models"] if self.keep_models else {}
         self._lco_cache = {}
@@ -510,6 +515,7 @@ class EcoVal:
 
         self._cluster_values(removed, pair_list, p)
         self._propagate(labels, members, y_code, y)
+        self.timings_["values"] = time.perf_counter() - began
         return self
 
     # ------------------------------------------------------------------------------------------ clustering
