@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="also write a histogram and sorted-values plot")
     p.add_argument("--show", type=_int_at_least(0), default=10, metavar="N",
                    help="lowest-valued rows to print (default 10)")
+    p.add_argument("--nproc", type=_int_at_least(1), default=1, metavar="N",
+                   help="run each LossVal or EcoVal fit over N processes (torch.distributed: gloo on CPU, one GPU "
+                        "per process with NCCL; the threads are shared out); default 1")
     _method_arguments(p)
     _run_arguments(p)
     p.set_defaults(handler=_cmd_value)
@@ -306,6 +309,8 @@ def _cmd_value(args) -> int:
     n = len(X)
     task, why = _resolve_task(args.task, y, args.data)
     options = _options(args, args.method)
+    if args.nproc > 1 and args.method == "knn-shapley":
+        raise CommandError("--nproc applies to lossval and ecoval; knn-shapley runs in one process")
     if args.method == "knn-shapley" and task == "regression":
         raise CommandError("knn-shapley supports classification only; use --method lossval or ecoval for a "
                            "regression target")
@@ -334,7 +339,8 @@ def _cmd_value(args) -> int:
     say(f"{shown}: {n} rows, {X.shape[1]} features, task {task} ({why}); {setup}")
 
     result = value_rows(X, y, task=task, method=args.method, options=options, validation=validation,
-                        val_size=val_size, seed=args.seed, device=args.device, verbose=not args.quiet, progress=say)
+                        val_size=val_size, seed=args.seed, device=args.device, verbose=not args.quiet, progress=say,
+                        nproc=args.nproc)
     values = result["values"]
     low = two_means_split(values) if n >= 2 else np.zeros(n, bool)
     out = Path(args.out)

@@ -150,24 +150,43 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
-def make_valuer(method: str, task: str, options: MethodOptions, device, *, verbose: bool = False
-                ) -> Callable[..., np.ndarray]:
+def _distributed_values(estimator, x, y, xv, yv):
+    """Run on every rank of lossval_fast.distributed.launch: the estimator's values over the ranks."""
+    from . import distributed
+    return distributed.fit(estimator, x, y, xv, yv).values_
+
+
+def make_valuer(method: str, task: str, options: MethodOptions, device, *, verbose: bool = False,
+                nproc: int = 1) -> Callable[..., np.ndarray]:
     """A function (x_train, y_train, x_valid, y_valid, seed) -> values (n_train,) float64 for `method`.
 
     Classification labels must be codes 0..C-1, regression targets floats; features as float arrays.
+    nproc > 1 (LossVal, EcoVal): each fit runs over that many processes (lossval_fast.distributed.launch, gloo on
+    CPU, one GPU per process with NCCL), the threads shared out between them.
     """
     device = resolve_device(device)
+    if isinstance(nproc, bool) or not isinstance(nproc, (int, np.integer)) or nproc < 1:
+        raise ValueError(f"nproc must be an integer >= 1, got {nproc!r}")
+    if nproc > 1 and method not in ("lossval", "ecoval"):
+        raise ValueError(f"nproc > 1 runs LossVal or EcoVal over processes; {method} runs in one process")
+
+    def fit(estimator, x, y, xv, yv):
+        if nproc == 1:
+            return estimator.fit(x, y, xv, yv).values_
+        from . import distributed
+        threads = max(1, torch.get_num_threads() // nproc)
+        return distributed.launch(int(nproc), _distributed_values, estimator, x, y, xv, yv, threads=threads)
 
     def lossval(x, y, xv, yv, seed):
         from .valuation.lossval import LossVal
-        return LossVal(task=task, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
-                       diameter=options.diameter, device=device, random_state=seed, verbose=verbose
-                       ).fit(x, y, xv, yv).values_
+        return fit(LossVal(task=task, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
+                           diameter=options.diameter, device=device, random_state=seed, verbose=verbose),
+                   x, y, xv, yv)
 
     def ecoval(x, y, xv, yv, seed):
         from .valuation.ecoval import EcoVal
-        return EcoVal(n_clusters=options.clusters, learner=options.learner, task=task, device=device,
-                      random_state=seed, verbose=verbose).fit(x, y, xv, yv).values_
+        return fit(EcoVal(n_clusters=options.clusters, learner=options.learner, task=task, device=device,
+                          random_state=seed, verbose=verbose), x, y, xv, yv)
 
     def knn(x, y, xv, yv, seed):
         return KNNShapley(k=options.k, task=task, device=device).fit(x, y, xv, yv).values_
@@ -220,12 +239,14 @@ def _round_half_up(x: float) -> int:
 # ------------------------------------------------------------------------------------------------ value
 def value_rows(X, y, *, task: str, method: str = "lossval", options: MethodOptions | None = None,
                validation=None, val_size: int | None = None, seed: int = 0, device="auto",
-               verbose: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+               verbose: bool = False, progress: Callable[[str], None] | None = None, nproc: int = 1) -> dict:
     """Value every row of (X, y); returns a dict with `values` (n,), `fit` (n,), `classes`, `seconds`.
 
     X (n, ...) features (flattened), y (n,) labels or targets, both as loaded (not standardised). Features are
     z-scored with the statistics of X (and the validation rows with the same statistics); regression targets
     likewise; class labels become codes 0..C-1 over the labels of X and the validation set together.
+
+    nproc > 1: each LossVal or EcoVal fit runs over that many processes (lossval_fast.distributed).
 
     validation=(X_val, y_val): every row of X is a training row, valued by one fit against that set (fit = 1).
     Otherwise val_size rows are held out at random as the validation set of fit 1, which values the other rows;
@@ -276,7 +297,7 @@ def value_rows(X, y, *, task: str, method: str = "lossval", options: MethodOptio
         t = _zscore_with(yf, yf)
         t_val = _zscore_with(yf_val, yf) if yf_val is not None else None
 
-    valuer = make_valuer(method, task, options, device, verbose=verbose)
+    valuer = make_valuer(method, task, options, device, verbose=verbose, nproc=nproc)
     label = LABELS[method]
     values = np.empty(n, dtype=np.float64)
     fit = np.ones(n, dtype=np.int64)

@@ -133,6 +133,23 @@ def test_value_with_a_validation_file_and_a_regression_target(files, tmp_path, c
     assert "EcoVal (4 clusters, ridge)" in stdout
 
 
+@pytest.mark.parametrize("method", ["lossval", "ecoval"])
+def test_value_over_two_processes_matches_one(files, tmp_path, capsys, method):
+    """--nproc 2 runs each fit over two gloo processes (lossval_fast.distributed): the values of one process."""
+    options = ["--epochs", "2"] if method == "lossval" else ["--method", "ecoval", "--clusters", "4"]
+    values = {}
+    for nproc in ("1", "2"):
+        out = tmp_path / f"{method}_{nproc}.csv"
+        code, _, err = run(capsys, "value", files["cls"], "--val", files["cls_val"], *options, "--nproc", nproc,
+                           "--out", out, "--quiet")
+        assert code == 0, err
+        values[nproc] = np.array([float(r[2]) for r in read_values(out)[1]])
+    assert len(values["2"]) == 120 and not np.allclose(values["2"], values["2"][0])
+    assert np.abs(values["1"] - values["2"]).max() <= 1e-5
+    code, _, err = run(capsys, "value", files["cls"], "--method", "knn-shapley", "--nproc", "2")
+    assert code != 0 and "--nproc applies to lossval and ecoval" in err
+
+
 def test_value_npz_with_knn_shapley_matches_the_direct_fits(files, tmp_path, capsys):
     out = tmp_path / "img_values.csv"
     code, _, err = run(capsys, "value", files["img"], "--method", "knn-shapley", "--val-size", "20", "--out", out,
