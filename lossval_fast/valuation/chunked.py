@@ -125,6 +125,11 @@ class ChunkedStep:
         self.from_logits = est.model_output == "logits"
         self.lo, self.hi = ctx.shard
         self.divergence = single._Divergence(est, data.X_val, fixed_diameter)
+        # with a cached validation side on CPU, each divergence is one C++ call (no Python between the threads)
+        self.direct = None
+        if (self.divergence.gb is not None and data.device.type == "cpu"
+                and hasattr(torch.ops.lossval_fast, "sinkhorn_potentials")):
+            self.direct = (self.divergence.val_weights[None], self.divergence.X_val[None], {})
         self.optimizer = optimizer
         self.weight_state = optimizer.weights.fused_state()  # ([weights], [m], [v], [step]) of the shard's Adam
         self.weight_grad = torch.zeros_like(weights)  # zero outside the batch; touched at the batch's rows only
@@ -307,14 +312,15 @@ class ChunkedStep:
         """(S, dS/dw_b) of one step, the gradient by the op's envelope theorem: with a cached validation side on
         CPU one C++ call as the C++ step makes it (no Python between the threads), else through the op."""
         div = self.divergence
-        if div.gb is not None and self.data.device.type == "cpu" and hasattr(torch.ops.lossval_fast,
-                                                                               "sinkhorn_potentials"):
+        if self.direct is not None:
+            b, y, cost_modes = self.direct
+            batch = xb.shape[0]
+            if batch not in cost_modes:  # the op's "auto" choice (stored costs when they fit and d >= 8)
+                cost_modes[batch] = int(single.auto_stored(batch, y.shape[1], y.shape[2], xb.element_size(), True,
+                                                           xb.device))
             a = wb / wb.sum() if div.normalize else wb
-            stored = single.auto_stored(xb.shape[0], div.X_val.shape[0], xb.shape[1], xb.element_size(), True,
-                                        xb.device)
-            out = torch.ops.lossval_fast.sinkhorn_potentials(a[None], xb[None], div.val_weights[None],
-                                                             div.X_val[None], div.eps_list, True, False, int(stored),
-                                                             div.gb, 1)
+            out = torch.ops.lossval_fast.sinkhorn_potentials(a[None], xb[None], b, y, div.eps_list, True, False,
+                                                             cost_modes[batch], div.gb, 1)
             S, dS = out[0][0], out[1][0]
             if div.normalize:  # through a = w / Σ w
                 dS = (dS - (a * dS).sum()) / wb.sum()
@@ -356,9 +362,9 @@ class ChunkedStep:
             group = optimizer.weights.param_groups[0]
             beta1, beta2 = group["betas"]
             with torch.no_grad():
-                return float(torch.ops.lossval_fast.lossval_mlp_model_step(
+                return torch.ops.lossval_fast.lossval_mlp_model_step(
                     params, exp_avgs, exp_avg_sqs, steps, self.weight_grad, group["lr"], beta1, beta2,
-                    group["eps"], activations, activation_params, head, xb, yb, wb, S, dS, pos, local))
+                    group["eps"], activations, activation_params, head, xb, yb, wb, S, dS, pos, local).item()
         w = wb.detach().clone().requires_grad_(True)
         train_loss = self._loss(self.model(xb), yb, w)
         square = S * S
