@@ -219,6 +219,10 @@ class _Context:
         self.comm_device = data.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     @staticmethod
+    def barrier():
+        dist.barrier()
+
+    @staticmethod
     def all_reduce(tensor):
         """Sum over the ranks, issued asynchronously: returns the work to wait for."""
         return dist.all_reduce(tensor, async_op=True)

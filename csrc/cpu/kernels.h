@@ -69,6 +69,9 @@ struct KernelTable {
   // (m_pad entries each, starting at kColumnEmpty / 0); half_norm (n) receives ½|x'_i|²
   void (*reduce_both)(const Rows<T>& r, const Columns<T>& c, T scale, const T* ha, int64_t row_begin,
                       int64_t row_end, T* rowmax, T* rowsum, T* half_norm, T* colmax, T* colsum);
+  // out_i = log2(in_i) to double precision (~1 ulp), vectorised: the -eps log Σ of each output of a pass, where
+  // libm's scalar log2 cost ~40 % of the O(M) work of a 32 x 10,000 Sinkhorn step
+  void (*log2_batch)(const double* in, int64_t n, double* out);
 };
 
 // Start value of a column's running max in stored_cols: finite, so that an all-masked column (t = -inf) never

@@ -174,24 +174,30 @@ class SoftminEngine {
   // cols_out_j = half_norm_j - eps ln2 (offset + log2 sum_t colsum_tj 2^(colmax_tj - max_t colmax_tj)): the threads'
   // per-column (max, sum) partials (stride ld) merged; +inf for a column that saw no finite term
   void merge_columns(int threads, int64_t ld, double eps, double offset, const T* half_norm, double* cols_out) {
+    totals_.resize(m_);
+    logs_.resize(m_);
+    double* best = cols_out;  // the column maxima, until the last loop turns them into the outputs
     if (threads == 1) {  // one partial per column: its own maximum and sum
       for (int64_t j = 0; j < m_; ++j) {
-        const double best = double(colmax_[j]);
-        const double base = half_norm != nullptr ? double(half_norm[j]) : 0.0;
-        cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
-                                              : base - eps * kLn2 * (offset + best + std::log2(double(colsum_[j])));
+        best[j] = double(colmax_[j]);
+        totals_[j] = double(colsum_[j]);
       }
-      return;
+    } else {
+      for (int64_t j = 0; j < m_; ++j) {
+        double top = kColumnEmpty;
+        for (int t = 0; t < threads; ++t) top = std::max(top, double(colmax_[size_t(t) * ld + j]));
+        double total = 0;
+        for (int t = 0; t < threads; ++t)
+          total += double(colsum_[size_t(t) * ld + j]) * std::exp2(double(colmax_[size_t(t) * ld + j]) - top);
+        best[j] = top;
+        totals_[j] = total;
+      }
     }
+    kernels<T>().log2_batch(totals_.data(), m_, logs_.data());
     for (int64_t j = 0; j < m_; ++j) {
-      double best = kColumnEmpty;
-      for (int t = 0; t < threads; ++t) best = std::max(best, double(colmax_[size_t(t) * ld + j]));
-      double total = 0;
-      for (int t = 0; t < threads; ++t)
-        total += double(colsum_[size_t(t) * ld + j]) * std::exp2(double(colmax_[size_t(t) * ld + j]) - best);
       const double base = half_norm != nullptr ? double(half_norm[j]) : 0.0;
-      cols_out[j] = best < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
-                                            : base - eps * kLn2 * (offset + best + std::log2(total));
+      cols_out[j] = best[j] < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
+                                               : base - eps * kLn2 * (offset + best[j] + logs_[j]);
     }
   }
 
@@ -263,6 +269,7 @@ class SoftminEngine {
   std::vector<T> zrows_;      // centred columns for the barycentre sweep
   std::vector<double> center_;
   std::vector<T> hb_, ha_, rowmax_, rowsum_, half_norm_, acc_, colmax_, colsum_;
+  std::vector<double> totals_, logs_;  // merge_columns' per-column sums and their log2
 };
 
 void log_weights(const double* w, int64_t n, double* out) {

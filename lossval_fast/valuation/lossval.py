@@ -464,13 +464,14 @@ class LossVal:
                 if self.checkpoint is None:
                     return
                 full = (weights, optimizer.state_dict()) if ctx is None else ctx.gather_state(weights, optimizer)
-                if not writer:
-                    return
-                self._save_checkpoint({
-                    "fingerprint": fingerprint, "epoch": epoch_done, "model": model.state_dict(),
-                    "weights": full[0].detach().cpu(), "optimizer": full[1], "rng": torch.get_rng_state(),
-                    "history": history, "partial": None if position is None else
-                    {"position": position, "rng_epoch": rng_epoch, "total": total}})
+                if writer:
+                    self._save_checkpoint({
+                        "fingerprint": fingerprint, "epoch": epoch_done, "model": model.state_dict(),
+                        "weights": full[0].detach().cpu(), "optimizer": full[1], "rng": torch.get_rng_state(),
+                        "history": history, "partial": None if position is None else
+                        {"position": position, "rng_epoch": rng_epoch, "total": total}})
+                if ctx is not None:  # the file is on disk before any rank goes on (a next fit may resume it)
+                    ctx.barrier()
 
             epochs = range(start, self.epochs)
             bar = None
