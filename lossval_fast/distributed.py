@@ -137,7 +137,12 @@ def fit(estimator: LossVal, X, y, X_val, y_val, *, split: str | None = None, chu
 
         data = estimator._check_data(X, y, X_val, y_val, rows=(lo, hi), reduce=reduce)
         ctx = _Context(data, rank, world, shard_validation, split, chunk_steps)
-        return estimator._train(data, ctx, checks_seconds=time.perf_counter() - started)
+        estimator._train(data, ctx, checks_seconds=time.perf_counter() - started)
+        if created:
+            # every rank past its last collective before any tears the group down: a rank that destroys its gloo
+            # context while a peer still talks to it makes the peer's gloo thread abort the process
+            dist.barrier()
+        return estimator
     finally:
         if created:
             dist.destroy_process_group()
@@ -155,7 +160,10 @@ def _fit_ecoval(estimator: EcoVal, X, y, X_val, y_val) -> EcoVal:
     try:
         ranks = estimator._ranks = _EcoValRanks(dist.get_rank(), dist.get_world_size())
         with kmeans_split_runs(ranks.rank, ranks.world, ranks.choose_run):  # k-means' n_init runs, spread too
-            return estimator.fit(load(X), load(y), load(X_val), load(y_val))
+            estimator.fit(load(X), load(y), load(X_val), load(y_val))
+        if created:
+            dist.barrier()  # as in fit: no rank tears the group down while a peer still talks to it
+        return estimator
     finally:
         estimator._ranks = None
         if created:
