@@ -16,6 +16,33 @@ def _rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
+class PeakSampler:
+    """Within the block, `reader()` (bytes) sampled every `interval` seconds by a background thread: `before`
+    (on entry) and `peak` (the largest sample, the exit value included)."""
+
+    def __init__(self, reader=_rss, interval: float = 2e-4):
+        self.reader, self.interval = reader, interval
+        self.before = self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._done.is_set():
+            self.peak = max(self.peak, self.reader())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.before = self.peak = self.reader()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.reader())
+        return False
+
+
 def peak_bytes(fn, *, device: str = "cpu", interval: float = 2e-4):
     """(result, peak bytes above the level before the call)."""
     if device.startswith("cuda"):
@@ -25,21 +52,6 @@ def peak_bytes(fn, *, device: str = "cpu", interval: float = 2e-4):
         result = fn()
         torch.cuda.synchronize()
         return result, torch.cuda.max_memory_allocated() - before
-    before = _rss()
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(interval)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    with PeakSampler(_rss, interval) as sampler:
         result = fn()
-    finally:
-        done.set()
-        thread.join()
-    peak[0] = max(peak[0], _rss())
-    return result, peak[0] - before
+    return result, sampler.peak - sampler.before

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 
 import numpy as np
@@ -29,6 +28,7 @@ import pytest
 import torch
 
 from conftest import annotate, markdown, record, rows
+from memory import PeakSampler
 
 SUITE = "scale_cpu"
 N, M, D, BATCH = 1_000_000, 10_000, 32, 32
@@ -75,30 +75,17 @@ def _rank_run(paths, steps, device, independent=False):
     LossVal(epochs=1, diameter="global", random_state=0, verbose=False, device=device).fit(
         Xv[:256], yv[:256], Xv[:500], yv[:500])  # imports and first-call costs out of the measurement
     world = dist.get_world_size()
-    before = _anon()
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _anon())
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     est = LossVal(epochs=1, diameter="global", random_state=0, verbose=False, max_steps=steps, device=device)
-    if world == 1 or independent:
-        est.fit(paths["X"], paths["y"], Xv, yv)
-    else:
-        distributed.fit(est, paths["X"], paths["y"], Xv, yv)
-    done.set()
-    sampler.join()
-    peak[0] = max(peak[0], _anon())
+    with PeakSampler(_anon, 0.002) as sampler:
+        if world == 1 or independent:
+            est.fit(paths["X"], paths["y"], Xv, yv)
+        else:
+            distributed.fit(est, paths["X"], paths["y"], Xv, yv)
     model_bytes = sum(p.numel() * p.element_size() for p in est.model_.parameters())
-    mine = {"rank": dist.get_rank(), "timings": est.timings_, "steps": est.n_steps_, "anon_before": before,
-            "anon_peak": peak[0], "growth": peak[0] - before, "model_bytes": model_bytes,
+    mine = {"rank": dist.get_rank(), "timings": est.timings_, "steps": est.n_steps_, "anon_before": sampler.before,
+            "anon_peak": sampler.peak, "growth": sampler.peak - sampler.before, "model_bytes": model_bytes,
             "cuda_peak": torch.cuda.max_memory_allocated() if device == "cuda" else None,
             "load": os.getloadavg()[0]}
     everyone = [None] * world
@@ -186,28 +173,16 @@ def _ecoval_rank_run(paths, n):
     y = np.asarray(np.load(paths["y"], mmap_mode="r")[:n])
     Xv, yv = np.load(paths["Xv"]), np.load(paths["yv"])
     world = dist.get_world_size()
-    before = _anon()
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _anon())
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
     est = EcoVal(20, verbose=False)
-    if world == 1:
-        est.fit(X, y, Xv, yv)
-    else:
-        distributed.fit(est, X, y, Xv, yv)
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
+    with PeakSampler(_anon, 0.01) as sampler:
+        start = time.perf_counter()
+        if world == 1:
+            est.fit(X, y, Xv, yv)
+        else:
+            distributed.fit(est, X, y, Xv, yv)
+        wall = time.perf_counter() - start
     mine = {"rank": dist.get_rank(), "timings": est.timings_, "wall": wall, "trainings": est.n_trainings_,
-            "growth": max(peak[0], _anon()) - before, "load": os.getloadavg()[0]}
+            "growth": sampler.peak - sampler.before, "load": os.getloadavg()[0]}
     everyone = [None] * world
     dist.all_gather_object(everyone, mine)
     return everyone, (est.values_ if dist.get_rank() == 0 else None)
