@@ -494,7 +494,8 @@ class LossVal:
                         position, total, partial = partial["position"], partial["total"], None
                     count = -(-n // self.batch_size)
                     stopped = False
-                    for position, item in enumerate(step.batches(order, position), start=position):
+                    stream = step.batches(order, position)
+                    for position, item in enumerate(stream, start=position):
                         if self.n_steps_ >= budget:
                             stopped = True
                             break
@@ -509,6 +510,8 @@ class LossVal:
                             save(epoch - 1, done, rng_epoch, total)
                     else:
                         position = count
+                    if hasattr(stream, "close"):  # a stopped stream releases its loader thread and chunks now
+                        stream.close()
                     if stopped or (position < count):
                         save(epoch - 1, position, rng_epoch, total)
                         break
