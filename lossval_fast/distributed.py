@@ -36,6 +36,7 @@ Use:
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import socket
 import tempfile
@@ -139,13 +140,20 @@ def fit(estimator: LossVal, X, y, X_val, y_val, *, split: str | None = None, chu
         ctx = _Context(data, rank, world, shard_validation, split, chunk_steps)
         estimator._train(data, ctx, checks_seconds=time.perf_counter() - started)
         if created:
-            # every rank past its last collective before any tears the group down: a rank that destroys its gloo
-            # context while a peer still talks to it makes the peer's gloo thread abort the process
-            dist.barrier()
+            _quiesce()
         return estimator
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def _quiesce():
+    """Before a group is torn down: free unreachable objects that may hold collective handles (a gloo work and its
+    tensors released later, during interpreter finalisation, aborts the process), then wait until every rank is
+    past its last collective (a rank that destroys its gloo context while a peer still talks to it makes the
+    peer's gloo thread abort the process)."""
+    gc.collect()
+    dist.barrier()
 
 
 def _fit_ecoval(estimator: EcoVal, X, y, X_val, y_val) -> EcoVal:
@@ -162,7 +170,7 @@ def _fit_ecoval(estimator: EcoVal, X, y, X_val, y_val) -> EcoVal:
         with kmeans_split_runs(ranks.rank, ranks.world, ranks.choose_run):  # k-means' n_init runs, spread too
             estimator.fit(load(X), load(y), load(X_val), load(y_val))
         if created:
-            dist.barrier()  # as in fit: no rank tears the group down while a peer still talks to it
+            _quiesce()
         return estimator
     finally:
         estimator._ranks = None
@@ -571,9 +579,7 @@ def _worker(rank, nproc, backend, host, port, threads, fn, args, kwargs, folder)
         result = fn(*args, **kwargs)
         if rank == 0:
             torch.save(result, os.path.join(folder, "result.pt"))
-        # every rank past its last collective before any tears the group down: a rank that destroys its gloo
-        # context while a peer still talks to it makes the peer's gloo thread abort the process (seen ~1 in 25)
-        dist.barrier()
+        _quiesce()  # see there (a rank aborted at teardown ~1 run in 25 without it)
     except BaseException as error:
         try:  # the caller re-raises the original exception, not only its text
             torch.save(error, os.path.join(folder, f"error-{rank}.pt"))

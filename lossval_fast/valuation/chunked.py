@@ -399,3 +399,4 @@ class ChunkedStep:
                 chunk.wb_work.wait()
             if chunk.shared_work is not None:
                 chunk.shared_work.wait()
+            chunk.wb_work = chunk.shared_work = None  # no collective's handle outlives the fit
