@@ -54,7 +54,7 @@ from .ops.memory import default_memory_budget
 from .ops.sinkhorn import _cpp_runner, _ops_runner, epsilon_schedule
 from .valuation.chunked import ChunkedStep, SplitAdam
 from .valuation.ecoval import EcoVal
-from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats
+from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats, weighted_batch_loss
 
 __all__ = ["fit", "launch", "shard_bounds", "init_from_env"]
 
@@ -365,9 +365,7 @@ class _ShardedStep:
         return item, dist.all_reduce(buffer, async_op=True), buffer
 
     def _loss(self, pred, yb, wb):
-        if self.classification:
-            return ops.weighted_cross_entropy(pred, yb, wb, from_logits=self.from_logits, validate=False)
-        return ops.weighted_mse(pred.reshape(yb.shape), yb, wb, validate=False)
+        return weighted_batch_loss(self.classification, self.from_logits, pred, yb, wb)
 
     def __call__(self, item, optimizer: SplitAdam) -> float:
         pos, local, xb_own, yb_own, size = item

@@ -457,6 +457,11 @@ def test_value_rows_rejects_bad_arguments():
         value_rows(X, y.astype(float), task="regression", method="knn-shapley", val_size=2)
     with pytest.raises(ValueError, match="epochs"):
         MethodOptions(epochs=0)
+    X, y = np.random.default_rng(0).normal(size=(40, 2)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="nproc must be an integer >= 1, got 0"):
+        value_rows(X, y, task="classification", method="lossval", val_size=5, nproc=0)
+    with pytest.raises(ValueError, match="knn-shapley runs in one process"):
+        value_rows(X, y, task="classification", method="knn-shapley", val_size=5, nproc=2)
 
 
 def test_collect_ratios_reads_ratio_cells_with_a_note(tmp_path):

@@ -27,10 +27,8 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 
-from .. import ops
 from ..data import BatchPrefetcher
 from . import lossval as single
 from .optim import adam
@@ -333,9 +331,7 @@ class ChunkedStep:
 
     # ------------------------------------------------------------------------------------------------ step
     def _loss(self, pred, yb, wb):
-        if self.classification:
-            return ops.weighted_cross_entropy(pred, yb, wb, from_logits=self.from_logits, validate=False)
-        return ops.weighted_mse(pred.reshape(yb.shape), yb, wb, validate=False)
+        return single.weighted_batch_loss(self.classification, self.from_logits, pred, yb, wb)
 
     def __call__(self, item, optimizer) -> float:
         chunk, j = item

@@ -717,6 +717,13 @@ class _FusedMLPStep:
                 self.threads)
 
 
+def weighted_batch_loss(classification: bool, from_logits: bool, pred, yb, wb):
+    """L_w = Σ_i w_i l_i of a minibatch with the fused ops (cross-entropy of probabilities or logits, or MSE)."""
+    if classification:
+        return ops.weighted_cross_entropy(pred, yb, wb, from_logits=from_logits, validate=False)
+    return ops.weighted_mse(pred.reshape(yb.shape), yb, wb, validate=False)
+
+
 class _StepRunner:
     """One LossVal minibatch loss: the fused weighted loss times the squared Sinkhorn divergence."""
 
@@ -753,10 +760,7 @@ class _StepRunner:
             return self.fused(idx, xb, yb)
         wb = self.weights.index_select(0, idx)
         pred = self.model(xb)
-        if self.classification:
-            train_loss = ops.weighted_cross_entropy(pred, yb, wb, from_logits=self.from_logits, validate=False)
-        else:
-            train_loss = ops.weighted_mse(pred.reshape(yb.shape), yb, wb, validate=False)
+        train_loss = weighted_batch_loss(self.classification, self.from_logits, pred, yb, wb)
         loss = train_loss * self.divergence(wb, xb).square()
         loss.backward()
         optimizer.step()
