@@ -81,18 +81,24 @@ TORCH_LIBRARY(lossval_fast, m) {
   // backward and Adam; params = [weights, W_1, b_1, ...] are updated in place; returns the step's loss.
   // activations: one code per hidden layer (0 ReLU, 1 Tanh, 2 Sigmoid, 3 LeakyReLU(param), 4 GELU, 5 GELU tanh,
   // 6 identity); head 0 = softmax probabilities, 1 = logits, 2 = regression; eps_list empty =
-  // the per-batch diameter and its schedule; weight_grad: a zero buffer shaped like the weights (left zero)
+  // the per-batch diameter and its schedule; weight_grad: a zero buffer shaped like the weights (left zero);
+  // weight_last given: the weights' Adam is lazy (lazy_adam.h), only the batch's entries are touched
   m.def("lossval_mlp_step(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor(d!)[] steps, Tensor(e!) weight_grad, float lr, float beta1, float beta2, float adam_eps, "
         "int[] activations, float[] activation_params, int head, Tensor x, Tensor target, Tensor idx, "
         "Tensor y_val, Tensor b, float[] eps_list, float blur, float scaling, bool normalize, int cost_mode, "
-        "Tensor? gb, int threads) -> Tensor");
+        "Tensor? gb, int threads, Tensor(f!)? weight_last=None) -> Tensor");
   // the same step given its divergence (S, dS = dS/dw_b, computed ahead): wb the batch's weights; params[0] is a
   // weight shard whose entries own_local are the batch rows own_pos
   m.def("lossval_mlp_model_step(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor(d!)[] steps, Tensor(e!) weight_grad, float lr, float beta1, float beta2, float adam_eps, "
         "int[] activations, float[] activation_params, int head, Tensor x, Tensor target, Tensor wb, Tensor S, "
-        "Tensor dS, Tensor own_pos, Tensor own_local) -> Tensor");
+        "Tensor dS, Tensor own_pos, Tensor own_local, Tensor(f!)? weight_last=None) -> Tensor");
+  // Adam over the weight vector applied lazily (csrc/cpu/lazy_adam.h): rows idx of (w, exp_avg, exp_avg_sq),
+  // current at step last[idx], brought to step target (with grad: the gradient update of step target); write
+  // stores the state, else only w at the targets is returned
+  m.def("lazy_adam(Tensor(a!) w, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) last, Tensor idx, "
+        "Tensor target, Tensor? grad, float lr, float beta1, float beta2, float eps, bool write) -> Tensor");
 }
 
 extern "C" {

@@ -54,6 +54,7 @@ from .ops.memory import default_memory_budget
 from .ops.sinkhorn import _cpp_runner, _ops_runner, epsilon_schedule
 from .valuation.chunked import ChunkedStep, SplitAdam
 from .valuation.ecoval import EcoVal
+from .valuation.optim import LAST_STEP
 from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats, weighted_batch_loss
 
 __all__ = ["fit", "launch", "shard_bounds", "init_from_env"]
@@ -283,7 +284,7 @@ class _Context:
         full_weights = self._gather_shards(weights)
         state = optimizer.state_dict()
         own = state["state"].get(0, {})
-        gathered = {key: self._gather_shards(own[key]) for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        gathered = {key: self._gather_shards(own[key]) for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", LAST_STEP)
                     if key in own and own[key].dim() == 1}
         if self.rank != 0:
             return None, None

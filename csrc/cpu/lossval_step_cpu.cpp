@@ -30,9 +30,11 @@
 #include <ATen/ops/tanh.h>
 #include <ATen/ops/tanh_backward.h>
 #include <ATen/ops/threshold_backward.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "lazy_adam.h"
 #include "sinkhorn.h"
 
 #include <algorithm>
@@ -139,6 +141,7 @@ struct MlpStep {
   int64_t head, layers;
   at::Tensor x;
   const at::Tensor& target;
+  const std::optional<at::Tensor>& weight_last;  // given: the weights' Adam is lazy (lazy_adam.h)
   at::Tensor wb;
   // h[l] is the input of layer l, zs[l] its output before the activation; rows = l_i, G = w_i dl_i / d out
   std::vector<at::Tensor> h, zs;
@@ -147,11 +150,11 @@ struct MlpStep {
   MlpStep(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList steps,
           const at::Tensor& weight_grad, double lr, double beta1, double beta2, double adam_eps,
           at::IntArrayRef activations, at::ArrayRef<double> activation_params, int64_t head, const at::Tensor& x_in,
-          const at::Tensor& target)
+          const at::Tensor& target, const std::optional<at::Tensor>& weight_last)
       : params(params), exp_avgs(exp_avgs), exp_avg_sqs(exp_avg_sqs), steps(steps), weight_grad(weight_grad),
         lr(lr), beta1(beta1), beta2(beta2), adam_eps(adam_eps), activations(activations),
         activation_params(activation_params), head(head), layers((int64_t(params.size()) - 1) / 2),
-        x(x_in.contiguous()), target(target) {
+        x(x_in.contiguous()), target(target), weight_last(weight_last) {
     TORCH_CHECK(layers >= 1 && int64_t(params.size()) == 2 * layers + 1,
                 "params must be [weights, W_1, b_1, ..., W_L, b_L]");
     TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size() &&
@@ -163,6 +166,23 @@ struct MlpStep {
     TORCH_CHECK(head == kProbabilities || head == kLogits || head == kRegression, "head must be 0, 1 or 2");
     TORCH_CHECK(x.dim() == 2, "x must be (B, d)");
     h.push_back(x);
+  }
+
+  static at::Tensor step_tensor(int64_t t) {
+    at::Tensor out = at::empty({1}, at::kLong);
+    *out.data_ptr<int64_t>() = t;
+    return out;
+  }
+
+  // the weights' step count (Adam's step counter of params[0]: float32, exact up to 2^24 steps)
+  int64_t weight_step() const { return int64_t(std::llround(*steps[0].data_ptr<float>())); }
+
+  // The batch's weights (rows idx of the vector) as the step sees them: with lazy Adam, the pending zero-gradient
+  // updates up to the current step are applied to these rows first
+  at::Tensor batch_weights(const at::Tensor& idx) {
+    if (!weight_last) return params[0].index_select(0, idx);
+    return lazy_adam_rows(params[0], exp_avgs[0], exp_avg_sqs[0], *weight_last, idx.contiguous(),
+                          step_tensor(weight_step()), std::nullopt, {lr, beta1, beta2, adam_eps}, true);
   }
 
   void forward() {
@@ -199,10 +219,7 @@ struct MlpStep {
       const at::Tensor gh = at::mm(gz, params[1 + 2 * l]);
       gz = activation_backward(activations[l - 1], activation_params[l - 1], gh, zs[l - 1], h[l]);
     }
-    // the dense weight vector's gradient is zero outside the batch: a persistent zero buffer, touched at local only
     const at::Tensor wgrad = rows * S2 + (train_loss * 2 * S) * dS;
-    weight_grad.index_add_(0, local, pos ? wgrad.index_select(0, *pos) : wgrad);
-    grads[0] = weight_grad;
     // the step counters are 0-d float32 CPU tensors (fused Adam's format): bump them in place (_foreach_add_
     // would take its slow per-tensor path for 0-d tensors, ~40 µs)
     for (const at::Tensor& step : steps) {
@@ -210,6 +227,17 @@ struct MlpStep {
                   "Adam step counters must be float32 CPU scalars");
       *step.data_ptr<float>() += 1.0f;
     }
+    if (weight_last) {  // the model's Adam; the weights' at the batch's entries only (lazily)
+      at::_fused_adam_(params.slice(1), at::TensorList(grads).slice(1), exp_avgs.slice(1), exp_avg_sqs.slice(1), {},
+                       steps.slice(1), lr, beta1, beta2, 0.0, adam_eps, false, false, std::nullopt, std::nullopt);
+      const at::Tensor g = (pos ? wgrad.index_select(0, *pos) : wgrad).to(params[0].scalar_type()).contiguous();
+      lazy_adam_rows(params[0], exp_avgs[0], exp_avg_sqs[0], *weight_last, local.contiguous(),
+                     step_tensor(weight_step()), g, {lr, beta1, beta2, adam_eps}, true);
+      return loss;
+    }
+    // dense: the weight vector's gradient is zero outside the batch: a persistent zero buffer, touched at local only
+    weight_grad.index_add_(0, local, pos ? wgrad.index_select(0, *pos) : wgrad);
+    grads[0] = weight_grad;
     at::_fused_adam_(params, grads, exp_avgs, exp_avg_sqs, {}, steps, lr, beta1, beta2, 0.0, adam_eps, false, false,
                      std::nullopt, std::nullopt);
     weight_grad.index_fill_(0, local, 0);
@@ -224,14 +252,14 @@ at::Tensor lossval_mlp_step_cpu(at::TensorList params, at::TensorList exp_avgs, 
                                 const at::Tensor& target, const at::Tensor& idx, const at::Tensor& y_val_in,
                                 const at::Tensor& b, at::ArrayRef<double> eps_list, double blur, double scaling,
                                 bool normalize, int64_t cost_mode, const std::optional<at::Tensor>& gb,
-                                int64_t threads) {
+                                int64_t threads, const std::optional<at::Tensor>& weight_last) {
   MlpStep step(params, exp_avgs, exp_avg_sqs, steps, weight_grad, lr, beta1, beta2, adam_eps, activations,
-               activation_params, head, x_in, target);
+               activation_params, head, x_in, target, weight_last);
   const at::Tensor& x = step.x;
   const at::Tensor y_val = y_val_in.contiguous();
   TORCH_CHECK(y_val.dim() == 2 && x.size(1) == y_val.size(1), "x and y_val must be (B, d), (M, d)");
   TORCH_CHECK(idx.dim() == 1 && idx.size(0) == x.size(0), "idx must hold one index per row of x");
-  step.wb = params[0].index_select(0, idx);
+  step.wb = step.batch_weights(idx);
   const at::Tensor& wb = step.wb;
 
   // the divergence's schedule (faithful: from this batch's diameter)
@@ -262,9 +290,10 @@ at::Tensor lossval_mlp_model_step_cpu(at::TensorList params, at::TensorList exp_
                                       double beta2, double adam_eps, at::IntArrayRef activations,
                                       at::ArrayRef<double> activation_params, int64_t head, const at::Tensor& x,
                                       const at::Tensor& target, const at::Tensor& wb, const at::Tensor& S,
-                                      const at::Tensor& dS, const at::Tensor& own_pos, const at::Tensor& own_local) {
+                                      const at::Tensor& dS, const at::Tensor& own_pos, const at::Tensor& own_local,
+                                      const std::optional<at::Tensor>& weight_last) {
   MlpStep step(params, exp_avgs, exp_avg_sqs, steps, weight_grad, lr, beta1, beta2, adam_eps, activations,
-               activation_params, head, x, target);
+               activation_params, head, x, target, weight_last);
   const int64_t B = step.x.size(0);
   TORCH_CHECK(wb.dim() == 1 && wb.size(0) == B && dS.dim() == 1 && dS.size(0) == B,
               "wb and dS must hold one value per row of x");

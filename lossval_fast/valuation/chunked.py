@@ -31,7 +31,7 @@ import torch
 
 from ..data import BatchPrefetcher
 from . import lossval as single
-from .optim import adam
+from .optim import adam, lazy_rows, lazy_steps
 
 __all__ = ["SplitAdam", "LocalContext", "ChunkedStep"]
 
@@ -142,6 +142,9 @@ class ChunkedStep:
                 and hasattr(torch.ops.lossval_fast, "lossval_mlp_model_step")):
             self.fused = structure
             self.adam_state = tuple([*w, *m] for w, m in zip(self.weight_state, model_state))
+        # the C++ model step updates the weights' Adam lazily: only the batch's entries (optim.lazy_steps)
+        self.last = lazy_steps(optimizer.weights, weights) if self.fused is not None and single.LAZY_ADAM else None
+        self.lazy = self.last is not None
 
     # ---------------------------------------------------------------------------------------------- loader
     def batches(self, order, position):
@@ -192,9 +195,15 @@ class ChunkedStep:
     def _fast_forward(self, chunk: Chunk, skip: int) -> torch.Tensor:
         """This rank's weights of the chunk's batches as each batch's step will see them: from the shard's state
         now, the zero-gradient Adam updates of the `skip` steps before the chunk and of the chunk's steps before
-        the batch's (the fused kernel on a gathered copy: the dense step's arithmetic, bit for bit)."""
+        the batch's: with the lazy Adam, the same kernel the model step runs on these entries (bit for bit); else
+        the fused kernel on a gathered copy (the dense step's arithmetic, bit for bit)."""
         (w,), (m,), (v,), (count,) = self.weight_state
         local = chunk.local.to(w.device)
+        bounds = chunk.own_bounds  # own rows are in batch order: batch j's are bounds[j]:bounds[j + 1]
+        if self.lazy:  # batch j's entries brought to the step before batch j's: from their own state, one call
+            steps = torch.tensor([bounds[j + 1] - bounds[j] for j in range(len(chunk))])
+            target = int(count.item()) + skip + torch.repeat_interleave(torch.arange(len(chunk)), steps)
+            return lazy_rows(self.optimizer.weights, self.weights, local, target)
         wbuf, mbuf, vbuf = (t.detach().index_select(0, local) for t in (w, m, v))
         gbuf = torch.zeros_like(wbuf)
         counter = count.clone()
@@ -211,7 +220,6 @@ class ChunkedStep:
         for _ in range(skip):
             update(0)
         snapshot = torch.empty_like(wbuf)
-        bounds = chunk.own_bounds  # own rows are in batch order: batch j's are bounds[j]:bounds[j + 1]
         for j in range(len(chunk)):
             snapshot[bounds[j]:bounds[j + 1]] = wbuf[bounds[j]:bounds[j + 1]]
             if j + 1 < len(chunk):
@@ -360,7 +368,7 @@ class ChunkedStep:
             with torch.no_grad():
                 return torch.ops.lossval_fast.lossval_mlp_model_step(
                     params, exp_avgs, exp_avg_sqs, steps, self.weight_grad, group["lr"], beta1, beta2,
-                    group["eps"], activations, activation_params, head, xb, yb, wb, S, dS, pos, local).item()
+                    group["eps"], activations, activation_params, head, xb, yb, wb, S, dS, pos, local, self.last).item()
         w = wb.detach().clone().requires_grad_(True)
         train_loss = self._loss(self.model(xb), yb, w)
         square = S * S

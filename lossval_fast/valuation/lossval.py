@@ -31,7 +31,7 @@ from .. import ops
 from ..data import BatchPrefetcher, RowSource, open_rows
 from ..models import paper_mlp
 from ..ops.sinkhorn import auto_stored, epsilon_schedule
-from .optim import adam
+from .optim import LAST_STEP, adam, lazy_steps, settle
 
 TASKS = ("classification", "regression")
 
@@ -459,6 +459,9 @@ class LossVal:
             else:
                 step = ctx.step_runner(self, model, weights, data, fixed_diameter, optimizer, threads)
             timings["validation_side"] = time.perf_counter() - began
+            weights_adam = getattr(optimizer, "weights", optimizer)  # SplitAdam's, or the one Adam's
+            if not getattr(step, "lazy", False):  # a checkpoint of a lazy run, resumed by a dense step
+                settle(weights_adam, weights)
 
             def save(epoch_done, position=None, rng_epoch=None, total=0.0):
                 if self.checkpoint is None:
@@ -527,6 +530,7 @@ class LossVal:
                 bar.close()
             if hasattr(step, "finish"):
                 step.finish()
+            settle(weights_adam, weights)  # the weights as the dense Adam has them after the last step
             timings["training"] = time.perf_counter() - began
         if history and not math.isfinite(history[-1]):
             warnings.warn("the LossVal loss became non-finite; values_ may be meaningless (try a smaller lr)",
@@ -549,7 +553,7 @@ def _shard_optimizer_state(state_dict, lo, hi):
     """The optimiser state with the weight vector's entries (parameter 0) cut to rows lo..hi-1."""
     state = {key: dict(value) for key, value in state_dict["state"].items()}
     if 0 in state:
-        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", LAST_STEP):
             if key in state[0] and state[0][key].dim() == 1:
                 state[0][key] = state[0][key][lo:hi].clone()
     return {"state": state, "param_groups": state_dict["param_groups"]}
@@ -617,6 +621,9 @@ FUSED_STEP = True
 # the threads a step cannot use (lossval_fast/valuation/chunked.py); tests switch it off or on.
 CHUNKED_STEPS = True
 CHUNK_STEPS = 32  # steps per chunk
+
+# The C++ steps update the weight vector's Adam lazily (optim.lazy_steps): O(batch) work per step instead of O(n)
+LAZY_ADAM = True
 CHUNKED_MIN_PAIRS = 65_536  # batch x validation points from which a divergence (~1 ms and more) is worth a thread
 
 
@@ -677,6 +684,8 @@ class _FusedMLPStep:
         self.optimizer = optimizer
         self.adam_state = adam_state  # updated in place by the op (the fit never reloads the optimiser after this)
         self.weight_grad = torch.zeros_like(weights)
+        self.last = lazy_steps(optimizer, weights) if LAZY_ADAM else None  # the weights' lazy Adam
+        self.lazy = self.last is not None
         self.b = divergence.val_weights
         if est.normalize and divergence.fixed_diameter is None:
             self.b = self.b / self.b.sum()  # the op's normalisation of the validation masses
@@ -714,7 +723,7 @@ class _FusedMLPStep:
                 params, exp_avgs, exp_avg_sqs, steps, self.weight_grad, group["lr"], beta1, beta2, group["eps"],
                 self.activations, self.activation_params, self.head, xb, yb, idx, div.X_val, self.b,
                 div.eps_list or [], div.blur, div.scaling, div.normalize, self.cost_mode(xb.shape[0]), div.gb,
-                self.threads)
+                self.threads, self.last)
 
 
 def weighted_batch_loss(classification: bool, from_logits: bool, pred, yb, wb):
@@ -735,6 +744,7 @@ class _StepRunner:
         self.from_logits = est.model_output == "logits"
         self.divergence = _Divergence(est, data.X_val, fixed_diameter)
         self.fused = _FusedMLPStep.build(est, model, weights, optimizer, data, self.divergence, threads)
+        self.lazy = self.fused is not None and self.fused.lazy
 
     def batches(self, order, position):
         """(idx, x, y) per minibatch from `position` on: gathered on the device for in-memory data, else by the

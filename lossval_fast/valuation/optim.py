@@ -4,6 +4,10 @@ A LossVal step on CPU is ~1 ms, and ``torch.optim.Adam(fused=True).step()`` spen
 (grouping tensors by device and dtype, state look-ups, profiler hooks) around a ~50 µs kernel. `adam` returns an
 Adam whose ``step`` calls the same fused kernel with lists built once, so the update is bit for bit the fused
 Adam's; ``state_dict``/``load_state_dict`` are torch's own (checkpoints are plain Adam state).
+
+The C++ LossVal steps update the weight vector's Adam lazily (`lazy_steps`, csrc/cpu/lazy_adam.h): only the
+batch's entries each step, the other entries' zero-gradient updates deferred to when they are next needed. The
+state then carries each entry's step number (checkpoints too); `settle` turns it back into the dense state.
 """
 from __future__ import annotations
 
@@ -20,7 +24,14 @@ class LeanAdam(torch.optim.Adam):
         self._lists = None
 
     def load_state_dict(self, state_dict):
+        # torch casts every tensor of a floating parameter's state to its dtype: the lazy step numbers stay int64
+        lazy = {key: value[LAST_STEP] for key, value in state_dict["state"].items() if LAST_STEP in value}
+        if lazy:
+            state_dict = {**state_dict, "state": {key: {k: v for k, v in value.items() if k != LAST_STEP}
+                                                  for key, value in state_dict["state"].items()}}
         super().load_state_dict(state_dict)
+        for key, last in lazy.items():
+            self.state[self.param_groups[0]["params"][key]][LAST_STEP] = last.to(torch.int64).clone()
         self._lists = None  # the state tensors were replaced
 
     def _build(self):
@@ -67,6 +78,45 @@ class LeanAdam(torch.optim.Adam):
                            beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
                            maximize=False, grad_scale=None, found_inf=None)
         return None
+
+
+# Lazy Adam over a weight vector (csrc/cpu/lazy_adam.h): the state of the entries is current at the step numbers
+# kept under this key of the parameter's Adam state (absent: every entry is current)
+LAST_STEP = "last_step"
+
+
+def lazy_steps(optimizer, param) -> torch.Tensor | None:
+    """The step numbers of `param`'s lazily updated entries, created (every entry current) when absent; None when
+    the lazy kernel does not apply (no fused state, a dtype or device it does not take)."""
+    if (not isinstance(optimizer, LeanAdam) or param.device.type != "cpu"
+            or param.dtype not in (torch.float32, torch.float64) or param.dim() != 1
+            or not hasattr(torch.ops.lossval_fast, "lazy_adam") or optimizer.fused_state() is None):
+        return None
+    state = optimizer.state[param]
+    if LAST_STEP not in state:
+        state[LAST_STEP] = torch.full(param.shape, int(state["step"].item()), dtype=torch.int64)
+    return state[LAST_STEP]
+
+
+def lazy_rows(optimizer, param, idx, target, write: bool = False) -> torch.Tensor:
+    """`param`'s entries idx brought to step(s) `target` (int64, one or one per entry) by their zero-gradient
+    updates: returned (write=False) or also stored (write=True)."""
+    state, group = optimizer.state[param], optimizer.param_groups[0]
+    beta1, beta2 = group["betas"]
+    return torch.ops.lossval_fast.lazy_adam(param.data, state["exp_avg"], state["exp_avg_sq"], state[LAST_STEP], idx,
+                                            target, None, group["lr"], beta1, beta2, group["eps"], write)
+
+
+def settle(optimizer, param) -> None:
+    """Apply `param`'s pending lazy updates (every entry brought to the current step) and drop its step numbers:
+    the parameter and its Adam state are then the dense Adam's."""
+    state = optimizer.state.get(param)
+    if not state or LAST_STEP not in state:
+        return
+    step = torch.tensor([int(state["step"].item())], dtype=torch.int64)
+    with torch.no_grad():
+        lazy_rows(optimizer, param, torch.arange(param.numel()), step, write=True)
+    del state[LAST_STEP]
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
