@@ -130,7 +130,6 @@ class ChunkedStep:
             self.direct = (self.divergence.val_weights[None], self.divergence.X_val[None], {})
         self.optimizer = optimizer
         self.weight_state = optimizer.weights.fused_state()  # ([weights], [m], [v], [step]) of the shard's Adam
-        self.weight_grad = torch.zeros_like(weights)  # zero outside the batch; touched at the batch's rows only
         self.ahead = None  # the chunk whose divergences are computed during the current chunk's steps
         self.window = []  # the current chunk and the three after it
         self.pool = ThreadPoolExecutor(helpers, thread_name_prefix="lossval-divergence") if helpers > 0 else None
@@ -145,6 +144,8 @@ class ChunkedStep:
         # the C++ model step updates the weights' Adam lazily: only the batch's entries (optim.lazy_steps)
         self.last = lazy_steps(optimizer.weights, weights) if self.fused is not None and single.LAZY_ADAM else None
         self.lazy = self.last is not None
+        # the dense Adam's gradient (zero outside the batch; touched at the batch's rows only); the lazy one needs none
+        self.weight_grad = weights.new_empty(0) if self.lazy else torch.zeros_like(weights)
 
     # ---------------------------------------------------------------------------------------------- loader
     def batches(self, order, position):

@@ -683,9 +683,10 @@ class _FusedMLPStep:
         self.data, self.div = data, divergence
         self.optimizer = optimizer
         self.adam_state = adam_state  # updated in place by the op (the fit never reloads the optimiser after this)
-        self.weight_grad = torch.zeros_like(weights)
         self.last = lazy_steps(optimizer, weights) if LAZY_ADAM else None  # the weights' lazy Adam
         self.lazy = self.last is not None
+        # the dense Adam's gradient buffer (zero outside the batch); the lazy Adam needs none
+        self.weight_grad = weights.new_empty(0) if self.lazy else torch.zeros_like(weights)
         self.b = divergence.val_weights
         if est.normalize and divergence.fixed_diameter is None:
             self.b = self.b / self.b.sum()  # the op's normalisation of the validation masses
