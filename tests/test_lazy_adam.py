@@ -188,3 +188,16 @@ def test_a_lazy_checkpoint_resumes_on_the_dense_path_and_back(monkeypatch, tmp_p
         resumed = LossVal(epochs=3, checkpoint=path, **kwargs).fit(Xt, yt, Xv, yv)
         assert resumed.fused_step_ is second
         assert np.abs(resumed.values_ - full.values_).max() <= 1e-10
+
+
+def test_steps_past_the_bias_correction_table_equal_the_dense_steps():
+    """Past ~41,600 steps (beta2 = 0.999) Adam's bias corrections are 1 in double and the kernel stops looking
+    them up: entries brought from step 50,000 on still match torch's dense steps."""
+    w, m, v = _state(6, torch.float64, seed=9)
+    last = torch.full((6,), 50_000)
+    target = last + torch.tensor([0, 1, 40, 300, 700, 2000])
+    W, M, V, L = w.clone(), m.clone(), v.clone(), last.clone()
+    op(W, M, V, L, torch.arange(6), target, None, LR, BETA1, BETA2, EPS, True)
+    for i in range(3, 6):
+        dw, dm, dv = _dense(w[i], m[i], v[i], int(last[i]), int(target[i]))
+        assert torch.allclose(W[i:i + 1], dw, rtol=1e-15, atol=0) and torch.allclose(V[i:i + 1], dv, rtol=1e-13)

@@ -26,10 +26,15 @@ namespace {
 struct StepConstants {
   std::vector<double> lr_t, c2_t;
   double lr, beta1, beta2;
+  bool complete;  // past the table, 1 - b^t == 1 in double: lr_t = lr and c2_t = 1 exactly
 
-  double rate(int64_t t) const { return t < int64_t(lr_t.size()) ? lr_t[t] : lr / (1 - std::pow(beta1, double(t))); }
+  double rate(int64_t t) const {
+    if (t < int64_t(lr_t.size())) return lr_t[t];
+    return complete ? lr : lr / (1 - std::pow(beta1, double(t)));
+  }
   double correction(int64_t t) const {
-    return t < int64_t(c2_t.size()) ? c2_t[t] : std::sqrt(1 - std::pow(beta2, double(t)));
+    if (t < int64_t(c2_t.size())) return c2_t[t];
+    return complete ? 1.0 : std::sqrt(1 - std::pow(beta2, double(t)));
   }
 };
 
@@ -43,6 +48,7 @@ const StepConstants& step_constants(double lr, double beta1, double beta2) {
     slot->lr = lr, slot->beta1 = beta1, slot->beta2 = beta2;
     const double beta = std::max(beta1, beta2);
     int64_t size = beta > 0 && beta < 1 ? int64_t(std::ceil(60 * std::log(2.0) / -std::log(beta))) + 2 : 2;
+    slot->complete = size <= (int64_t(1) << 22);
     size = std::min<int64_t>(size, int64_t(1) << 22);
     slot->lr_t.resize(size);
     slot->c2_t.resize(size);
