@@ -201,3 +201,32 @@ def test_steps_past_the_bias_correction_table_equal_the_dense_steps():
     for i in range(3, 6):
         dw, dm, dv = _dense(w[i], m[i], v[i], int(last[i]), int(target[i]))
         assert torch.allclose(W[i:i + 1], dw, rtol=1e-15, atol=0) and torch.allclose(V[i:i + 1], dv, rtol=1e-13)
+
+
+def test_divergences_ahead_with_the_lazy_adam_equal_the_dense_adam(monkeypatch):
+    """The chunked step (divergences of chunks of steps computed ahead on a helper thread) brings the chunk's
+    entries forward with the lazy kernel: the values of the chunked fit with the dense Adam (float64, 3 epochs)."""
+    from lossval_fast.valuation import chunked
+
+    monkeypatch.setattr(module, "CHUNKED_MIN_PAIRS", 1)
+    monkeypatch.setattr(module, "CHUNK_STEPS", 3)
+    lazy_seen = []
+    original = chunked.ChunkedStep.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        lazy_seen.append(self.lazy)
+    monkeypatch.setattr(chunked.ChunkedStep, "__init__", spy)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fits = {}
+        for lazy in (True, False):
+            monkeypatch.setattr(module, "LAZY_ADAM", lazy)
+            fits[lazy] = LossVal(epochs=3, batch_size=8, random_state=4, dtype=torch.float64, verbose=False,
+                                 diameter="global").fit(*_data(130, 30))
+    finally:
+        torch.set_num_threads(previous)
+    assert lazy_seen == [True, False]
+    assert np.abs(fits[True].values_ - fits[False].values_).max() <= 1e-12
+    assert not np.allclose(fits[True].values_, 1.0)
