@@ -114,7 +114,8 @@ def _markdown(payload):
              "One LossVal step's Adam over the weight vector, float32, batch 32, in the second epoch (every entry "
              "has momentum and ~n / 32 steps of pending zero-gradient updates): torch's fused Adam over all n "
              "weights (what a dense step does) against the lazy kernel over the batch's entries.", "",
-             "| n | dense fused Adam (ms) | lazy (ms) | speed-up | state memory dense / lazy (MiB) |", "|---|---|---|---|---|"]
+             "| n | dense fused Adam (ms) | lazy (ms) | speed-up | state memory dense / lazy (MiB) |",
+             "|---|---|---|---|---|"]
     by = {(r["kind"], r["n"]): r for r in payload["rows"]}
     for n in sorted({r["n"] for r in payload["rows"]}):
         dense, lazy = by.get(("dense fused Adam (torch)", n)), by.get(("lazy (ours)", n))
