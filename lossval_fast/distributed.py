@@ -180,7 +180,8 @@ def _fit_ecoval(estimator: EcoVal, X, y, X_val, y_val) -> EcoVal:
 
 
 class _EcoValRanks:
-    """EcoVal's view of the ranks: which trainings are this rank's (EcoVal._my_tasks), and their merge."""
+    """EcoVal's view of the ranks: which trainings are this rank's (ecoval.trainings.Trainings.my_share), and
+    their merge."""
 
     def __init__(self, rank: int, world: int):
         self.rank, self.world = rank, world

@@ -29,11 +29,12 @@ import torch
 
 from .valuation import (KINDS, KNNShapley, discovery_curve, noisify_split, noisy_count, noisy_detection_f1,
                         standardize_split, two_means_split)
+from .valuation.learners import LEARNERS as _BUILTIN_LEARNERS
 from .valuation.splits import ZSCORE_EPS
 
 METHODS = ("lossval", "ecoval", "knn-shapley", "random")
 LABELS = {"lossval": "LossVal", "ecoval": "EcoVal", "knn-shapley": "KNN-Shapley", "random": "random values"}
-LEARNERS = ("logreg", "ridge", "mlp")
+LEARNERS = tuple(_BUILTIN_LEARNERS)   # EcoVal's built-in learners (the registry's names)
 DIAMETERS = ("batch", "global")
 TASKS = ("classification", "regression")
 # task="auto": an integer-valued target with at most this many distinct values is a class label.

@@ -28,15 +28,20 @@ fly) and minimises exactly the objective of fitting those rows alone:
   of b with the last partial batch kept (what ``MLP.fit(X, y, rows=...)`` does alone); a model whose epoch is over
   skips the step and its Adam state stays put.
 
-``predict_exact`` evaluates one stored model row by row in float64 numpy with elementwise operations only and
+``exact_predict`` evaluates one stored model row by row in float64 numpy with elementwise operations only and
 Python's math.exp: a row's result then never depends on which other rows are in the call, so EcoVal's in-sample
 and out-of-sample values agree bit for bit.
+
+``LEARNERS`` is the registry EcoVal reads (one ``Learner`` entry per built-in learner: its tasks, batched trainer,
+single model, parameter layout, bytes per model and exact predictions); a new built-in learner is one more entry.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import warnings
+from typing import Callable
 
 import numpy as np
 import torch
@@ -695,7 +700,6 @@ class BatchedLogReg:
     (default) or "newton"; tol, max_iter (None: the solver's defaults, as in ``LogReg``) and memory as in
     ``LogReg``, whose fit with the same settings runs the same iterations on one model."""
 
-    kind = "logreg"
     classification = True
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, n_classes: int, *, l2=L2,
@@ -733,10 +737,6 @@ class BatchedLogReg:
     def select(params: dict, idx) -> dict:
         return {"W": params["W"][idx]}
 
-    @staticmethod
-    def concat(parts: list) -> dict:
-        return {"W": torch.cat([p["W"] for p in parts])}
-
     def predict(self, params: dict, X: torch.Tensor) -> torch.Tensor:
         """(T, m, C) class probabilities (fast path: one GEMM)."""
         W = params["W"]
@@ -744,11 +744,6 @@ class BatchedLogReg:
         Xbar = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1).to(W.dtype)
         Z = (Xbar @ W.permute(1, 0, 2).reshape(D1, T * C)).view(-1, T, C).permute(1, 0, 2)
         return torch.softmax(Z, 2)
-
-    @staticmethod
-    def predict_exact(params: dict, j: int, X: np.ndarray) -> np.ndarray:
-        return exact_predict(params, j, X, True)
-
 
 # --------------------------------------------------------------------------------------------------- ridge
 class Ridge(_Params):
@@ -780,7 +775,6 @@ class BatchedRidge:
     """T ridge regressions from per-cluster Gram sums: G_s = sum over kept clusters of Z_i^T Z_i (a (T, p) x
     (p, D^2) product, no cancellation), then one batched Cholesky solve. Cost independent of n after the sums."""
 
-    kind = "ridge"
     classification = False
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, n_clusters: int, *, l2=L2):
@@ -822,18 +816,9 @@ class BatchedRidge:
     def select(params: dict, idx) -> dict:
         return {"theta": params["theta"][idx]}
 
-    @staticmethod
-    def concat(parts: list) -> dict:
-        return {"theta": torch.cat([p["theta"] for p in parts])}
-
     def predict(self, params: dict, X: torch.Tensor) -> torch.Tensor:
         theta = params["theta"]
         return (X.to(theta.dtype) @ theta[:, :-1].T).T + theta[:, -1:]
-
-    @staticmethod
-    def predict_exact(params: dict, j: int, X: np.ndarray) -> np.ndarray:
-        return exact_predict(params, j, X, False)
-
 
 # --------------------------------------------------------------------------------------------------- mlp
 HIDDEN, LR, BATCH, EPOCHS = 100, 1e-3, 128, 30
@@ -931,8 +916,6 @@ class MLP(_Params):
 class BatchedMLP:
     """T one-hidden-layer MLPs trained at once (see the module doc). Float32, like the single MLP."""
 
-    kind = "mlp"
-
     def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, outputs: int, *,
                  classification: bool = True, hidden=HIDDEN, lr=LR, batch_size=BATCH, epochs=EPOCHS):
         self.X = X.to(torch.float32).contiguous()
@@ -1027,10 +1010,6 @@ class BatchedMLP:
     def select(params: dict, idx) -> dict:
         return {k: params[k][idx] for k in ("W1", "b1", "W2", "b2")}
 
-    @staticmethod
-    def concat(parts: list) -> dict:
-        return {k: torch.cat([p[k] for p in parts]) for k in ("W1", "b1", "W2", "b2")}
-
     def predict(self, params: dict, X: torch.Tensor) -> torch.Tensor:
         """(T, m, C) probabilities (classification) or (T, m) outputs (regression)."""
         X = X.to(torch.float32)
@@ -1038,19 +1017,94 @@ class BatchedMLP:
         out = torch.baddbmm(params["b2"][:, None, :], hid, params["W2"])
         return torch.softmax(out.double(), 2) if self.classification else out[..., 0].double()
 
-    def predict_exact(self, params: dict, j: int, X: np.ndarray) -> np.ndarray:
-        return exact_predict(params, j, X, self.classification)
+def _exact_logreg(params: dict, j: int, X: np.ndarray, classification: bool = True) -> np.ndarray:
+    W = params["W"][j].double().cpu().numpy()
+    return exact_softmax(exact_linear(X, W[:-1], W[-1]))
+
+
+def _exact_ridge(params: dict, j: int, X: np.ndarray, classification: bool = False) -> np.ndarray:
+    theta = params["theta"][j].double().cpu().numpy()
+    return exact_linear(X, theta[:-1, None], theta[-1:])[:, 0]
+
+
+def _exact_mlp(params: dict, j: int, X: np.ndarray, classification: bool) -> np.ndarray:
+    W1, b1, W2, b2 = (params[k][j].double().cpu().numpy() for k in ("W1", "b1", "W2", "b2"))
+    out = exact_linear(np.maximum(exact_linear(X, W1, b1), 0.0), W2, b2)
+    return exact_softmax(out) if classification else out[:, 0]
 
 
 def exact_predict(params: dict, j: int, X: np.ndarray, classification: bool) -> np.ndarray:
     """Model j of stacked built-in parameters on the rows of X (float64), row by row (see the module doc):
-    class probabilities (m, C) for classification, outputs (m,) for regression."""
-    if "W" in params:
-        W = params["W"][j].double().cpu().numpy()
-        return exact_softmax(exact_linear(X, W[:-1], W[-1]))
-    if "theta" in params:
-        theta = params["theta"][j].double().cpu().numpy()
-        return exact_linear(X, theta[:-1, None], theta[-1:])[:, 0]
-    W1, b1, W2, b2 = (params[k][j].double().cpu().numpy() for k in ("W1", "b1", "W2", "b2"))
-    out = exact_linear(np.maximum(exact_linear(X, W1, b1), 0.0), W2, b2)
-    return exact_softmax(out) if classification else out[:, 0]
+    class probabilities (m, C) for classification, outputs (m,) for regression. The learner is the registry
+    entry whose parameter names the dict holds."""
+    for entry in LEARNERS.values():
+        if entry.param_names[0] in params:
+            return entry.predict(params, j, X, classification)
+    raise ValueError(f"no built-in learner has the parameters {sorted(params)}")
+
+
+# --------------------------------------------------------------------------------------------------- registry
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """A built-in learner as EcoVal uses it: one entry of ``LEARNERS``.
+
+    tasks: the tasks it fits. batched: the batched trainer class (fit(removed, seeds), select, predict and the
+    static bytes_per_model(n, d, n_classes, m_val)). make_batched(X, y, cluster_of, n_classes=, n_clusters=,
+    classification=, solver=) builds it on standardised X (y: class codes, or standardised targets).
+    make_single(classification=, n_classes=, seed=, device=, solver=) a single model (the loop path);
+    fits_rows: its fit takes the full X and rows= (the MLP's epoch order) instead of X[rows]. params(model): a
+    fitted single model as stacked parameters (T = 1) in the batched layout, whose names are param_names.
+    predict(params, j, X, classification): model j of stacked parameters, row by row (``exact_predict``).
+    validation_output(model, params, X, classification): the single model's validation output on the loop path.
+    """
+
+    name: str
+    tasks: tuple
+    batched: type
+    make_batched: Callable
+    make_single: Callable
+    fits_rows: bool
+    params: Callable
+    param_names: tuple
+    predict: Callable
+    validation_output: Callable
+
+    def bytes_per_model(self, n: int, d: int, n_classes: int, m_val: int) -> int:
+        return self.batched.bytes_per_model(n, d, n_classes, m_val)
+
+
+def _single_output(model, params, X, classification):
+    return model.predict_proba(X) if classification else model.predict(X)
+
+
+LEARNERS: dict = {learner.name: learner for learner in (
+    Learner("logreg", ("classification",), BatchedLogReg,
+            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver:
+                BatchedLogReg(X, y, cluster_of, n_classes, solver=solver),
+            make_single=lambda *, classification, n_classes, seed, device, solver:
+                LogReg(n_classes=n_classes, device=device, solver=solver),
+            fits_rows=False,
+            params=lambda model: {"W": torch.as_tensor(np.vstack([model.coef_, model.intercept_[None, :]]),
+                                                       dtype=torch.float64)[None]},
+            param_names=("W",), predict=_exact_logreg, validation_output=_single_output),
+    Learner("ridge", ("regression",), BatchedRidge,
+            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver:
+                BatchedRidge(X, y, cluster_of, n_clusters),
+            make_single=lambda *, classification, n_classes, seed, device, solver: Ridge(device=device),
+            fits_rows=False,
+            params=lambda model: {"theta": torch.as_tensor(np.append(model.coef_, model.intercept_),
+                                                           dtype=torch.float64)[None]},
+            param_names=("theta",), predict=_exact_ridge,
+            validation_output=lambda model, params, X, classification: _exact_ridge(params, 0, X)),
+    Learner("mlp", ("classification", "regression"), BatchedMLP,
+            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver:
+                BatchedMLP(X, y, cluster_of, n_classes if classification else 1, classification=classification),
+            make_single=lambda *, classification, n_classes, seed, device, solver:
+                MLP(task="classification" if classification else "regression",
+                    n_classes=n_classes if classification else None, random_state=seed, device=device),
+            fits_rows=True,
+            params=lambda model: dict(zip(("W1", "b1", "W2", "b2"),
+                                          (t.detach().cpu()[None] for t in model.parameters_()))),
+            param_names=("W1", "b1", "W2", "b2"), predict=_exact_mlp, validation_output=_single_output),
+)}
+DEFAULT_LEARNERS = {"classification": "logreg", "regression": "ridge"}

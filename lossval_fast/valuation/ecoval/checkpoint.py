@@ -1,0 +1,108 @@
+"""EcoVal's training state and its checkpoint file. A state is a dict: U (R, S) utilities, done (R, S), heldout
+(R, n) LCO held-out outputs, models {(r, i): LCO model}, and the fingerprint of the fit (configuration, data,
+clusters, subsets), which a resumed fit must match. The file is written atomically; the ranks of a distributed
+fit each write `path.rank<r>` (r > 0), merged on resume."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import numbers
+import os
+import time
+
+import numpy as np
+import torch
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
+    return h.hexdigest()
+
+
+def new_state(R, S, n) -> dict:
+    return {"U": np.full((R, S), np.nan), "done": np.zeros((R, S), dtype=bool), "heldout": np.zeros((R, n)),
+            "models": {}}
+
+
+def merge_state(state, other, members):
+    """Add to `state` the trainings `other` (a state of the same fit: another rank's, another checkpoint
+    file's) has done and `state` has not: utilities, LCO held-out outputs and models."""
+    new = other["done"] & ~state["done"]
+    state["U"][new] = other["U"][new]
+    p = len(members)
+    for r, j in zip(*np.nonzero(new)):
+        if 1 <= j <= p:
+            rows = members[j - 1]
+            state["heldout"][r, rows] = other["heldout_rows"][(r, j - 1)] if "heldout_rows" in other else \
+                other["heldout"][r, rows]
+            if (r, j - 1) in other["models"]:
+                state["models"][(r, j - 1)] = other["models"][(r, j - 1)]
+    state["done"] |= new
+    return state
+
+
+def checkpoint_path(est) -> str:
+    """The checkpoint file of this process: `checkpoint`, or `checkpoint.rank<r>` for rank r > 0 of a
+    distributed fit (each rank saves the trainings it finished; rank 0 saves the merged state at the end)."""
+    path = os.fspath(est.checkpoint)
+    if est._ranks is None or est._ranks.rank == 0:
+        return path
+    return f"{path}.rank{est._ranks.rank}"
+
+
+def fingerprint(est, R, S, n, p) -> dict:
+    learner = est.learner
+    if not (isinstance(learner, str) or learner is None):
+        # class and plain parameters only: reprs of nested objects carry memory addresses
+        plain = {}
+        if hasattr(learner, "get_params"):
+            plain = {k: v for k, v in learner.get_params(deep=False).items()
+                     if v is None or isinstance(v, (bool, numbers.Number, str))}
+        learner = f"{type(learner).__module__}.{type(learner).__qualname__}{sorted(plain.items())}"
+    metric = getattr(est.metric_, "__qualname__", repr(est.metric_)) if callable(est.metric_) else est.metric_
+    data = est._data
+    return {"n": n, "p": p, "R": R, "S": S, "learner": str(learner), "path": est._trainings.path, "metric": metric,
+            "task": est.task_, "seeds": list(est._seeds), "keep_models": bool(est.keep_models),
+            "data": _digest(data.X, np.asarray(data.y), data.X_val, np.asarray(est._utility.y_val)),
+            "clusters": _digest(est.cluster_labels_), "subsets": _digest(est.subsets_)}
+
+
+def load(est, R, S, n, p) -> dict:
+    """A fresh state, with every training the checkpoint files (the main one and ranks') already hold."""
+    state = new_state(R, S, n)
+    est._fingerprint_ = None
+    est._last_save = time.monotonic()
+    if est.checkpoint is None:
+        return state
+    est._fingerprint_ = fingerprint(est, R, S, n, p)
+    state["fingerprint"] = est._fingerprint_
+    path = os.fspath(est.checkpoint)
+    # the main file and the files of the ranks of an interrupted distributed fit: every training any finished
+    paths = [path] + sorted(glob.glob(glob.escape(path) + ".rank[0-9]*"))
+    for name in paths:
+        if not os.path.exists(name) or name.endswith(".tmp"):
+            continue
+        saved = torch.load(name, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or saved.get("fingerprint") != est._fingerprint_:
+            raise ValueError(f"checkpoint {name!r} belongs to a different configuration or data set; delete it "
+                             "or pass another path")
+        state = merge_state(state, saved, est._members)
+    return state
+
+
+def save(est, state, force=False) -> None:
+    """Write the state (at most every est._checkpoint_interval seconds unless force)."""
+    if est.checkpoint is None:
+        return
+    now = time.monotonic()
+    if not force and now - est._last_save < est._checkpoint_interval:
+        return
+    path = checkpoint_path(est)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-save never leaves a truncated checkpoint
+    est._last_save = now

@@ -1,0 +1,197 @@
+"""The EcoVal estimator: fit runs the stages (inputs, clustering, subsets, trainings, cluster values,
+propagation) of the sibling modules; value() values new points (out_of_sample)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import checkpoint, clustering, inputs, out_of_sample, subsets
+from .cluster_values import cluster_values
+from .propagation import propagate
+from .trainings import Trainings, _Utility
+
+
+class EcoVal:
+    """EcoVal-R data valuation (shared/docs/ECOVAL_SPEC.md), scikit-learn style.
+
+    Parameters
+    ----------
+    n_clusters : p, the number of clusters (>= 2 * #classes when stratified; raised with a warning otherwise).
+    learner : None (built-in "logreg" for classification, "ridge" for regression), "logreg", "ridge", "mlp", or any
+        object with ``fit`` and ``predict_proba`` (regression: ``predict``), cloned per subset (loop path).
+        Built-in learners see X standardised with D's mean and std (and, in regression, y standardised alike);
+        objects see X and y as given. "logreg" is solved by L-BFGS to ||grad||_inf <= 1e-8 on both paths
+        (module constant LOGREG_SOLVER; "newton" stops at 1e-6).
+    task : "auto" (a float y with a non-integer value means regression), "classification" or "regression".
+    stratify_by_label : label-pure clusters with per-class quotas (classification).
+    embed : None (cluster standardised X) or a callable X -> Z (n, d_z) for the clustering and the kNN space.
+    pairs : "all", an int m (m partners per cluster, drawn without replacement, deduplicated) or 0.
+    n_repeats : R; repeat r uses seed_r for every subset model (common random numbers).
+    lam : weight of the pair interactions (0 gives LCO).
+    cluster_value : "pairwise_shapley" (Variant A) or "cobb_douglas" (Variant B, classification).
+    intrinsic : "lco_proba", "knn_agreement" (classification) or "uniform"; regression uses the LCO residuals.
+    gamma, eps : scores s = max(g, eps)^gamma.   knn_k : neighbours for "knn_agreement".
+    efficiency : None or "global" (Variant A: rescale so that sum of cluster values = U(N) - u0).
+    metric : None (log-likelihood / R^2), "accuracy", "expected_accuracy", "log_likelihood", "r2", or a callable
+        metric(y_true, proba_or_pred) -> float (y_true as given; proba columns in the order of classes_).
+    keep_models : keep the R*p LCO models for value() (else refit once per cluster value() needs).
+    n_init : k-means restarts (lowest inertia kept).
+    backend : "auto" (batched for built-in learners, loop for objects), "batched" or "loop" (built-in learners
+        then run their single-model versions one subset at a time).
+    device : None (CUDA if available) or a device for the batched trainers; clustering runs on the CPU.
+    max_models_per_batch : models trained at once (default: from the memory budget). Results do not depend on it.
+    n_jobs : parallel fits on the loop path (threads; -1: one per core).
+    checkpoint : path; finished utilities (and the LCO models) are saved there atomically, so a killed fit resumes
+        without retraining them. A fit with another configuration or data set refuses the file.
+    random_state : int or None (seeds k-means, pair sampling and the repeats).
+    verbose : progress bar over subset trainings (only on a terminal).
+
+    Attributes (after fit)
+    ----------------------
+    values_, cluster_labels_, centroids_, lco_, extrinsic_, interactions_, cluster_values_, beta_star_,
+    intrinsic_, weights_, utility_full_, u0_, gamma_beta_star_, n_trainings_ (fits run by this call), classes_,
+    backend_ (path and device); also n_clusters_, pairs_ (|P|, 2), subsets_ (S, p) removal masks, utilities_
+    (R, S), agreement_ (n,) g, converged_ (all built-in fits reached their tolerance), random_state_, task_,
+    metric_, timings_ (seconds: clustering, trainings, values).
+    """
+
+    _checkpoint_interval = 2.0   # seconds between checkpoint writes on the loop path (always on exit, too)
+    _ranks = None  # set by lossval_fast.distributed.fit: this rank's share of the trainings, and their merge
+
+    def __init__(self, n_clusters=20, learner=None, *, task="auto", stratify_by_label=True, embed=None, pairs="all",
+                 n_repeats=1, lam=1.0, cluster_value="pairwise_shapley", intrinsic="lco_proba", gamma=1.0, eps=1e-3,
+                 knn_k=10, efficiency=None, metric=None, keep_models=True, n_init=10, backend="auto", device=None,
+                 max_models_per_batch=None, n_jobs=1, checkpoint=None, random_state=0, verbose=True):
+        self.n_clusters = n_clusters
+        self.learner = learner
+        self.task = task
+        self.stratify_by_label = stratify_by_label
+        self.embed = embed
+        self.pairs = pairs
+        self.n_repeats = n_repeats
+        self.lam = lam
+        self.cluster_value = cluster_value
+        self.intrinsic = intrinsic
+        self.gamma = gamma
+        self.eps = eps
+        self.knn_k = knn_k
+        self.efficiency = efficiency
+        self.metric = metric
+        self.keep_models = keep_models
+        self.n_init = n_init
+        self.backend = backend
+        self.device = device
+        self.max_models_per_batch = max_models_per_batch
+        self.n_jobs = n_jobs
+        self.checkpoint = checkpoint
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------------------------------ fit
+    def _check_params(self):
+        inputs.check_params(self)
+
+    def fit(self, X, y, X_val, y_val, cluster_labels=None) -> "EcoVal":
+        """Value the training points. X (n, d), y (n,) labels or float targets, X_val (m, d), y_val (m,);
+        cluster_labels (n,) fixes the clusters (ids of any kind; numbered in sorted order)."""
+        self._check_params()
+        data = inputs.check_data(X, y, X_val, y_val, self.task)
+        entry = inputs.check_task_params(self, data.classification)
+        self.task_ = data.task
+        self.metric_ = self.metric if self.metric is not None else ("log_likelihood" if data.classification else "r2")
+        self.random_state_ = (self.random_state if self.random_state is not None
+                              else int(np.random.SeedSequence().entropy % (2**63)))
+        self._data = data = inputs.prepare(data, self.metric_)
+        self.classes_, self._y_code = data.classes, data.y_code
+        self._utility = _Utility(self.metric_, data.classification, data.y_val, data.y_val_code)
+
+        # clusters, in standardised X (or embed(X)), and in regression the standardised target too
+        began = time.perf_counter()
+        Z = clustering.embed(self.embed, data.X, data.Xs, "X")
+        if not data.classification:
+            Z = np.concatenate([Z, ((data.y - data.y_mu) / data.y_sigma)[:, None]], 1)
+        labels, centroids = clustering.cluster(Z, data.y_code, data.classes, n_clusters=self.n_clusters,
+                                               stratify=self.stratify_by_label, n_init=self.n_init,
+                                               random_state=self.random_state_, cluster_labels=cluster_labels)
+        p = centroids.shape[0]
+        self.cluster_labels_, self.centroids_, self.n_clusters_, self._Z = labels, centroids, p, Z
+        self.timings_ = {"clustering": time.perf_counter() - began}
+        self._members = members = [np.flatnonzero(labels == i) for i in range(p)]
+        self._cluster_classes = clustering.cluster_classes(labels, data.y_code, p, data.C) \
+            if data.classification else None
+        self._stratified = bool(data.classification and self.stratify_by_label)
+
+        # subsets: full, LCO, pairs (the same P in every repeat); the trainings
+        pair_list = subsets.pair_list(self.pairs, p, self.random_state_)
+        self.pairs_ = np.array(pair_list, dtype=np.int64).reshape(-1, 2)
+        self.subsets_ = removed = subsets.removal_masks(p, pair_list)
+        skip = subsets.skipped(removed, self._cluster_classes)
+        self._seeds = subsets.repeat_seeds(self.random_state_, self.n_repeats)
+        self._trainings = Trainings(data, labels, members, entry, self.learner, self._seeds, device=self.device,
+                                    backend=self.backend, keep_models=self.keep_models,
+                                    max_models_per_batch=self.max_models_per_batch, n_jobs=self.n_jobs,
+                                    verbose=self.verbose, ranks=self._ranks)
+        self.u0_ = self._trainings.constant_utility(self._utility)
+        began = time.perf_counter()
+        state = self._train(removed, skip)
+        self.timings_["trainings"] = time.perf_counter() - began
+
+        # values
+        began = time.perf_counter()
+        self._collect(state, skip)
+        self.backend_ = self._trainings.describe()
+        vars(self).update(cluster_values(self.utilities_, removed, pair_list, p, u0=self.u0_, lam=self.lam,
+                                         cluster_value=self.cluster_value, efficiency=self.efficiency,
+                                         metric=self.metric_))
+        propagate(self, labels, members, data.y_code, data.y)
+        self.timings_["values"] = time.perf_counter() - began
+        return self
+
+    def _train(self, removed, skip) -> dict:
+        """The state after every subset training: resumed from the checkpoint, this process's share trained,
+        the ranks' shares merged (distributed fit)."""
+        R, S = self.n_repeats, removed.shape[0]
+        state = checkpoint.load(self, R, S, len(self.cluster_labels_), self.n_clusters_)
+        if self._ranks is not None:  # every rank has read the same files before any writes its own
+            self._ranks.barrier()
+        try:
+            self._trainings.run(state, removed, skip, self._utility, self._save_checkpoint)
+        finally:
+            self.n_trainings_, self.converged_ = self._trainings.count, self._trainings.converged
+            self._save_checkpoint(state, force=True)
+        if self._ranks is not None:  # every rank's trainings, on every rank (collective)
+            state = self._ranks.merge(self, state)
+        return state
+
+    def _collect(self, state, skip):
+        """utilities_ (skipped subsets: u0), the LCO models and the held-out outputs (LCO subsets not fitted, with
+        fewer than 2 classes: the constant predictor's)."""
+        self.utilities_ = np.where(skip[None, :], self.u0_, state["U"])
+        self._lco_models = state["models"] if self.keep_models else {}
+        self._lco_cache = {}
+        heldout = state["heldout"]
+        for r in range(self.n_repeats):
+            for i, rows in enumerate(self._members):
+                if skip[1 + i]:
+                    heldout[r, rows] = self._trainings.constant_heldout(rows)
+        self._heldout = heldout
+
+    # ------------------------------------------------------------------------------------------ checkpoint
+    def merge_state(self, state, other):
+        """Add to `state` the trainings `other` (a state of the same fit: another rank's, another checkpoint
+        file's) has done and `state` has not: utilities, LCO held-out outputs and models."""
+        return checkpoint.merge_state(state, other, self._members)
+
+    def _checkpoint_path(self):
+        return checkpoint.checkpoint_path(self)
+
+    def _save_checkpoint(self, state, force=False):
+        checkpoint.save(self, state, force)
+
+    # ------------------------------------------------------------------------------------------ out of sample
+    def value(self, X_new, y_new) -> np.ndarray:
+        """Values of new points without retraining (ECOVAL_SPEC §2.5): nearest centroid of the point's class,
+        agreement from the stored LCO models, share of that cluster's value. A copy of training point k gets
+        values_[k]."""
+        return out_of_sample.value(self, X_new, y_new)

@@ -1,0 +1,261 @@
+"""EcoVal's input checks: the constructor's options, the task rules of the learner and metric, and the data arrays
+(``prepare``: labels coded, targets checked, features standardised as the built-in learners see them)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+
+import numpy as np
+import torch
+
+from .. import learners as _learners
+
+TASKS = ("auto", "classification", "regression")
+BUILTIN_LEARNERS = tuple(_learners.LEARNERS)
+CLUSTER_VALUES = ("pairwise_shapley", "cobb_douglas")
+INTRINSICS = ("lco_proba", "knn_agreement", "uniform")
+EFFICIENCIES = (None, "global")
+METRICS = ("log_likelihood", "accuracy", "expected_accuracy", "r2")
+BACKENDS = ("auto", "batched", "loop")
+
+
+class NotFittedError(ValueError, AttributeError):
+    """value() before fit(); a ValueError and an AttributeError, like scikit-learn's."""
+
+
+class EcoValWarning(UserWarning):
+    """An adjustment EcoVal made on its own (p raised, clusters dropped, efficiency skipped, ...)."""
+
+
+def _numpy(value, name):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be array-like (numpy array, torch tensor or sequence), got "
+                         f"{type(value).__name__}") from error
+
+
+def _features(value, name, d=None) -> np.ndarray:
+    X = _numpy(value, name)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (points x features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {X.shape}); expected at least one row")
+    if d is not None and X.shape[1] != d:
+        raise ValueError(f"{name} must have {d} features like X, got shape {X.shape}")
+    try:
+        X = X.astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}") from error
+    bad = int(np.count_nonzero(~np.isfinite(X)))
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN or inf value(s); expected finite numbers")
+    return X
+
+
+def _targets(value, name, rows, xname) -> np.ndarray:
+    y = _numpy(value, name)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.shape[0] != rows:
+        raise ValueError(f"{name} must have one entry per row of {xname}: expected shape ({rows},), got {y.shape}")
+    if y.dtype.kind in "fc" and not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} contains {int(np.count_nonzero(~np.isfinite(y)))} NaN or inf value(s); expected "
+                         "finite numbers")
+    return y
+
+
+def _is_regression_target(y: np.ndarray) -> bool:
+    """task='auto': a float y with a non-integer value means regression."""
+    return y.dtype.kind == "f" and not np.array_equal(y, np.round(y))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ------------------------------------------------------------------------------------------------ options
+def check_params(est) -> None:
+    """The constructor's options of an EcoVal, each with the error that names it."""
+    if not _is_int(est.n_clusters):
+        raise ValueError(f"n_clusters must be an int >= 2, got {est.n_clusters!r}")
+    if est.n_clusters < 2:
+        raise ValueError(f"n_clusters must be >= 2, got {est.n_clusters}")
+    if est.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {est.task!r}")
+    if not (est.pairs == "all" or _is_int(est.pairs)):
+        raise ValueError(f"pairs must be 'all' or an int >= 0, got {est.pairs!r}")
+    if _is_int(est.pairs) and est.pairs < 0:
+        raise ValueError(f"pairs must be 'all' or an int >= 0, got {est.pairs}")
+    if not _is_int(est.n_repeats) or est.n_repeats < 1:
+        raise ValueError(f"n_repeats must be an int >= 1, got {est.n_repeats!r}")
+    if not _is_real(est.lam) or est.lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {est.lam!r}")
+    if est.cluster_value not in CLUSTER_VALUES:
+        raise ValueError(f"cluster_value must be one of {CLUSTER_VALUES}, got {est.cluster_value!r}")
+    if est.intrinsic not in INTRINSICS:
+        raise ValueError(f"intrinsic must be one of {INTRINSICS}, got {est.intrinsic!r}")
+    if not _is_real(est.gamma) or est.gamma < 0:
+        raise ValueError(f"gamma must be a finite number >= 0, got {est.gamma!r}")
+    if not _is_real(est.eps) or not 0 < est.eps < 1:
+        raise ValueError(f"eps must be in the open interval (0, 1), got {est.eps!r}")
+    if not _is_int(est.knn_k) or est.knn_k < 1:
+        raise ValueError(f"knn_k must be an int >= 1, got {est.knn_k!r}")
+    if est.efficiency not in EFFICIENCIES:
+        raise ValueError(f"efficiency must be None or 'global', got {est.efficiency!r}")
+    if not (est.metric is None or callable(est.metric) or est.metric in METRICS):
+        raise ValueError(f"metric must be None, one of {METRICS} or a callable metric(y_true, proba_or_pred), "
+                         f"got {est.metric!r}")
+    if not _is_int(est.n_init) or est.n_init < 1:
+        raise ValueError(f"n_init must be an int >= 1, got {est.n_init!r}")
+    if est.backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {est.backend!r}")
+    if est.max_models_per_batch is not None and (not _is_int(est.max_models_per_batch)
+                                                 or est.max_models_per_batch < 1):
+        raise ValueError(f"max_models_per_batch must be None or an int >= 1, got {est.max_models_per_batch!r}")
+    if not _is_int(est.n_jobs) or est.n_jobs == 0:
+        raise ValueError(f"n_jobs must be a nonzero int (-1: all cores), got {est.n_jobs!r}")
+    if not (est.random_state is None or (_is_int(est.random_state) and est.random_state >= 0)):
+        raise ValueError(f"random_state must be None or an int >= 0, got {est.random_state!r}")
+    if est.embed is not None and not callable(est.embed):
+        raise ValueError(f"embed must be None or a callable X -> Z, got {type(est.embed).__name__}")
+    if isinstance(est.learner, str):
+        if est.learner not in BUILTIN_LEARNERS:
+            raise ValueError(f"learner must be None, one of {BUILTIN_LEARNERS} or an object with fit and "
+                             f"predict_proba/predict, got {est.learner!r}")
+    elif est.learner is not None and not callable(getattr(est.learner, "fit", None)):
+        raise TypeError(f"learner must have a fit method, got {type(est.learner).__name__} without one")
+
+
+def _or(names) -> str:
+    return " or ".join(repr(name) for name in names)
+
+
+def check_task_params(est, classification: bool):
+    """The options that depend on the task; -> the built-in learner's registry entry, or None for an object."""
+    if classification:
+        if est.metric == "r2":
+            raise ValueError("metric='r2' is for regression; classification takes 'log_likelihood', "
+                             "'accuracy', 'expected_accuracy' or a callable")
+    else:
+        if est.cluster_value == "cobb_douglas":
+            raise ValueError("cluster_value='cobb_douglas' (Variant B) is for classification; regression takes "
+                             "cluster_value='pairwise_shapley'")
+        if est.intrinsic == "knn_agreement":
+            raise ValueError("intrinsic='knn_agreement' is for classification; regression takes 'lco_proba' "
+                             "(LCO residuals) or 'uniform'")
+        if est.metric in ("log_likelihood", "accuracy", "expected_accuracy"):
+            raise ValueError(f"metric={est.metric!r} is for classification; regression takes 'r2' or a "
+                             "callable")
+    task = "classification" if classification else "regression"
+    learner = est.learner
+    if isinstance(learner, str) or learner is None:
+        entry = _learners.LEARNERS[learner or _learners.DEFAULT_LEARNERS[task]]
+        if task not in entry.tasks:
+            other = "regression" if classification else "classification"
+            fits = [name for name, e in _learners.LEARNERS.items() if task in e.tasks]
+            raise ValueError(f"learner={entry.name!r} is for {other}; {task} takes {_or(fits)}")
+        return entry
+    method = "predict_proba" if classification else "predict"
+    if not callable(getattr(learner, method, None)):
+        raise TypeError(f"learner must have a {method} method for {task}, got {type(learner).__name__} without one")
+    if est.backend == "batched":
+        raise ValueError(f"backend='batched' needs a built-in learner ({', '.join(map(repr, BUILTIN_LEARNERS))}); "
+                         f"a learner object ({type(learner).__name__}) runs on backend='loop'")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclasses.dataclass
+class Data:
+    """The checked data of one fit. Classification: classes (sorted), y_code (n,) codes, y_val_code (m,) codes
+    (-1: a label absent from y), C classes. Regression: y, y_val float64, C = 1. The built-in learners see
+    standardised features (X - mu) / sigma and, in regression, targets (y - y_mu) / y_sigma."""
+
+    X: np.ndarray
+    y: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    classification: bool
+    classes: np.ndarray | None = None
+    y_code: np.ndarray | None = None
+    y_val_code: np.ndarray | None = None
+    C: int = 1
+    mu: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    y_mu: float = 0.0
+    y_sigma: float = 1.0
+    Xs: np.ndarray | None = None
+    Xs_val: np.ndarray | None = None
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.classification else "regression"
+
+    def standardize(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mu) / self.sigma
+
+    def targets(self) -> np.ndarray:
+        """What the built-in learners fit: class codes, or standardised targets."""
+        return self.y_code if self.classification else (self.y - self.y_mu) / self.y_sigma
+
+
+def check_data(X, y, X_val, y_val, task) -> Data:
+    """Shapes, dtypes and finiteness of the four arrays, and the task ("auto": a float y with a non-integer value
+    means regression)."""
+    X = _features(X, "X")
+    n, d = X.shape
+    y = _targets(y, "y", n, "X")
+    if _numpy(X_val, "X_val").ndim == 2 and _numpy(X_val, "X_val").shape[0] == 0:
+        raise ValueError("X_val is empty: the validation set must hold at least one row")
+    X_val = _features(X_val, "X_val", d)
+    y_val = _targets(y_val, "y_val", X_val.shape[0], "X_val")
+    classification = not _is_regression_target(y) if task == "auto" else task == "classification"
+    return Data(X, y, X_val, y_val, classification)
+
+
+def prepare(data: Data, metric) -> Data:
+    """Labels coded (classification) or targets checked (regression), and the standardisation."""
+    y, y_val = data.y, data.y_val
+    if data.classification:
+        data.classes = np.unique(y)
+        if len(data.classes) < 2:
+            raise ValueError(f"y holds only one class ({data.classes[0]!r}); EcoVal needs at least 2 classes")
+        data.y_code = np.searchsorted(data.classes, y)
+        known = np.isin(y_val, data.classes)
+        if not known.all():
+            absent = np.unique(y_val[~known])
+            warnings.warn(f"y_val holds label(s) {absent.tolist()} absent from y: no model can predict them "
+                          "(probability 0 for every subset)", EcoValWarning, stacklevel=3)
+        data.y_val_code = np.where(known, np.searchsorted(data.classes, y_val).clip(0, len(data.classes) - 1), -1)
+        data.C = len(data.classes)
+    else:
+        try:
+            y, y_val = y.astype(np.float64), y_val.astype(np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"regression targets must be numeric, got dtypes {y.dtype} and {y_val.dtype}") \
+                from error
+        if not (np.all(np.isfinite(y)) and np.all(np.isfinite(y_val))):
+            raise ValueError("y and y_val must be finite for regression")
+        data.y, data.y_val = y, y_val
+        if metric == "r2" and float(np.sum((y_val - y_val.mean()) ** 2)) == 0.0:
+            raise ValueError("y_val is constant: R^2 is undefined; pass a callable metric")
+    X = data.X
+    data.mu = X.mean(0)
+    std = X.std(0)
+    data.sigma = np.where(std > 0, std, 1.0)
+    data.Xs = data.standardize(X)
+    if not data.classification:
+        data.y_mu = float(y.mean())
+        sd = float(y.std())
+        data.y_sigma = sd if sd > 0 else 1.0
+    data.Xs_val = data.standardize(data.X_val)
+    return data
