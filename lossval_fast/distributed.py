@@ -159,9 +159,9 @@ def _quiesce():
 
 def _fit_ecoval(estimator: EcoVal, X, y, X_val, y_val) -> EcoVal:
     """EcoVal over the ranks: every rank clusters the data (the same k-means, the same seed), trains every
-    world-th of the remaining subset models, and one all-gather gives every rank all the utilities, LCO held-out
-    outputs and models; the cluster values and point values are then computed everywhere. A path to a .npy file is
-    loaded (EcoVal holds its data in memory)."""
+    world-th of the remaining subset models, and one all-gather gives every rank all the utilities (also per
+    validation point), LCO held-out outputs and models; the cluster values and point values are then computed
+    everywhere. A path to a .npy file is loaded (EcoVal holds its data in memory)."""
     def load(a):
         return np.load(a) if isinstance(a, (str, os.PathLike)) else a
 
@@ -205,7 +205,7 @@ class _EcoValRanks:
         the other ranks remove their own files."""
         p = est.n_clusters_
         lco = [(r, j - 1) for r, j in zip(*np.nonzero(state["done"])) if 1 <= j <= p]
-        mine = {"done": state["done"], "U": state["U"], "models": state["models"],
+        mine = {"done": state["done"], "U": state["U"], "Uv": state.get("Uv"), "models": state["models"],
                 "heldout_rows": {(r, i): state["heldout"][r, est._members[i]] for r, i in lco},
                 "trainings": est.n_trainings_, "converged": est.converged_}
         parts = [None] * self.world

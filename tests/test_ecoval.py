@@ -811,6 +811,39 @@ def test_repeats_and_attributes():
     assert ExportedEcoVal is EcoVal
 
 
+@pytest.mark.parametrize("backend", ["batched", "loop"])
+@pytest.mark.parametrize("metric", ["log_likelihood", "accuracy", "expected_accuracy", "r2"])
+def test_utility_points_average_to_the_utilities(metric, backend):
+    """utility_points_ (R, S, m): one utility per validation point, whose mean is utilities_ (skipped subsets:
+    u0's points); a callable metric has none."""
+    from sklearn.linear_model import LogisticRegression, Ridge as SkRidge
+
+    def learner(classification):   # the loop path's record is the same for every learner: a fast one
+        return None if backend == "batched" else LogisticRegression() if classification else SkRidge()
+
+    if metric == "r2":
+        X, y, Xv, yv = regression()
+        est = EcoVal(4, learner(False), n_repeats=2, metric=metric, verbose=False).fit(X, y, Xv, yv)
+    else:
+        X, y, Xv, yv = small(classes=3)
+        est = EcoVal(6, learner(True), n_repeats=2, metric=metric, verbose=False).fit(X, y, Xv, yv)
+    assert est.backend_.startswith(backend)
+    points = est.utility_points_
+    assert points.shape == est.utilities_.shape + (len(yv),) and points.dtype == np.float64
+    np.testing.assert_allclose(points.mean(-1), est.utilities_, rtol=0, atol=1e-12)
+    if metric == "accuracy":
+        assert set(np.unique(points)) <= {0.0, 1.0}
+    X, y, Xv, yv = small()
+    skipping = EcoVal(4, learner(True), metric=None if metric == "r2" else metric,
+                      verbose=False).fit(X, y, Xv, yv)                 # pairs of a class's 2 clusters: skipped
+    skipped = np.isclose(skipping.utilities_[0], skipping.u0_, rtol=0, atol=0)
+    assert skipped.any()
+    np.testing.assert_allclose(skipping.utility_points_.mean(-1), skipping.utilities_, rtol=0, atol=1e-12)
+    custom = EcoVal(4, learner(True), pairs=0, metric=lambda t, p: float(np.mean(p[:, 0])),
+                    verbose=False).fit(X, y, Xv, yv)
+    assert custom.utility_points_ is None
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 def test_checkpoint_resume_batched(tmp_path, monkeypatch):
     X, y, Xv, yv, _ = gaussians(9, n=200, n_val=80)
@@ -832,6 +865,7 @@ def test_checkpoint_resume_batched(tmp_path, monkeypatch):
     resumed = EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, yv)
     assert resumed.n_trainings_ == full.n_trainings_ - 12
     assert np.array_equal(resumed.values_, full.values_)
+    assert np.array_equal(resumed.utility_points_, full.utility_points_)
     assert np.array_equal(resumed.value(X, y), full.values_)
     again = EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, yv)
     assert again.n_trainings_ == 0 and np.array_equal(again.values_, full.values_)

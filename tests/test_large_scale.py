@@ -576,7 +576,7 @@ def _ecoval_ranks(folder):
     loop = distributed.fit(EcoVal(4, LogisticRegression(max_iter=200), n_init=2, verbose=False), X, y, Xv, yv)
     files = sorted(os.listdir(folder))
     return (batched.values_, batched.n_trainings_, batched.utilities_, loop.values_, loop.n_trainings_, files,
-            batched.cluster_labels_, batched.centroids_)
+            batched.cluster_labels_, batched.centroids_, batched.utility_points_)
 
 
 def test_ecoval_over_two_gloo_processes_equals_one_process(tmp_path):
@@ -591,7 +591,7 @@ def test_ecoval_over_two_gloo_processes_equals_one_process(tmp_path):
 
     folder = tmp_path / "run"
     folder.mkdir()
-    values, trainings, utilities, loop_values, loop_trainings, files, labels, centroids = distributed.launch(
+    values, trainings, utilities, loop_values, loop_trainings, files, labels, centroids, points = distributed.launch(
         2, _ecoval_ranks, str(folder))
     X, y, Xv, yv = _ecoval_data()
     single = EcoVal(6, max_models_per_batch=4, verbose=False).fit(X, y, Xv, yv)
@@ -599,6 +599,7 @@ def test_ecoval_over_two_gloo_processes_equals_one_process(tmp_path):
     assert np.array_equal(labels, single.cluster_labels_) and np.array_equal(centroids, single.centroids_)
     # the batches of models differ (each rank batches its own share): rounding only
     assert np.abs(values - single.values_).max() <= 1e-12 and np.abs(utilities - single.utilities_).max() <= 1e-12
+    assert np.abs(points - single.utility_points_).max() <= 1e-12          # the per-validation-point record too
     assert trainings == single.n_trainings_ == 1 + 6 + 15
     loop = EcoVal(4, LogisticRegression(max_iter=200), n_init=2, verbose=False).fit(X, y, Xv, yv)
     assert np.array_equal(loop_values, loop.values_) and loop_trainings == loop.n_trainings_  # one fit at a time

@@ -1,6 +1,7 @@
-"""EcoVal's training state and its checkpoint file. A state is a dict: U (R, S) utilities, done (R, S), heldout
-(R, n) LCO held-out outputs, models {(r, i): LCO model}, and the fingerprint of the fit (configuration, data,
-clusters, subsets), which a resumed fit must match. The file is written atomically; the ranks of a distributed
+"""EcoVal's training state and its checkpoint file. A state is a dict: U (R, S) utilities, Uv (R, S, m) utilities
+per validation point (None for a callable metric), done (R, S), heldout (R, n) LCO held-out outputs, models
+{(r, i): LCO model}, and the fingerprint of the fit (configuration, data, clusters, subsets), which a resumed fit
+must match. The file is written atomically; the ranks of a distributed
 fit each write `path.rank<r>` (r > 0), merged on resume."""
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ def _digest(*arrays) -> str:
     return h.hexdigest()
 
 
-def new_state(R, S, n) -> dict:
-    return {"U": np.full((R, S), np.nan), "done": np.zeros((R, S), dtype=bool), "heldout": np.zeros((R, n)),
+def new_state(R, S, n, m, C=None) -> dict:
+    """m: validation points of the per-point record Uv, or None (callable metric: no record); C: classes of the
+    held-out class probabilities (R, n, C), or None (regression: held-out predictions (R, n))."""
+    return {"U": np.full((R, S), np.nan), "Uv": None if m is None else np.full((R, S, m), np.nan),
+            "done": np.zeros((R, S), dtype=bool), "heldout": np.zeros((R, n) if C is None else (R, n, C)),
             "models": {}}
 
 
@@ -33,6 +37,8 @@ def merge_state(state, other, members):
     file's) has done and `state` has not: utilities, LCO held-out outputs and models."""
     new = other["done"] & ~state["done"]
     state["U"][new] = other["U"][new]
+    if state.get("Uv") is not None:
+        state["Uv"][new] = other["Uv"][new]
     p = len(members)
     for r, j in zip(*np.nonzero(new)):
         if 1 <= j <= p:
@@ -66,14 +72,15 @@ def fingerprint(est, R, S, n, p) -> dict:
     metric = getattr(est.metric_, "__qualname__", repr(est.metric_)) if callable(est.metric_) else est.metric_
     data = est._data
     return {"n": n, "p": p, "R": R, "S": S, "learner": str(learner), "path": est._trainings.path, "metric": metric,
-            "task": est.task_, "seeds": list(est._seeds), "keep_models": bool(est.keep_models),
+            "task": est.task_, "seeds": list(est._seeds), "keep_models": bool(est.keep_models), "utility_points": True,
             "data": _digest(data.X, np.asarray(data.y), data.X_val, np.asarray(est._utility.y_val)),
             "clusters": _digest(est.cluster_labels_), "subsets": _digest(est.subsets_)}
 
 
 def load(est, R, S, n, p) -> dict:
     """A fresh state, with every training the checkpoint files (the main one and ranks') already hold."""
-    state = new_state(R, S, n)
+    state = new_state(R, S, n, None if callable(est.metric_) else len(est._data.y_val),
+                      est._data.C if est._data.classification else None)
     est._fingerprint_ = None
     est._last_save = time.monotonic()
     if est.checkpoint is None:

@@ -7,8 +7,8 @@ import time
 import numpy as np
 
 from . import checkpoint, clustering, inputs, out_of_sample, subsets
-from .cluster_values import cluster_values
-from .propagation import propagate
+from .cluster_values import cluster_value_se, cluster_values
+from .propagation import propagate, propagate_additive
 from .trainings import Trainings, _Utility
 
 
@@ -52,7 +52,8 @@ class EcoVal:
     values_, cluster_labels_, centroids_, lco_, extrinsic_, interactions_, cluster_values_, beta_star_,
     intrinsic_, weights_, utility_full_, u0_, gamma_beta_star_, n_trainings_ (fits run by this call), classes_,
     backend_ (path and device); also n_clusters_, pairs_ (|P|, 2), subsets_ (S, p) removal masks, utilities_
-    (R, S), agreement_ (n,) g, converged_ (all built-in fits reached their tolerance), random_state_, task_,
+    (R, S), utility_points_ (R, S, m) per validation point, mean over m = utilities_ (None for a callable
+    metric), agreement_ (n,) g, converged_ (all built-in fits reached their tolerance), random_state_, task_,
     metric_, timings_ (seconds: clustering, trainings, values).
     """
 
@@ -60,8 +61,9 @@ class EcoVal:
     _ranks = None  # set by lossval_fast.distributed.fit: this rank's share of the trainings, and their merge
 
     def __init__(self, n_clusters=20, learner=None, *, task="auto", stratify_by_label=True, embed=None, pairs="all",
-                 n_repeats=1, lam=1.0, cluster_value="pairwise_shapley", intrinsic="lco_proba", gamma=1.0, eps=1e-3,
-                 knn_k=10, efficiency=None, metric=None, keep_models=True, n_init=10, backend="auto", device=None,
+                 n_repeats=1, lam=1.0, cluster_value="pairwise_shapley", propagation="additive", intrinsic=None,
+                 intrinsic_weight=100.0, shrinkage=True, gamma=1.0, eps=1e-3, knn_k=10, knn_reference=50_000,
+                 efficiency=None, metric=None, keep_models=True, n_init=10, backend="auto", device=None,
                  max_models_per_batch=None, n_jobs=1, checkpoint=None, random_state=0, verbose=True):
         self.n_clusters = n_clusters
         self.learner = learner
@@ -72,10 +74,14 @@ class EcoVal:
         self.n_repeats = n_repeats
         self.lam = lam
         self.cluster_value = cluster_value
+        self.propagation = propagation
         self.intrinsic = intrinsic
+        self.intrinsic_weight = intrinsic_weight
+        self.shrinkage = shrinkage
         self.gamma = gamma
         self.eps = eps
         self.knn_k = knn_k
+        self.knn_reference = knn_reference
         self.efficiency = efficiency
         self.metric = metric
         self.keep_models = keep_models
@@ -100,6 +106,7 @@ class EcoVal:
         entry = inputs.check_task_params(self, data.classification)
         self.task_ = data.task
         self.metric_ = self.metric if self.metric is not None else ("log_likelihood" if data.classification else "r2")
+        self.intrinsic_kind_ = inputs.resolve_intrinsic(self)
         self.random_state_ = (self.random_state if self.random_state is not None
                               else int(np.random.SeedSequence().entropy % (2**63)))
         self._data = data = inputs.prepare(data, self.metric_)
@@ -144,7 +151,12 @@ class EcoVal:
         vars(self).update(cluster_values(self.utilities_, removed, pair_list, p, u0=self.u0_, lam=self.lam,
                                          cluster_value=self.cluster_value, efficiency=self.efficiency,
                                          metric=self.metric_))
-        propagate(self, labels, members, data.y_code, data.y)
+        if self.propagation == "additive":
+            se = cluster_value_se(self.utility_points_, pair_list, p, lam=self.lam, scale=self.gamma_beta_star_) \
+                if self.cluster_value == "pairwise_shapley" else np.full(p, np.nan)
+            propagate_additive(self, labels, members, se)
+        else:
+            propagate(self, labels, members, data.y_code, data.y)
         self.timings_["values"] = time.perf_counter() - began
         return self
 
@@ -165,9 +177,13 @@ class EcoVal:
         return state
 
     def _collect(self, state, skip):
-        """utilities_ (skipped subsets: u0), the LCO models and the held-out outputs (LCO subsets not fitted, with
-        fewer than 2 classes: the constant predictor's)."""
+        """utilities_ and utility_points_ (skipped subsets: u0's), the LCO models and the held-out outputs (LCO
+        subsets not fitted, with fewer than 2 classes: the constant predictor's)."""
         self.utilities_ = np.where(skip[None, :], self.u0_, state["U"])
+        Uv = state.get("Uv")
+        if Uv is not None and skip.any():
+            Uv[:, skip] = self._trainings.constant_points(self._utility)
+        self.utility_points_ = Uv
         self._lco_models = state["models"] if self.keep_models else {}
         self._lco_cache = {}
         heldout = state["heldout"]

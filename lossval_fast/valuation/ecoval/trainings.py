@@ -52,6 +52,21 @@ class _Utility:
             return float(np.mean(p))
         return float(np.mean(np.log(np.maximum(p, LOG_FLOOR))))
 
+    def points(self, out: np.ndarray) -> np.ndarray | None:
+        """Per-validation-point utilities (m,) whose mean is U (None for a callable metric): log max(p, 1e-12),
+        0/1 correct, p, or 1 - m (y_v - yhat_v)^2 / SS_tot (r2)."""
+        if callable(self.metric):
+            return None
+        out = np.asarray(out, dtype=np.float64)
+        if self.metric == "r2":
+            return 1.0 - len(self.y_val) * (self.y_val - out) ** 2 / self.ss_tot
+        if self.metric == "accuracy":
+            return (self.known & (out.argmax(1) == self.index)).astype(np.float64)
+        p = self.true_proba(out)
+        if self.metric == "expected_accuracy":
+            return p
+        return np.log(np.maximum(p, LOG_FLOOR))
+
     def batch(self, out: torch.Tensor) -> np.ndarray:
         """(T, m, C) probabilities or (T, m) predictions -> (T,)."""
         if callable(self.metric):
@@ -69,6 +84,23 @@ class _Utility:
             return p.mean(1).cpu().numpy()
         return torch.log(p.clamp(min=LOG_FLOOR)).mean(1).cpu().numpy()
 
+    def batch_points(self, out: torch.Tensor) -> np.ndarray | None:
+        """(T, m, C) probabilities or (T, m) predictions -> (T, m) per-point utilities (None: callable metric)."""
+        if callable(self.metric):
+            return None
+        out = out.double()
+        if self.metric == "r2":
+            y = torch.as_tensor(self.y_val, dtype=torch.float64, device=out.device)
+            return (1.0 - len(self.y_val) * (y - out) ** 2 / self.ss_tot).cpu().numpy()
+        known = torch.as_tensor(self.known, device=out.device)
+        index = torch.as_tensor(self.index, device=out.device)
+        if self.metric == "accuracy":
+            return ((out.argmax(2) == index) & known).double().cpu().numpy()
+        p = torch.where(known, out.gather(2, index[None, :, None].expand(out.shape[0], -1, 1))[..., 0], 0.0)
+        if self.metric == "expected_accuracy":
+            return p.cpu().numpy()
+        return torch.log(p.clamp(min=LOG_FLOOR)).cpu().numpy()
+
 
 def resolve_device(device) -> torch.device:
     if device is None or device == "auto":
@@ -79,7 +111,8 @@ def resolve_device(device) -> torch.device:
 class Trainings:
     """The subset models of one fit. entry: the built-in learner (registry entry), or None for the learner object
     ``learner``; path "batched" (built-in learners unless backend="loop") or "loop". A training task is
-    (repeat r, subset j); a state (see ``checkpoint``) collects U[r, j], the LCO held-out outputs and models."""
+    (repeat r, subset j); a state (see ``checkpoint``) collects U[r, j], the per-validation-point utilities
+    Uv[r, j] (built-in metrics), the LCO held-out outputs and models."""
 
     def __init__(self, data, labels, members, entry, learner, seeds, *, device, backend, keep_models,
                  max_models_per_batch, n_jobs, verbose, ranks=None):
@@ -109,6 +142,14 @@ class Trainings:
             return utility(np.tile(self.freq, (m, 1)))
         return 0.0 if utility.metric == "r2" else utility(np.full(m, self.data.y.mean()))
 
+    def constant_points(self, utility) -> np.ndarray | None:
+        """u0's per-validation-point utilities (r2: those of the validation mean, whose R^2 is u0 = 0)."""
+        m = self.data.X_val.shape[0]
+        if self.classification:
+            return utility.points(np.tile(self.freq, (m, 1)))
+        mean = self.data.y_val.mean() if utility.metric == "r2" else self.data.y.mean()
+        return utility.points(np.full(m, mean))
+
     # ------------------------------------------------------------------------------------------ shared
     def my_share(self, tasks):
         """This rank's share of the remaining (repeat, subset) trainings: every world-th (all in one process)."""
@@ -123,14 +164,12 @@ class Trainings:
         return self.data.y_mu + self.data.y_sigma * out
 
     def heldout_of(self, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Per-point held-out quantity: p(y_k | x_k) (classification) or the prediction (regression)."""
-        if self.classification:
-            return out[np.arange(len(rows)), self.data.y_code[rows]]
+        """Per-point held-out output: the class probabilities (len(rows), C) (classification) or the prediction."""
         return out
 
     def constant_heldout(self, rows):
         if self.classification:
-            return self.freq[self.data.y_code[rows]]
+            return np.tile(self.freq, (len(rows), 1))
         return np.full(len(rows), float(self.data.y.mean()))
 
     def _progress(self, total):
@@ -188,6 +227,7 @@ class Trainings:
                 if not self.classification:
                     out = self.to_output_scale(out)
                 U = utility.batch(out)
+                Uv = utility.batch_points(out)
                 for t, (r, j) in enumerate(part):
                     if 1 <= j <= p:
                         i = j - 1
@@ -198,6 +238,8 @@ class Trainings:
                         if self.keep_models:
                             state["models"][(r, i)] = one
                     state["U"][r, j] = U[t]
+                    if Uv is not None:
+                        state["Uv"][r, j] = Uv[t]
                     state["done"][r, j] = True
                 self.count += len(part)
                 save(state, force=True)
@@ -286,20 +328,22 @@ class Trainings:
             r, j = task
             keep = np.flatnonzero(~removed[j][self.labels])
             model, out = self.fit_one(r, keep)
-            U = utility(out)
+            U, Uv = utility(out), utility.points(out)
             held = None
             if 1 <= j <= p:
                 rows = self.members[j - 1]
                 held = self.heldout_of(self.predict_model(model, data.X[rows], data.Xs[rows]), rows)
-            return task, U, held, model
+            return task, U, Uv, held, model
 
         def record(result):
-            (r, j), U, held, model = result
+            (r, j), U, Uv, held, model = result
             if held is not None:
                 state["heldout"][r, self.members[j - 1]] = held
                 if self.keep_models:
                     state["models"][(r, j - 1)] = model
             state["U"][r, j] = U
+            if Uv is not None:
+                state["Uv"][r, j] = Uv
             state["done"][r, j] = True
             self.count += 1
             if bar is not None:
