@@ -50,9 +50,10 @@ LOG_FLOOR = 1e-12
 MEMORY_BUDGET = 256 << 20        # bytes of working memory per chunk of models
 TRUNCATION_BLOCK = 20            # prefix lengths trained per step of a truncated permutation
 # solver None: Newton (tol 1e-6) up to this many logreg parameters per model ((C - 1) (d + 1)), L-BFGS (tol 1e-8)
-# beyond. On 200 points of pol (49 parameters) Newton fits the prefix models ~3x faster than L-BFGS; its utilities
-# differ from a tol-1e-11 fit by 5e-6 on average (2e-4 at most), L-BFGS's by 2e-7 (4e-6).
-NEWTON_MAX_PARAMETERS = 100
+# beyond. Measured on 2 cores: TMC prefixes of 200 points of pol (49 parameters) ~3x faster with Newton, of adult
+# (109) 2x; 12-cluster subsets of 1000 points of adult 4x. Newton's utilities differ from a tol-1e-11 fit by 5e-6 on
+# average (2e-4 at most; pol prefixes), L-BFGS's by 2e-7 (4e-6). MNIST on 50 PCA features (459 parameters): L-BFGS.
+NEWTON_MAX_PARAMETERS = 128
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -267,7 +268,7 @@ def exact_cluster_shapley(X, y, X_val, y_val, cluster_labels, *, task: str, lear
     mean log-likelihood) or "regression" ("ridge", U = R^2); learner None picks by task. The empty subset is the
     constant predictor. Returns (values (p,), utilities (2^p,)) with utilities[m] = U of the clusters {i : bit i of
     m is set}; the values sum to utilities[-1] - utilities[0]. solver, tol: the logreg solver ("newton" or
-    "lbfgs"; None: Newton for at most 100 parameters per model, else L-BFGS) and its tolerance (None: the solver's
+    "lbfgs"; None: Newton for at most 128 parameters per model, else L-BFGS) and its tolerance (None: the solver's
     default). max_models_per_batch / memory_budget bound the models trained at once (the values do not depend on
     them beyond rounding).
     """
