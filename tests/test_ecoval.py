@@ -142,6 +142,11 @@ def shapley(game, p):
     return phi
 
 
+# The multiplicative propagation (EcoVal-R's first rule, docs/ecoval.md §4.3): the tests of its identities name it;
+# the default additive rule has its own tests in test_ecoval_propagation.py.
+MULT = {"propagation": "multiplicative"}
+
+
 def cluster_sums(est):
     return np.bincount(est.cluster_labels_, weights=est.values_, minlength=est.n_clusters_)
 
@@ -152,7 +157,7 @@ def cluster_sums(est):
     {"intrinsic": "uniform"}, {"lam": 0.5, "pairs": 3}])
 def test_T1_cluster_sums(config):
     X, y, Xv, yv = small()
-    est = EcoVal(6, verbose=False, **config).fit(X, y, Xv, yv)
+    est = EcoVal(6, verbose=False, **MULT, **config).fit(X, y, Xv, yv)
     np.testing.assert_allclose(cluster_sums(est), est.cluster_values_, rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.bincount(est.cluster_labels_, weights=est.weights_), 1.0, atol=1e-12)
     if config.get("cluster_value", "pairwise_shapley") == "pairwise_shapley" and "efficiency" not in config:
@@ -169,7 +174,7 @@ def test_T2_copies_give_lco_over_size(config):
     X = np.repeat(points, sizes, 0)
     y = np.repeat(labels, sizes)
     Xv, yv = points + 0.3 * rng.normal(size=points.shape), labels
-    est = EcoVal(8, verbose=False, **config).fit(X, y, Xv, yv)
+    est = EcoVal(8, verbose=False, **MULT, **config).fit(X, y, Xv, yv)
     groups = np.repeat(np.arange(8), sizes)
     assert len({(g, c) for g, c in zip(groups, est.cluster_labels_)}) == 8   # one cluster per copied point
     n_i = np.bincount(est.cluster_labels_)
@@ -245,17 +250,17 @@ def test_T6_a_copy_of_a_training_point_gets_its_value(intrinsic, backend):
 
 def test_T6_mlp_and_regression_and_refits():
     X, y, Xv, yv, _ = gaussians(1, n=100, n_val=50)
-    est = EcoVal(4, "mlp", n_repeats=2, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(4, "mlp", n_repeats=2, intrinsic="lco_proba", verbose=False).fit(X, y, Xv, yv)
     assert np.array_equal(est.value(X, y), est.values_)
     Xr, yr, Xrv, yrv = regression()
-    reg = EcoVal(5, verbose=False).fit(Xr, yr, Xrv, yrv)
+    reg = EcoVal(5, intrinsic="lco_proba", verbose=False).fit(Xr, yr, Xrv, yrv)
     assert reg.task_ == "regression" and reg.backend_.startswith("batched ridge")
     assert np.array_equal(reg.value(Xr, yr), reg.values_)
     # keep_models=False refits f_{-i} on demand: same values (loop: bit for bit; batched: to rounding)
     X, y, Xv, yv, _ = gaussians(2, n=160, n_val=80)
     for backend, tol in (("loop", 0.0), ("batched", 1e-9)):
-        kept = EcoVal(5, backend=backend, verbose=False).fit(X, y, Xv, yv)
-        lean = EcoVal(5, backend=backend, keep_models=False, verbose=False).fit(X, y, Xv, yv)
+        kept = EcoVal(5, backend=backend, intrinsic="lco_proba", verbose=False).fit(X, y, Xv, yv)
+        lean = EcoVal(5, backend=backend, intrinsic="lco_proba", keep_models=False, verbose=False).fit(X, y, Xv, yv)
         assert lean._lco_models == {}
         np.testing.assert_allclose(lean.value(X, y), kept.values_, rtol=0, atol=tol)
 
@@ -263,14 +268,14 @@ def test_T6_mlp_and_regression_and_refits():
 def test_T6_sklearn_learner_on_the_loop_path():
     from sklearn.linear_model import LogisticRegression
     X, y, Xv, yv, _ = gaussians(3, n=150, n_val=60)
-    est = EcoVal(4, LogisticRegression(), verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(4, LogisticRegression(), intrinsic="lco_proba", verbose=False).fit(X, y, Xv, yv)
     assert est.backend_.startswith("loop LogisticRegression")
     np.testing.assert_allclose(est.value(X, y), est.values_, rtol=1e-12, atol=1e-15)
 
 
 def test_T7_gamma_zero_splits_evenly():
     X, y, Xv, yv = small()
-    est = EcoVal(6, gamma=0.0, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(6, gamma=0.0, verbose=False, **MULT).fit(X, y, Xv, yv)
     n_i = np.bincount(est.cluster_labels_)
     assert np.array_equal(est.values_, est.cluster_values_[est.cluster_labels_] / n_i[est.cluster_labels_])
 
@@ -280,7 +285,7 @@ def test_T8_dummy_cluster_gets_zero():
     base = np.random.default_rng(8).normal(size=1 << p)
     table = np.array([base[m & ~(1 << dummy)] for m in range(1 << p)])
     for intrinsic in ("uniform", "lco_proba"):
-        est = mock_fit(table, p, intrinsic=intrinsic)
+        est = mock_fit(table, p, intrinsic=intrinsic, **MULT)
         assert est.cluster_values_[dummy] == 0.0
         assert np.all(est.values_[est.cluster_labels_ == dummy] == 0.0)
         assert np.all(est.interactions_[dummy] == 0.0)
@@ -367,7 +372,7 @@ def test_S1_clusters_of_regression_and_embedding():
     est = EcoVal(4, pairs=0, verbose=False).fit(Xr, yr, Xrv, yrv)
     assert est.centroids_.shape == (4, Xr.shape[1] + 1)          # [z, y~]
     X, y, Xv, yv = small()
-    emb = EcoVal(6, embed=lambda A: A[:, :2] * 10.0, verbose=False).fit(X, y, Xv, yv)
+    emb = EcoVal(6, embed=lambda A: A[:, :2] * 10.0, intrinsic="lco_proba", verbose=False).fit(X, y, Xv, yv)
     assert emb.centroids_.shape == (6, 2)
     assert np.array_equal(emb.value(X, y), emb.values_)
 
@@ -556,7 +561,7 @@ def data():
     ({"pairs": -1}, "pairs must be 'all' or an int >= 0"),
     ({"pairs": "some"}, "pairs must be 'all'"),
     ({"cluster_value": "banzhaf"}, "cluster_value must be one of"),
-    ({"intrinsic": "oob"}, "intrinsic must be one of"),
+    ({"intrinsic": "oob"}, "intrinsic must be None or one of"),
     ({"metric": "f1"}, "metric must be None"),
     ({"n_repeats": 0}, "n_repeats must be"),
     ({"backend": "gpu"}, "backend must be one of"),
@@ -615,7 +620,7 @@ def test_S5_regression_only_errors():
     with pytest.raises(ValueError, match="cobb_douglas.*classification"):
         EcoVal(4, cluster_value="cobb_douglas", verbose=False).fit(X, y, Xv, yv)
     with pytest.raises(ValueError, match="knn_agreement.*classification"):
-        EcoVal(4, intrinsic="knn_agreement", verbose=False).fit(X, y, Xv, yv)
+        EcoVal(4, intrinsic="knn_agreement", verbose=False, **MULT).fit(X, y, Xv, yv)
     with pytest.raises(ValueError, match="learner='logreg' is for classification"):
         EcoVal(4, "logreg", verbose=False).fit(X, y, Xv, yv)
     with pytest.raises(ValueError, match="metric='accuracy' is for classification"):
@@ -703,8 +708,8 @@ def test_S5_warnings():
 
 def test_efficiency_global_rescales():
     X, y, Xv, yv = small()
-    est = EcoVal(6, efficiency="global", verbose=False).fit(X, y, Xv, yv)
-    plain = EcoVal(6, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(6, efficiency="global", verbose=False, **MULT).fit(X, y, Xv, yv)
+    plain = EcoVal(6, verbose=False, **MULT).fit(X, y, Xv, yv)
     np.testing.assert_allclose(est.cluster_values_.sum(), est.utility_full_ - est.u0_, rtol=1e-12)
     np.testing.assert_allclose(est.cluster_values_, est.gamma_beta_star_ * plain.cluster_values_, rtol=1e-12)
     assert np.array_equal(np.argsort(est.values_), np.argsort(plain.values_))
@@ -713,7 +718,7 @@ def test_efficiency_global_rescales():
 # ------------------------------------------------------------------------------------------------ regression paths
 def test_regression_residual_intrinsic_by_hand():
     X, y, Xv, yv = regression(n=150)
-    est = EcoVal(4, pairs=0, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(4, pairs=0, verbose=False, **MULT).fit(X, y, Xv, yv)
     Xs = (X - X.mean(0)) / X.std(0)
     g = np.empty(len(X))
     resid = np.empty(len(X))
@@ -728,7 +733,7 @@ def test_regression_residual_intrinsic_by_hand():
     np.testing.assert_allclose(cluster_sums(est), est.cluster_values_, atol=1e-12)
     # R^2 utility, u0 = 0
     assert est.u0_ == 0.0 and 0.5 < est.utility_full_ <= 1.0
-    uniform = EcoVal(4, pairs=0, intrinsic="uniform", verbose=False).fit(X, y, Xv, yv)
+    uniform = EcoVal(4, pairs=0, intrinsic="uniform", verbose=False, **MULT).fit(X, y, Xv, yv)
     n_i = np.bincount(uniform.cluster_labels_)
     np.testing.assert_allclose(uniform.values_, uniform.cluster_values_[uniform.cluster_labels_] /
                                n_i[uniform.cluster_labels_], rtol=1e-14)
@@ -736,7 +741,7 @@ def test_regression_residual_intrinsic_by_hand():
 
 def test_regression_mlp_and_task_auto():
     X, y, Xv, yv = regression(n=80, n_val=40)
-    est = EcoVal(4, "mlp", pairs=0, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(4, "mlp", pairs=0, intrinsic="lco_proba", verbose=False).fit(X, y, Xv, yv)
     assert est.backend_.startswith("batched mlp") and est.task_ == "regression"
     assert np.array_equal(est.value(X, y), est.values_)
     Xc, yc, Xcv, ycv = small()
@@ -751,7 +756,7 @@ def test_regression_mlp_and_task_auto():
 # ------------------------------------------------------------------------------------------------ other paths
 def test_knn_agreement_by_hand():
     X, y, Xv, yv = small(n=90)
-    est = EcoVal(6, intrinsic="knn_agreement", knn_k=5, pairs=0, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(6, intrinsic="knn_agreement", knn_k=5, pairs=0, verbose=False, **MULT).fit(X, y, Xv, yv)
     Z = (X - X.mean(0)) / X.std(0)
     d2 = ((Z[:, None] - Z[None]) ** 2).sum(2)
     np.fill_diagonal(d2, np.inf)
@@ -763,7 +768,7 @@ def test_knn_agreement_by_hand():
 
 def test_negative_cluster_value_weights_the_contradicted_points():
     X, y, Xv, yv, flipped = gaussians(0)
-    est = EcoVal(10, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(10, verbose=False, **MULT).fit(X, y, Xv, yv)
     neg = np.flatnonzero(est.cluster_values_ < 0)
     assert len(neg)  # flipped-heavy clusters hurt
     for i in neg:
@@ -777,7 +782,8 @@ def test_absent_classes_get_probability_zero():
     from sklearn.linear_model import LogisticRegression
     X, y, Xv, yv = small(n=90, classes=3)
     clusters = np.where(y == 2, 0, 1 + np.arange(len(y)) % 3)    # cluster 0 holds all of class 2
-    est = EcoVal(4, LogisticRegression(max_iter=500), verbose=False).fit(X, y, Xv, yv, cluster_labels=clusters)
+    est = EcoVal(4, LogisticRegression(max_iter=500), verbose=False, **MULT).fit(X, y, Xv, yv,
+                                                                             cluster_labels=clusters)
     # f_{-0} never saw class 2: p(y=2 | x) = 0 for the held-out points, so their scores sit at eps
     np.testing.assert_allclose(est.intrinsic_[clusters == 0], 1e-3)
     assert np.isfinite(est.values_).all()
@@ -866,7 +872,7 @@ def test_checkpoint_resume_batched(tmp_path, monkeypatch):
     assert resumed.n_trainings_ == full.n_trainings_ - 12
     assert np.array_equal(resumed.values_, full.values_)
     assert np.array_equal(resumed.utility_points_, full.utility_points_)
-    assert np.array_equal(resumed.value(X, y), full.values_)
+    assert np.array_equal(resumed.value(X, y), full.value(X, y))
     again = EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, yv)
     assert again.n_trainings_ == 0 and np.array_equal(again.values_, full.values_)
     with pytest.raises(ValueError, match="belongs to a different configuration"):

@@ -74,3 +74,27 @@ def cluster_values(utilities, removed, pair_list, p, *, u0, lam, cluster_value, 
         out["beta_star_"] = beta
     out["gamma_beta_star_"] = float(gamma)
     return out
+
+
+def cluster_value_se(utility_points, pair_list, p, *, lam, scale=1.0) -> np.ndarray:
+    """Standard errors (p,) of Variant A's cluster values over the validation points: U is a mean over the m
+    validation points, and V_i is linear in U, so V_i is the mean over v of the same formula applied to the
+    per-point utilities u_v (R, S, m) (repeats averaged first); se_i = std_v V_i(v) / sqrt(m). scale is the
+    efficiency factor Gamma_beta applied to the values. NaN for all when the utilities are not per point
+    (a callable metric) or there is only one validation point."""
+    if utility_points is None or utility_points.shape[-1] < 2:
+        return np.full(p, np.nan)
+    u = _mean_rows(np.asarray(utility_points, dtype=np.float64))           # (S, m)
+    m = u.shape[1]
+    a = u[0][None, :] - u[1:1 + p]                                          # (p, m)
+    total = np.zeros_like(a)
+    count = np.zeros(p)
+    for q, (i, j) in enumerate(pair_list):
+        e = u[0] - u[1 + p + q] - a[i] - a[j]
+        total[i] += e
+        total[j] += e
+        count[i] += 1
+        count[j] += 1
+    x = np.where(count[:, None] > 0, 0.5 * (p - 1) * total / np.maximum(count, 1)[:, None], 0.0)
+    V = scale * (a + lam * x)
+    return V.std(1, ddof=1) / math.sqrt(m)

@@ -15,7 +15,8 @@ from .. import learners as _learners
 TASKS = ("auto", "classification", "regression")
 BUILTIN_LEARNERS = tuple(_learners.LEARNERS)
 CLUSTER_VALUES = ("pairwise_shapley", "cobb_douglas")
-INTRINSICS = ("lco_proba", "knn_agreement", "uniform")
+INTRINSICS = ("lco_knn", "lco_proba", "knn_agreement", "uniform")
+PROPAGATIONS = ("additive", "multiplicative")
 EFFICIENCIES = (None, "global")
 METRICS = ("log_likelihood", "accuracy", "expected_accuracy", "r2")
 BACKENDS = ("auto", "batched", "loop")
@@ -101,8 +102,20 @@ def check_params(est) -> None:
         raise ValueError(f"lam must be a finite number >= 0, got {est.lam!r}")
     if est.cluster_value not in CLUSTER_VALUES:
         raise ValueError(f"cluster_value must be one of {CLUSTER_VALUES}, got {est.cluster_value!r}")
-    if est.intrinsic not in INTRINSICS:
-        raise ValueError(f"intrinsic must be one of {INTRINSICS}, got {est.intrinsic!r}")
+    if est.propagation not in PROPAGATIONS:
+        raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {est.propagation!r}")
+    if not (est.intrinsic is None or est.intrinsic in INTRINSICS):
+        raise ValueError(f"intrinsic must be None or one of {INTRINSICS}, got {est.intrinsic!r}")
+    if est.intrinsic == "lco_knn" and est.propagation == "multiplicative":
+        raise ValueError("intrinsic='lco_knn' is for propagation='additive'; the multiplicative rule takes "
+                         "'lco_proba', 'knn_agreement' or 'uniform'")
+    if not _is_real(est.intrinsic_weight) or est.intrinsic_weight < 0:
+        raise ValueError(f"intrinsic_weight must be a finite number >= 0, got {est.intrinsic_weight!r}")
+    if not isinstance(est.shrinkage, (bool, np.bool_)):
+        raise ValueError(f"shrinkage must be True or False, got {est.shrinkage!r}")
+    if not _is_int(est.knn_reference) or est.knn_reference < 2:
+        raise ValueError(f"knn_reference must be an int >= 2 (training rows searched for neighbours), got "
+                         f"{est.knn_reference!r}")
     if not _is_real(est.gamma) or est.gamma < 0:
         raise ValueError(f"gamma must be a finite number >= 0, got {est.gamma!r}")
     if not _is_real(est.eps) or not 0 < est.eps < 1:
@@ -135,6 +148,13 @@ def check_params(est) -> None:
         raise TypeError(f"learner must have a fit method, got {type(est.learner).__name__} without one")
 
 
+def resolve_intrinsic(est) -> str:
+    """intrinsic=None: 'lco_knn' (additive propagation) or 'lco_proba' (multiplicative)."""
+    if est.intrinsic is not None:
+        return est.intrinsic
+    return "lco_knn" if est.propagation == "additive" else "lco_proba"
+
+
 def _or(names) -> str:
     return " or ".join(repr(name) for name in names)
 
@@ -149,9 +169,9 @@ def check_task_params(est, classification: bool):
         if est.cluster_value == "cobb_douglas":
             raise ValueError("cluster_value='cobb_douglas' (Variant B) is for classification; regression takes "
                              "cluster_value='pairwise_shapley'")
-        if est.intrinsic == "knn_agreement":
-            raise ValueError("intrinsic='knn_agreement' is for classification; regression takes 'lco_proba' "
-                             "(LCO residuals) or 'uniform'")
+        if est.intrinsic == "knn_agreement" and est.propagation == "multiplicative":
+            raise ValueError("intrinsic='knn_agreement' with propagation='multiplicative' is for classification; "
+                             "regression takes 'lco_proba' (LCO residuals) or 'uniform'")
         if est.metric in ("log_likelihood", "accuracy", "expected_accuracy"):
             raise ValueError(f"metric={est.metric!r} is for classification; regression takes 'r2' or a "
                              "callable")

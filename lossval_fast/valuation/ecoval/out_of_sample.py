@@ -9,7 +9,7 @@ import torch
 from ... import ops
 from .clustering import embed
 from .inputs import NotFittedError, _features, _targets
-from .propagation import _mean_rows, _scores, knn, residual_agreement
+from .propagation import EXPERTS, _mean_rows, _scores, knn, residual_agreement, value_new_additive
 
 
 def value(est, X_new, y_new) -> np.ndarray:
@@ -43,23 +43,32 @@ def value(est, X_new, y_new) -> np.ndarray:
                          f"{est.centroids_.shape[1]}")
     clusters = nearest_cluster(est, Z, codes)
 
-    if est.intrinsic == "uniform":
+    if est.propagation == "additive":
+        held = lco_outputs(est, clusters, X_new, Xs_new) if "lco" in EXPERTS[est.intrinsic_kind_] else None
+        return value_new_additive(est, clusters, Z, codes, y_new, held)
+    if est.intrinsic_kind_ == "uniform":
         g = np.ones(m)
-    elif est.intrinsic == "knn_agreement":
+    elif est.intrinsic_kind_ == "knn_agreement":
         g = knn(est, Z, codes, exclude_self=False)
     else:
-        held = np.zeros((est.n_repeats, m))
-        for i in np.unique(clusters):
-            rows = np.flatnonzero(clusters == i)
-            for r in range(est.n_repeats):
-                out = est._trainings.predict_model(lco_model(est, r, int(i)), X_new[rows], Xs_new[rows])
-                held[r, rows] = out[np.arange(len(rows)), codes[rows]] if classification else out
-        g = _mean_rows(held)
-        if not classification:
-            g = residual_agreement(est, y_new - g, clusters)
+        held = lco_outputs(est, clusters, X_new, Xs_new)
+        g = held[np.arange(m), codes] if classification else residual_agreement(est, y_new - held, clusters)
     negative = est.cluster_values_[clusters] < 0
     s = _scores(g, est.eps, est.gamma, negative)
     return (est.cluster_values_[clusters] * s) / est._score_sum[clusters]
+
+
+def lco_outputs(est, clusters, X_new, Xs_new) -> np.ndarray:
+    """The LCO models of the new points' clusters on them, averaged over the repeats: (m, C) class probabilities
+    or (m,) predictions."""
+    classification = est.task_ == "classification"
+    m = len(clusters)
+    held = np.zeros((est.n_repeats, m, est._data.C) if classification else (est.n_repeats, m))
+    for i in np.unique(clusters):
+        rows = np.flatnonzero(clusters == i)
+        for r in range(est.n_repeats):
+            held[r, rows] = est._trainings.predict_model(lco_model(est, r, int(i)), X_new[rows], Xs_new[rows])
+    return _mean_rows(held)
 
 
 def nearest_cluster(est, Z, codes):

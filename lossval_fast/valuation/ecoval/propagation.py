@@ -30,13 +30,13 @@ def _scores(g: np.ndarray, eps: float, gamma: float, negative) -> np.ndarray:
 
 def agreement_in_sample(est, y_code, y):
     n = len(est.cluster_labels_)
-    if est.intrinsic == "uniform":
+    if est.intrinsic_kind_ == "uniform":
         return np.ones(n)
-    if est.intrinsic == "knn_agreement":
+    if est.intrinsic_kind_ == "knn_agreement":
         return knn(est, est._Z, y_code, exclude_self=True)
     held = _mean_rows(est._heldout)
     if est.task_ == "classification":
-        return held
+        return held[np.arange(n), y_code]          # the held-out probability of each point's own label
     resid = y - held
     est._sigma2 = np.array([math.fsum((resid[rows] ** 2).tolist()) / len(rows) for rows in est._members])
     est._var_y = float(np.var(y))
@@ -84,3 +84,182 @@ def propagate(est, labels, members, y_code, y):
     est.agreement_ = g
     est.weights_ = scores / est._score_sum[labels]
     est.values_ = (est.cluster_values_[labels] * scores) / est._score_sum[labels]
+
+
+# ------------------------------------------------------------------------------------------------ additive
+# propagation="additive" (docs/ecoval.md §4): phi_k = extrinsic share + intrinsic part,
+#
+#     phi_k = V~_c(k) / n_c(k)  +  (intrinsic_weight / n) * delta_k
+#
+# V~ the cluster values shrunk by their standard error over the validation points, delta_k <= 0 the evidence
+# (in nats) that the held-out experts (the LCO models, the k nearest other training points) hold against k's label.
+SMOOTHING = 0.5        # kNN class frequencies: (count + 1/2) / (K + C/2), so that no class has probability 0
+MAD_SCALE = 1.4826     # MAD -> standard deviation of a normal
+
+
+def shrink(values: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """V * max(0, 1 - se^2 / V^2): a value within one standard error of 0 becomes 0, a larger one moves towards 0
+    by se^2 / V (positive-part James-Stein per cluster). NaN standard errors (no per-point utilities) leave V."""
+    values = np.asarray(values, dtype=np.float64)
+    se = np.asarray(se, dtype=np.float64)
+    out = values.copy()
+    known = np.isfinite(se)
+    v, s = values[known], se[known]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(v != 0.0, np.maximum(0.0, 1.0 - (s * s) / (v * v)), 0.0)
+    out[known] = v * factor
+    return out
+
+
+def neighbours(Z_query: np.ndarray, Z_ref: np.ndarray, k: int, self_rows=None, block_bytes: int = 1 << 26):
+    """Indices (m, k) into Z_ref of each query row's k nearest reference rows (squared Euclidean distance, ties to
+    the lower index); self_rows (m,) names the reference row that IS the query (excluded; -1: none). Blocked so
+    that no (m, n_ref) matrix is held: the work memory is block_bytes."""
+    ref = torch.as_tensor(Z_ref, dtype=torch.float64)
+    q_all = torch.as_tensor(Z_query, dtype=torch.float64)
+    rn = (ref * ref).sum(1)
+    k = int(min(k, ref.shape[0] - (0 if self_rows is None else 1)))
+    out = np.empty((q_all.shape[0], max(k, 0)), dtype=np.int64)
+    if k < 1:
+        return out
+    block = max(1, block_bytes // (8 * max(ref.shape[0], 1)))
+    for start in range(0, q_all.shape[0], block):
+        q = q_all[start:start + block]
+        d2 = (q * q).sum(1)[:, None] + rn[None, :] - 2.0 * (q @ ref.T)
+        if self_rows is not None:
+            own = torch.as_tensor(np.asarray(self_rows[start:start + q.shape[0]]), dtype=torch.int64)
+            hit = own >= 0
+            d2[torch.arange(q.shape[0])[hit], own[hit]] = float("inf")
+        out[start:start + q.shape[0]] = torch.topk(d2, k, dim=1, largest=False, sorted=True).indices.numpy()
+    return out
+
+
+def knn_class_proba(idx: np.ndarray, ref_codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """(m, C) smoothed class frequencies among each row's neighbours."""
+    k = idx.shape[1]
+    counts = np.zeros((idx.shape[0], n_classes))
+    for c in range(n_classes):
+        counts[:, c] = (ref_codes[idx] == c).sum(1)
+    return (counts + SMOOTHING) / (k + SMOOTHING * n_classes)
+
+
+def class_evidence(probas, codes: np.ndarray) -> np.ndarray:
+    """delta_k = min(0, log pbar(y_k) - log max_{c != y_k} pbar(c)) for pbar the mean of the experts' class
+    probabilities (m, C): 0 where the experts' average prefers k's label, the log-odds against it otherwise."""
+    pbar = probas[0].copy()
+    for P in probas[1:]:
+        pbar = pbar + P
+    pbar /= len(probas)
+    rows = np.arange(len(codes))
+    own = pbar[rows, codes]
+    other = pbar.copy()
+    other[rows, codes] = -np.inf
+    best = other.max(1)
+    return np.minimum(0.0, np.log(np.maximum(own, 1e-300)) - np.log(np.maximum(best, 1e-300)))
+
+
+def robust_scale(residuals: np.ndarray) -> float:
+    """1.4826 * median |r - median r| (a normal's standard deviation), or the RMS when more than half of the
+    residuals are equal (MAD 0); 0 only for all-equal residuals."""
+    r = np.asarray(residuals, dtype=np.float64)
+    mad = float(np.median(np.abs(r - np.median(r))))
+    if mad > 0:
+        return MAD_SCALE * mad
+    return float(np.sqrt(np.mean((r - np.median(r)) ** 2)))
+
+
+def regression_evidence(residuals, scales) -> np.ndarray:
+    """delta_k = log mean_e rho_e(k), rho_e = exp(-(z_e^2 - 1)_+ / 2), z_e = r_e / s_e: each expert e accepts a
+    target within one of its robust standard deviations and discounts a farther one like a normal likelihood
+    ratio; an expert with scale 0 accepts only residual 0."""
+    total = np.zeros(len(residuals[0]))
+    for r, s in zip(residuals, scales):
+        r = np.asarray(r, dtype=np.float64)
+        if s > 0:
+            z2 = (r / s) ** 2
+            total += np.exp(-0.5 * np.maximum(z2 - 1.0, 0.0))
+        else:
+            total += (r == 0).astype(np.float64)
+    return np.log(np.maximum(total / len(residuals), 1e-300))
+
+
+EXPERTS = {"lco_knn": ("lco", "knn"), "lco_proba": ("lco",), "knn_agreement": ("knn",), "uniform": ()}
+
+
+def knn_space(est, Z: np.ndarray) -> np.ndarray:
+    """The kNN space: the clustering space without the regression target's column."""
+    return Z if est.task_ == "classification" else Z[:, :-1]
+
+
+def knn_reference(n: int, limit: int, seed: int) -> np.ndarray:
+    """The training rows the neighbours are searched among: all n, or a seeded sorted sample of `limit` rows (a
+    point's neighbourhood is then estimated from a thinner sample: O(n * limit) work instead of O(n^2))."""
+    if n <= limit:
+        return np.arange(n)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def evidence(est, experts, *, Zk, codes, y, held, self_rows, fit_scales: bool) -> np.ndarray:
+    """delta (m,) for m rows: held (m, C) held-out class probabilities or (m,) predictions of the LCO models of
+    their clusters (repeats averaged), Zk (m, d) their kNN coordinates, self_rows their positions in the kNN
+    reference (-1: not in it; None: new points). fit_scales: estimate the regression experts' robust scales on
+    these rows (in-sample) and keep them for new points."""
+    if not experts:
+        return np.zeros(len(Zk))
+    classification = est.task_ == "classification"
+    ref = est._knn_ref
+    idx = neighbours(Zk, est._knn_Z, est.knn_k, self_rows) if "knn" in experts else None
+    if classification:
+        probas = []
+        if "lco" in experts:
+            probas.append(held)
+        if "knn" in experts:
+            probas.append(knn_class_proba(idx, est._y_code[ref], est._data.C))
+        return class_evidence(probas, codes)
+    residuals = []
+    if "lco" in experts:
+        residuals.append(y - held)
+    if "knn" in experts:
+        residuals.append(y - est._data.y[ref][idx].mean(1))
+    if fit_scales:
+        est._evidence_scales = [robust_scale(r) for r in residuals]
+    return regression_evidence(residuals, est._evidence_scales)
+
+
+def heldout_mean(est) -> np.ndarray:
+    """The LCO models' held-out outputs, averaged over the repeats: (n, C) probabilities or (n,) predictions."""
+    return _mean_rows(est._heldout)
+
+
+def propagate_additive(est, labels, members, se):
+    """values_ = cluster_shares_[c] / n_c + intrinsic_ (docs/ecoval.md §4)."""
+    n = len(labels)
+    data = est._data
+    sizes = np.array([len(rows) for rows in members], dtype=np.float64)
+    experts = EXPERTS[est.intrinsic_kind_]
+    est._knn_ref = knn_reference(n, est.knn_reference, est.random_state_)
+    Zk = knn_space(est, est._Z)
+    est._knn_Z = Zk[est._knn_ref]
+    self_rows = np.full(n, -1, dtype=np.int64)
+    self_rows[est._knn_ref] = np.arange(len(est._knn_ref))
+    held = heldout_mean(est) if "lco" in experts else None
+    delta = evidence(est, experts, Zk=Zk, codes=est._y_code, y=data.y, held=held, self_rows=self_rows,
+                     fit_scales=True)
+    est.cluster_value_se_ = se
+    est.cluster_shares_ = shrink(est.cluster_values_, se) if est.shrinkage else est.cluster_values_.copy()
+    est.evidence_ = delta
+    est._intrinsic_unit = est.intrinsic_weight / n
+    est.intrinsic_ = est._intrinsic_unit * delta
+    est.weights_ = 1.0 / sizes[labels]
+    est._sizes = sizes
+    est.values_ = est.cluster_shares_[labels] / sizes[labels] + est.intrinsic_
+
+
+def value_new_additive(est, clusters, Z, codes, y_new, held) -> np.ndarray:
+    """New points' values (docs/ecoval.md §5): the share of the nearest cluster of their class plus their own
+    intrinsic part, from the stored LCO models (held) and their K nearest training points (itself excluded for
+    none: a new point is not in the reference)."""
+    delta = evidence(est, EXPERTS[est.intrinsic_kind_], Zk=knn_space(est, Z), codes=codes, y=y_new, held=held,
+                     self_rows=None, fit_scales=False)
+    return est.cluster_shares_[clusters] / est._sizes[clusters] + est._intrinsic_unit * delta
