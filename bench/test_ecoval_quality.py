@@ -508,9 +508,10 @@ def markdown(payload: dict) -> str:
     lines += ["", "## Out of sample", "",
               f"A fresh pool of {config['pool']} rows (outside train/valid/test) with {rate:.0%} flipped labels, "
               f"valued by `EcoVal.value()` of the fit on the noisy training set; the pool's top "
-              f"{config['pool_share']:.0%}, bottom {config['pool_share']:.0%} or a random {config['pool_share']:.0%} (mean of "
-              f"{config['random_draws']} draws) added to the training set, the removal model retrained. Adding the "
-              "top must beat adding the bottom. AUC / F1: of the pool values against the flipped mask.", "",
+              f"{config['pool_share']:.0%}, bottom {config['pool_share']:.0%} or a random "
+              f"{config['pool_share']:.0%} (mean of {config['random_draws']} draws) added to the training set, the "
+              "removal model retrained. Adding the top must beat adding the bottom. AUC / F1: of the pool values "
+              "against the flipped mask.", "",
               "| data | AUC | F1 | flipped in top / bottom | train only | + top | + bottom | + random |",
               "|---|---|---|---|---|---|---|---|"]
     for name, entry in sets.items():
