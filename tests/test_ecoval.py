@@ -1,4 +1,4 @@
-"""EcoVal (shared/docs/ECOVAL_SPEC.md): T1-T11 and S1-S5 of §5, the batched trainers against their single-model
+"""EcoVal (docs/ecoval.md): the identities of §3, the multiplicative rule of §4.3, the batched trainers against their single-model
 versions, checkpoint/resume, and every error and warning.
 
 The mock learner (TableLearner) makes U(S) a given table over cluster subsets: the cluster id is the last feature
@@ -118,7 +118,7 @@ def full_mask(p):
 
 
 def q_game(table, p):
-    """The pairwise-truncated game q of ECOVAL_SPEC §2.3 on presence masks."""
+    """The pairwise-truncated game q of docs/ecoval.md §3 on presence masks."""
     N = full_mask(p)
     UN = table[N]
     a = [UN - table[N ^ (1 << i)] for i in range(p)]

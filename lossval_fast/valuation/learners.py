@@ -1,4 +1,4 @@
-"""EcoVal's built-in learners (shared/docs/ECOVAL_SPEC.md §3 and §4.2), each in two forms.
+"""EcoVal's built-in learners (docs/ecoval.md §2), each in two forms.
 
 Single models, scikit-learn style (fit / predict_proba / predict, get_params / set_params, so sklearn.base.clone
 works): ``LogReg``, ``Ridge``, ``MLP``. They run on EcoVal's loop path and are the peers of the parity tests.

@@ -1,14 +1,15 @@
-"""EcoVal (Tarun et al., KDD 2024, arXiv 2402.09288) in the testable formulation EcoVal-R of
-shared/docs/ECOVAL_SPEC.md: value clusters of similar points with leave-cluster-out (LCO) and pair-removal
-trainings, then hand each cluster's value to its members by a production-function share.
+"""EcoVal (Tarun et al., KDD 2024, arXiv 2402.09288) in the formulation of docs/ecoval.md: value clusters of
+similar points with leave-cluster-out (LCO) and pair-removal trainings, then hand each cluster's value to its
+members and add each point's own (intrinsic) part.
 
     U(S)   learner trained on the clusters S, scored on the validation set (log-likelihood / R^2 by default)
     a_i  = U(N) - U(N\\{i})                       lco_
     e_ij = U(N) - U(N\\{i,j}) - a_i - a_j         interactions_
     V_i  = a_i + lam * 1/2 sum_j e_ij             (Variant A; Variant B fits a Cobb-Douglas g = log A + sum b_i s_i)
-    phi_k = Gamma_beta * V_c(k) * w_k,   w_k = s_k / sum_{l in C_c(k)} s_l,   s_k = max(g_k, eps)^gamma
+    phi_k = V~_c(k) / n_c(k) + (w / n) * delta_k  (V~: V shrunk by its standard error over the validation points;
+                                                   delta_k <= 0: the held-out evidence against k's label)
 
-with g_k the agreement of the models trained without k's cluster. All R (1 + p + |P|) subset models are trained as
+All R (1 + p + |P|) subset models are trained as
 one batched model for the built-in learners (lossval_fast.valuation.learners.LEARNERS), or one by one for any
 scikit-learn-style learner.
 

@@ -1,4 +1,4 @@
-"""EcoVal's cluster values (ECOVAL_SPEC §2.3-2.4) from the mean utilities over the repeats:
+"""EcoVal's cluster values (docs/ecoval.md §3) from the mean utilities over the repeats:
 
     a_i  = U(N) - U(N\\{i})                       lco_
     e_ij = U(N) - U(N\\{i,j}) - a_i - a_j         interactions_

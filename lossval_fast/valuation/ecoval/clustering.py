@@ -1,4 +1,4 @@
-"""EcoVal's clusters (ECOVAL_SPEC §2.1): the clustering space, per-class quotas, stratified k-means (or clusters
+"""EcoVal's clusters (docs/ecoval.md §2): the clustering space, per-class quotas, stratified k-means (or clusters
 given by the caller) and the assignment of points to their nearest centroid."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .subsets import _seed
 
 
 def cluster_quotas(p: int, counts) -> list[int]:
-    """Per-class cluster counts p_c (ECOVAL_SPEC §2.1) for p >= 2 * #classes: p_c = max(2, floor(p n_c / n + 1/2)),
+    """Per-class cluster counts p_c (docs/ecoval.md §2) for p >= 2 * #classes: p_c = max(2, floor(p n_c / n + 1/2)),
     then decrement the largest p_c > 2 (ties: larger n_c, then smaller label) while the sum exceeds p, and
     increment the largest n_c / p_c (ties: smaller label) while it falls short."""
     counts = [int(c) for c in counts]

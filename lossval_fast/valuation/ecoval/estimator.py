@@ -13,7 +13,7 @@ from .trainings import Trainings, _Utility
 
 
 class EcoVal:
-    """EcoVal-R data valuation (shared/docs/ECOVAL_SPEC.md), scikit-learn style.
+    """EcoVal data valuation (docs/ecoval.md), scikit-learn style.
 
     Parameters
     ----------
@@ -30,8 +30,15 @@ class EcoVal:
     n_repeats : R; repeat r uses seed_r for every subset model (common random numbers).
     lam : weight of the pair interactions (0 gives LCO).
     cluster_value : "pairwise_shapley" (Variant A) or "cobb_douglas" (Variant B, classification).
-    intrinsic : "lco_proba", "knn_agreement" (classification) or "uniform"; regression uses the LCO residuals.
-    gamma, eps : scores s = max(g, eps)^gamma.   knn_k : neighbours for "knn_agreement".
+    propagation : "additive" (docs/ecoval.md §4.1: values_ = cluster share + intrinsic part) or "multiplicative"
+        (§4.3, EcoVal-R v1: values_ = cluster value * agreement share; sums to the cluster values).
+    intrinsic : the held-out experts of the intrinsic part: None ("lco_knn" for additive, "lco_proba" for
+        multiplicative), "lco_knn" (the LCO models and the knn_k nearest other points), "lco_proba", "knn_agreement"
+        or "uniform" (none).
+    intrinsic_weight : w, utility per nat of evidence against a label is w / n (additive).
+    shrinkage : shrink each cluster's share towards 0 by its standard error over the validation points (additive).
+    gamma, eps : multiplicative scores s = max(g, eps)^gamma.   knn_k : neighbours of the kNN expert.
+    knn_reference : the kNN expert searches at most this many training rows (a seeded sample beyond it).
     efficiency : None or "global" (Variant A: rescale so that sum of cluster values = U(N) - u0).
     metric : None (log-likelihood / R^2), "accuracy", "expected_accuracy", "log_likelihood", "r2", or a callable
         metric(y_true, proba_or_pred) -> float (y_true as given; proba columns in the order of classes_).
@@ -50,10 +57,12 @@ class EcoVal:
     Attributes (after fit)
     ----------------------
     values_, cluster_labels_, centroids_, lco_, extrinsic_, interactions_, cluster_values_, beta_star_,
-    intrinsic_, weights_, utility_full_, u0_, gamma_beta_star_, n_trainings_ (fits run by this call), classes_,
+    intrinsic_ (additive: (w / n) * evidence_; multiplicative: the scores s), weights_ (share of the cluster value),
+    evidence_ (additive: delta <= 0, nats), cluster_shares_ (additive: shrunk cluster values), cluster_value_se_,
+    intrinsic_kind_, utility_full_, u0_, gamma_beta_star_, n_trainings_ (fits run by this call), classes_,
     backend_ (path and device); also n_clusters_, pairs_ (|P|, 2), subsets_ (S, p) removal masks, utilities_
     (R, S), utility_points_ (R, S, m) per validation point, mean over m = utilities_ (None for a callable
-    metric), agreement_ (n,) g, converged_ (all built-in fits reached their tolerance), random_state_, task_,
+    metric), agreement_ (n,) g (multiplicative), converged_ (all built-in fits reached their tolerance), random_state_, task_,
     metric_, timings_ (seconds: clustering, trainings, values).
     """
 
@@ -207,7 +216,7 @@ class EcoVal:
 
     # ------------------------------------------------------------------------------------------ out of sample
     def value(self, X_new, y_new) -> np.ndarray:
-        """Values of new points without retraining (ECOVAL_SPEC §2.5): nearest centroid of the point's class,
+        """Values of new points without retraining (docs/ecoval.md §5): nearest centroid of the point's class,
         agreement from the stored LCO models, share of that cluster's value. A copy of training point k gets
         values_[k]."""
         return out_of_sample.value(self, X_new, y_new)

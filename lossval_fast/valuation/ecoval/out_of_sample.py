@@ -1,4 +1,4 @@
-"""EcoVal's values of new points without retraining (ECOVAL_SPEC §2.5): the nearest centroid of the point's class,
+"""EcoVal's values of new points without retraining (docs/ecoval.md §5): the nearest centroid of the point's class,
 the agreement from the stored LCO models (refit once per cluster without keep_models), the share of that
 cluster's value. A copy of training point k gets values_[k]."""
 from __future__ import annotations

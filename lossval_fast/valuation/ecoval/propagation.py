@@ -1,9 +1,13 @@
-"""EcoVal's propagation of cluster values to points (ECOVAL_SPEC §2.5):
+"""EcoVal's propagation of cluster values to points (docs/ecoval.md §4).
 
-    phi_k = Gamma_beta * V_c(k) * w_k,   w_k = s_k / sum_{l in C_c(k)} s_l,   s_k = max(g_k, eps)^gamma
+Additive (the default, §4.1): phi_k = V~_c(k) / n_c(k) + (intrinsic_weight / n) * delta_k, with V~ the cluster values
+shrunk by their standard errors and delta_k <= 0 the evidence the held-out experts hold against k's label.
 
-with g_k the agreement of the models trained without k's cluster (or of the kNN labels, or 1). The functions
-take the fitted estimator and set its attributes (agreement_, intrinsic_, weights_, values_)."""
+Multiplicative (EcoVal-R v1, §4.3): phi_k = Gamma_beta * V_c(k) * w_k, w_k = s_k / sum_{l in C_c(k)} s_l,
+s_k = max(g_k, eps)^gamma, with g_k the agreement of the models trained without k's cluster (or of the kNN labels,
+or 1).
+
+The functions take the fitted estimator and set its attributes."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""EcoVal's subsets (ECOVAL_SPEC §2.2): the full set, the p leave-cluster-out sets and the pairs P, as removal
+"""EcoVal's subsets (docs/ecoval.md §2): the full set, the p leave-cluster-out sets and the pairs P, as removal
 masks; which of them are not trained (the constant predictor); the seeds."""
 from __future__ import annotations
 
