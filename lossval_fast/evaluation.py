@@ -27,8 +27,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .valuation import (KINDS, KNNShapley, discovery_curve, noisify_split, noisy_count, noisy_detection_f1,
-                        standardize_split, two_means_split)
+from .valuation import (KINDS, KNNShapley, discovery_curve, noisify_split, noisy_count, noisy_detection_auc,
+                        noisy_detection_f1, standardize_split, two_means_split)
 from .valuation.learners import LEARNERS as _BUILTIN_LEARNERS
 from .valuation.splits import ZSCORE_EPS
 
@@ -470,7 +470,7 @@ def evaluate(X, y, *, task: str, noise: str = "label", rate: float = 0.1, runs: 
     factory, model_name, metric = removal_model(task)
     fractions = removal_fractions(removal_max)
     valuers = {m: make_valuer(m, task, options, device) for m in methods}
-    per_method = {m: {"f1": [], "time_s": [], "discovery": [], "lowest": [], "highest": []} for m in methods}
+    per_method = {m: {"f1": [], "auc": [], "time_s": [], "discovery": [], "lowest": [], "highest": []} for m in methods}
     started = datetime.datetime.now(datetime.timezone.utc)
     wall = time.perf_counter()
     classes = None
@@ -488,16 +488,18 @@ def evaluate(X, y, *, task: str, noise: str = "label", rate: float = 0.1, runs: 
             values = valuers[method](noisy.x_train, noisy.y_train, noisy.x_valid, noisy.y_valid, seed + run)
             seconds = time.perf_counter() - start
             f1 = noisy_detection_f1(values, mask)
+            auc = noisy_detection_auc(values, mask)
             _, found = discovery_curve(values, mask, steps=DISCOVERY_STEPS)
             low, high = removal_curves(values, noisy.x_train, noisy.y_train, split.x_test, split.y_test, task=task,
                                        fractions=fractions, factory=factory, baseline=baseline)
             record = per_method[method]
             record["f1"].append(f1)
+            record["auc"].append(auc)
             record["time_s"].append(seconds)
             record["discovery"].append(found.tolist())
             record["lowest"].append(low.tolist())
             record["highest"].append(high.tolist())
-            say(f"run {run + 1}/{runs}  {LABELS[method]:<14} F1 {f1:.3f}  {seconds:7.2f} s")
+            say(f"run {run + 1}/{runs}  {LABELS[method]:<14} F1 {f1:.3f}  AUC {auc:.3f}  {seconds:7.2f} s")
 
     summary = {}
     for method in methods:
@@ -510,6 +512,9 @@ def evaluate(X, y, *, task: str, noise: str = "label", rate: float = 0.1, runs: 
             "f1": record["f1"],
             "f1_mean": float(f1.mean()),
             "f1_std": float(f1.std(ddof=1)) if runs > 1 else 0.0,
+            "auc": record["auc"],
+            "auc_mean": float(np.mean(record["auc"])),
+            "auc_std": float(np.std(record["auc"], ddof=1)) if runs > 1 else 0.0,
             "time_s": record["time_s"],
             "time_mean_s": float(np.mean(record["time_s"])),
             "discovery": {"mean": np.mean(record["discovery"], axis=0).tolist(), "runs": record["discovery"]},
@@ -542,11 +547,13 @@ def evaluate(X, y, *, task: str, noise: str = "label", rate: float = 0.1, runs: 
 
 # ------------------------------------------------------------------------------------------------ report
 def results_table(results: dict) -> str:
-    """The markdown table: method, settings, F1 mean ± std, time per run."""
-    lines = ["| method | settings | noisy-point F1 (mean ± std) | time per run (s) |", "|---|---|---|---|"]
+    """The markdown table: method, settings, F1 and AUC mean ± std, time per run."""
+    lines = ["| method | settings | noisy-point F1 (mean ± std) | AUC (mean ± std) | time per run (s) |",
+             "|---|---|---|---|---|"]
     for record in results["methods"].values():
+        auc = f"{record['auc_mean']:.3f} ± {record['auc_std']:.3f}" if "auc_mean" in record else "–"
         lines.append(f"| {record['label']} | {record['settings']} | {record['f1_mean']:.3f} ± {record['f1_std']:.3f} "
-                     f"| {record['time_mean_s']:.2f} |")
+                     f"| {auc} | {record['time_mean_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -589,8 +596,9 @@ def report_markdown(results: dict) -> str:
         f"{results['noisy_train_points']} of the {split['train']} training points (and on the validation set), and "
         "each method values the noisy training set. F1: the lower cluster of the exact 1-D 2-means split of the "
         "values is predicted noisy (OpenDataVal's kmeans_f1); mean ± sample standard deviation over the runs. "
-        f"Random values score about r / (r + 0.5) = {random_f1:.3f} at rate r = {rate:g}. Time: the valuation "
-        "alone, mean over the runs.",
+        f"Random values score about r / (r + 0.5) = {random_f1:.3f} at rate r = {rate:g}. AUC: the probability "
+        "that a noisy point's value is below a clean point's (random values: 0.5). Time: the valuation alone, mean "
+        "over the runs.",
         "",
         f"## Point removal ({metric}, {results['removal']['model']})",
         "",

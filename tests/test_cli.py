@@ -211,11 +211,13 @@ def test_evaluate_writes_report_json_and_plots(files, tmp_path, capsys):
         assert record["f1_mean"] == pytest.approx(np.mean(record["f1"]))
         assert record["f1_std"] == pytest.approx(np.std(record["f1"], ddof=1))
         assert all(0 <= f <= 1 for f in record["f1"])
+        assert len(record["auc"]) == 2 and record["auc_mean"] == pytest.approx(np.mean(record["auc"]))
+        assert all(0 <= a <= 1 for a in record["auc"])
         assert len(record["discovery"]["mean"]) == 21 and record["discovery"]["mean"][-1] == 1.0
         for key in ("lowest_first", "highest_first"):
             assert len(record["removal"][key]["mean"]) == len(results["removal"]["fractions"]) == 11
     report = (out / "report.md").read_text()
-    assert "| method | settings | noisy-point F1 (mean ± std) | time per run (s) |" in report
+    assert "| method | settings | noisy-point F1 (mean ± std) | AUC (mean ± std) | time per run (s) |" in report
     for label in ("LossVal", "EcoVal", "KNN-Shapley", "random values"):
         assert f"| {label} |" in report
     assert "cls.csv" in report and "60 / 20 / 40" in report and "Machine:" in report and "| 3 |" in report

@@ -564,3 +564,22 @@ def test_openml_task():
     assert openml_task("Fashion-MNIST") == "classification"
     with pytest.raises(ValueError, match="unknown data set 'iris'; known: 2dplanes"):
         openml_task("iris")
+
+
+# ------------------------------------------------------------------------------------------------ AUC
+@pytest.mark.parametrize("seed", range(4))
+def test_noisy_detection_auc_matches_scikit_learn(seed):
+    from sklearn.metrics import roc_auc_score
+    from lossval_fast.valuation import noisy_detection_auc
+
+    rng = np.random.default_rng(seed)
+    n = 257
+    mask = rng.random(n) < 0.1
+    values = rng.normal(size=n) - 1.5 * mask
+    if seed % 2:                                   # ties: a few repeated values, across both groups
+        values = np.round(values, 1)
+    assert noisy_detection_auc(values, mask) == pytest.approx(roc_auc_score(mask, -values), abs=1e-12)
+    assert noisy_detection_auc(np.zeros(n), mask) == 0.5
+    assert noisy_detection_auc(np.where(mask, 0.0, 1.0), mask) == 1.0
+    with pytest.raises(ValueError, match="noisy_mask must mark some but not all"):
+        noisy_detection_auc(values, np.zeros(n, dtype=bool))

@@ -1,4 +1,4 @@
-"""Noisy-point detection metrics: exact 1-D 2-means F1 and the noisy-point discovery curve.
+"""Noisy-point detection metrics: exact 1-D 2-means F1, the ranking AUC and the noisy-point discovery curve.
 
 Matched code: OpenDataVal (github.com/opendataval/opendataval)
   - opendataval/experiment/util.py::oned_twonn_clustering, ::f1_score
@@ -146,6 +146,28 @@ def noisy_detection_f1(values, noisy_mask) -> float:
     v = _values(values)
     mask = _bool_mask(noisy_mask, v.shape[0], "noisy_mask")
     return f1_score(two_means_split(v), mask)
+
+
+def noisy_detection_auc(values, noisy_mask) -> float:
+    """Area under the ROC curve of "low value = noisy": the probability that a noisy point's value is below a clean
+    point's, ties counted half (the Mann-Whitney statistic on average ranks). 0.5 for random values, 1.0 for a
+    perfect ranking. Raises ValueError when noisy_mask marks no point or every point."""
+    v = _values(values)
+    mask = _bool_mask(noisy_mask, v.shape[0], "noisy_mask")
+    n_pos = int(mask.sum())
+    n_neg = v.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"noisy_mask must mark some but not all points to define an AUC, got {n_pos} of "
+                         f"{v.shape[0]}")
+    order = np.argsort(-v, kind="stable")                  # descending values: rank 1 = the highest value
+    ranks = np.empty(v.shape[0], dtype=np.float64)
+    sorted_v = -v[order]
+    # average ranks over ties
+    starts = np.flatnonzero(np.concatenate(([True], sorted_v[1:] != sorted_v[:-1])))
+    ends = np.concatenate((starts[1:], [v.shape[0]]))
+    average = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(average, ends - starts)
+    return float((ranks[mask].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def discovery_curve(values, noisy_mask, steps=20) -> tuple[np.ndarray, np.ndarray]:
