@@ -159,6 +159,10 @@ def test_lossval_scale_gpu(benchmark, dataset):
 
 ECOVAL_N = int(os.environ.get("LOSSVAL_FAST_BENCH_ECOVAL_N", str(N)))
 ECOVAL_ROUNDS = int(os.environ.get("LOSSVAL_FAST_BENCH_ECOVAL_ROUNDS", "1"))
+# EcoVal(propagation=...) of the run; empty: the estimator's default
+ECOVAL_PROPAGATION = os.environ.get("LOSSVAL_FAST_BENCH_ECOVAL_PROPAGATION") or None
+ECOVAL_MEMORY_GOAL = 1.5   # issue 14: a fit's own memory growth <= 1.5 x the input's bytes
+ECOVAL_SUITE = "scale_ecoval_cpu"   # its own report: `pytest test_scale.py -k ecoval` writes it alone
 
 
 def _ecoval_rank_run(paths, n):
@@ -173,7 +177,8 @@ def _ecoval_rank_run(paths, n):
     y = np.asarray(np.load(paths["y"], mmap_mode="r")[:n])
     Xv, yv = np.load(paths["Xv"]), np.load(paths["yv"])
     world = dist.get_world_size()
-    est = EcoVal(20, verbose=False)
+    est = EcoVal(20, verbose=False) if ECOVAL_PROPAGATION is None else \
+        EcoVal(20, verbose=False, propagation=ECOVAL_PROPAGATION)
     with PeakSampler(_anon, 0.01) as sampler:
         start = time.perf_counter()
         if world == 1:
@@ -182,7 +187,8 @@ def _ecoval_rank_run(paths, n):
             distributed.fit(est, X, y, Xv, yv)
         wall = time.perf_counter() - start
     mine = {"rank": dist.get_rank(), "timings": est.timings_, "wall": wall, "trainings": est.n_trainings_,
-            "growth": sampler.peak - sampler.before, "load": os.getloadavg()[0]}
+            "growth": sampler.peak - sampler.before, "input": X.nbytes, "load": os.getloadavg()[0],
+            "propagation": est.propagation}
     everyone = [None] * world
     dist.all_gather_object(everyone, mine)
     return everyone, (est.values_ if dist.get_rank() == 0 else None)
@@ -205,20 +211,20 @@ def test_ecoval_scale(benchmark, dataset):
         rounds.append(runs)
 
     benchmark.pedantic(one_round, rounds=ECOVAL_ROUNDS, iterations=1)
-    table = []
     for k, runs in enumerate(rounds):
         one, two = runs["1 process x 1 thread"], runs["2 processes x 1 thread (gloo)"]
         diff = float(np.abs(one["values"] - two["values"]).max())
         for config, run in runs.items():
             ranks = run["ranks"]
-            table.append({"round": k + 1, "config": config, "wall_s": max(r["wall"] for r in ranks),
-                          "clustering_s": max(r["timings"]["clustering"] for r in ranks),
-                          "trainings_s": max(r["timings"]["trainings"] for r in ranks),
-                          "values_s": max(r["timings"]["values"] for r in ranks),
-                          "trainings": ranks[0]["trainings"], "growth_mib": [r["growth"] / 2**20 for r in ranks],
-                          "load_avg": [r["load"] for r in ranks], "max_abs_value_difference": diff,
-                          "speedup": max(r["wall"] for r in one["ranks"]) / max(r["wall"] for r in ranks)})
-    annotate(SUITE, ecoval=table, ecoval_n=ECOVAL_N)
+            record(ECOVAL_SUITE, round=k + 1, config=config, wall_s=max(r["wall"] for r in ranks),
+                   clustering_s=max(r["timings"]["clustering"] for r in ranks),
+                   trainings_s=max(r["timings"]["trainings"] for r in ranks),
+                   values_s=max(r["timings"]["values"] for r in ranks),
+                   trainings=ranks[0]["trainings"], growth_mib=[r["growth"] / 2**20 for r in ranks],
+                   input_mib=ranks[0]["input"] / 2**20, propagation=ranks[0]["propagation"],
+                   load_avg=[r["load"] for r in ranks], max_abs_value_difference=diff,
+                   speedup=max(r["wall"] for r in one["ranks"]) / max(r["wall"] for r in ranks))
+    annotate(ECOVAL_SUITE, ecoval_n=ECOVAL_N)
 
 
 def _target_mib(model_bytes):
@@ -260,20 +266,6 @@ def _markdown(payload):
         if "threads_speedup_per_round" in info:
             lines += ["", "1 process x 2 threads against 1 x 1, per step: " + ", ".join(
                 f"{v:.2f}x" for v in info["threads_speedup_per_round"]) + "."]
-    if "ecoval" in info:
-        lines += ["", f"## EcoVal p = 20 on {info['ecoval_n']:,} x {D} against {M:,} validation points", "",
-                  "Stratified k-means (10 restarts) and 211 subset trainings of the batched L-BFGS logistic "
-                  "regression, float64; two processes split the restarts and the trainings (lossval_fast."
-                  "distributed.fit(EcoVal(...))). Times are the slowest rank's; memory is each process's growth.",
-                  "",
-                  "| round | configuration | total (s) | clustering (s) | trainings (s) | values (s) | trainings run | "
-                  "speed-up | max abs value difference, 2 vs 1 process | own memory growth (MiB) | load avg |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in info["ecoval"]:
-            lines.append(f"| {r['round']} | {r['config']} | {r['wall_s']:.1f} | {r['clustering_s']:.1f} | "
-                         f"{r['trainings_s']:.1f} | {r['values_s']:.1f} | {r['trainings']} | {r['speedup']:.2f}x | "
-                         f"{r['max_abs_value_difference']:.1e} | {' ; '.join(f'{g:.0f}' for g in r['growth_mib'])} | "
-                         f"{', '.join(f'{v:.1f}' for v in r['load_avg'])} |")
     lines += ["", "Own memory = anonymous resident memory (RssAnon) of each process: growth above the level before "
               "the fit, and the absolute peak (which includes ~200 MB held by torch itself). Target: 2 x (weights + "
               "validation data + model) + 256 MB, for the growth. The load average (1 min) shows how busy the "
@@ -281,5 +273,32 @@ def _markdown(payload):
     return "\n".join(lines) + "\n"
 
 
+def _ecoval_markdown(payload):
+    meta, info = payload["machine"], payload["info"]
+    lines = [f"# EcoVal p = 20 at scale on CPU ({meta['cpu']}, {meta['cores']} cores, torch {meta['torch']}, "
+             f"{meta['cpu_capability']}, commit {meta['commit']})", "",
+             f"{info['ecoval_n']:,} x {D} float32 training points (a .npy file loaded into memory by each process), "
+             f"{M:,} validation points. Stratified k-means (10 restarts) and 211 subset trainings of the batched "
+             "L-BFGS logistic regression, float64; two processes split the restarts and the trainings "
+             "(lossval_fast.distributed.fit(EcoVal(...))). Times are the slowest rank's. Memory is each process's "
+             "own growth (RssAnon above the level before the fit, the input already loaded), also as a multiple of "
+             f"the float32 input's bytes (goal: <= {ECOVAL_MEMORY_GOAL} x).", "",
+             "| round | configuration | propagation | total (s) | clustering (s) | trainings (s) | values (s) | "
+             "trainings run | speed-up | max abs value difference, 2 vs 1 process | own memory growth (MiB) | "
+             "growth / input | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        ratio = " ; ".join(f"{g / r['input_mib']:.1f} x" for g in r["growth_mib"])
+        lines.append(f"| {r['round']} | {r['config']} | {r['propagation']} | {r['wall_s']:.1f} | "
+                     f"{r['clustering_s']:.1f} | {r['trainings_s']:.1f} | {r['values_s']:.1f} | "
+                     f"{r['trainings']} | {r['speedup']:.2f}x | {r['max_abs_value_difference']:.1e} | "
+                     f"{' ; '.join(f'{g:.0f}' for g in r['growth_mib'])} | {ratio} | "
+                     f"{', '.join(f'{v:.1f}' for v in r['load_avg'])} |")
+    lines += ["", "The load average (1 min) shows how busy the shared machine was: other users' processes compete for "
+              "the same 2 cores."]
+    return "\n".join(lines) + "\n"
+
+
 def test_report():
     markdown(SUITE, _markdown)
+    markdown(ECOVAL_SUITE, _ecoval_markdown)

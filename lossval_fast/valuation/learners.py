@@ -325,8 +325,8 @@ class _LogRegObjective:
     model is T = 1, so the single and the batched solver evaluate the same formulas).
 
     Model axis first: parameters V (T, K, D1), linear predictors A (T, K, n), row weights coef (T, n) = mask / n_s.
-    A = V F^T is one GEMM over all models, the gradient one more, R F; dropping models from the working set is a
-    row gather.
+    A = V F^T is one GEMM over all models, the gradient one more, R F (F stored once, as F^T); dropping models
+    from the working set is a row gather.
     - Two classes, K = 1: V is the sum-zero coordinate (W = Q V) and F = -sign * sqrt 2 * Xbar (sign +1 for class
       0), so A is minus the margin of the true class, the cross-entropy softplus(A), its derivative sigmoid(A):
       one transcendental pass each, accurate in both tails.
@@ -334,22 +334,27 @@ class _LogRegObjective:
       cross-entropy gradient sums to zero over them, and L-BFGS combines gradients), which is the Q-basis
       iteration in other coordinates (Q is orthonormal), without rotating (T, C, n) arrays."""
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float):
-        n = X.shape[0]
-        Xbar = torch.cat([X, torch.ones(n, 1, dtype=X.dtype, device=X.device)], 1)
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, block: int = 1 << 15):
+        n, d = X.shape
         self.C, self.l2 = n_classes, float(l2)
         self.K = 1 if n_classes == 2 else n_classes
-        self.n, self.D1 = n, Xbar.shape[1]
+        self.n, self.D1 = n, d + 1
+        # only F^T (D1, n) is stored (the gradient multiplies by its transposed view), filled in row blocks: no
+        # temporary of X's size
+        self.FT = torch.empty(d + 1, n, dtype=X.dtype, device=X.device)
         if self.K == 1:
             sign = 1.0 - 2.0 * (y == 1).to(X.dtype)                          # +1 for class 0, -1 for class 1
-            self.F = ((-math.sqrt(2.0)) * sign)[:, None] * Xbar
+            scale = (-math.sqrt(2.0)) * sign
+            for lo in range(0, n, block):
+                self.FT[:d, lo:lo + block] = (scale[lo:lo + block, None] * X[lo:lo + block]).T
+            self.FT[d] = scale
             self.Q = sum_zero_basis(2, X.dtype, X.device)
         else:
-            self.F = Xbar
+            for lo in range(0, n, block):
+                self.FT[:d, lo:lo + block] = X[lo:lo + block].T
+            self.FT[d] = 1.0
             self.y = y.long()
             self.Y = torch.nn.functional.one_hot(self.y, n_classes).T.to(X.dtype)[None].contiguous()  # (1, C, n)
-        self.F = self.F.contiguous()
-        self.FT = self.F.T.contiguous()
 
     def predictor(self, V: torch.Tensor) -> torch.Tensor:
         """V (T, K, D1) -> A (T, K, n)."""
@@ -373,7 +378,7 @@ class _LogRegObjective:
             R = coef * torch.sigmoid(A[:, 0])                                   # (T, n)
         else:
             R = coef[:, None, :] * (torch.softmax(A, 1) - self.Y)              # (T, C, n)
-        return (R.reshape(T * self.K, self.n) @ self.F).view(T, self.K, self.D1) + self.l2 * V
+        return (R.reshape(T * self.K, self.n) @ self.FT.T).view(T, self.K, self.D1) + self.l2 * V
 
     def sup_norm(self, G: torch.Tensor) -> torch.Tensor:
         """(T,) ||grad_W||_inf, the stopping measure of both solvers (two classes: grad_W = Q grad_V)."""
@@ -460,13 +465,14 @@ class _LbfgsLogReg:
         self.tol, self.max_iter, self.memory = float(tol), int(max_iter), int(memory)
 
     def fit(self, masks: torch.Tensor):
-        """masks (T, n) 0/1 -> W (T, D1, C), V (T, K, D1), iterations (T,), converged (T,)."""
+        """masks (T, n) 0/1 (float64, normalised in place into the row weights) -> W (T, D1, C), V (T, K, D1),
+        iterations (T,), converged (T,)."""
         obj = self.obj
         T, n = masks.shape
         D1, K, m = obj.D1, obj.K, self.memory
-        dev, dtype = obj.F.device, obj.F.dtype
+        dev, dtype = obj.FT.device, obj.FT.dtype
         P = K * D1
-        coef = (masks / masks.sum(1, keepdim=True)).to(dtype).contiguous()   # (T, n): 1/n_s on the kept rows
+        coef = masks.div_(masks.sum(1, keepdim=True)).to(dtype).contiguous()   # (T, n): 1/n_s on the kept rows
         V_out = torch.zeros(T, K, D1, dtype=dtype, device=dev)
         steps = torch.zeros(T, dtype=torch.long)
         converged = torch.zeros(T, dtype=torch.bool)
@@ -527,7 +533,7 @@ def _lbfgs_single(obj: _LogRegObjective, tol: float, max_iter: int, memory: int)
     """``_LbfgsLogReg``'s iterations for one model (obj built on that model's rows): the same code on T = 1, the
     decisions taken on the host. -> V (1, K, D1), iterations, converged."""
     n, D1, K, m = obj.n, obj.D1, obj.K, int(memory)
-    dev, dtype = obj.F.device, obj.F.dtype
+    dev, dtype = obj.FT.device, obj.FT.dtype
     P = K * D1
     coef = torch.full((1, n), 1.0 / n, dtype=dtype, device=dev)
     V = torch.zeros(1, K, D1, dtype=dtype, device=dev)
@@ -706,14 +712,14 @@ class BatchedLogReg:
                  tol=None, max_iter=None, solver: str = "lbfgs", memory: int = LBFGS_MEMORY,
                  memory_budget: int = 256 << 20):
         self.solver, tol, max_iter, memory = _solver_settings(solver, tol, max_iter, memory)
-        self.X = X.to(torch.float64)
+        X = X.to(torch.float64)           # the solvers keep their own layout of X, not X itself
         self.cluster_of = cluster_of.to(X.device)
         self.n_classes = n_classes
         y = y.to(X.device)
         if self.solver == "lbfgs":
-            self.optimizer = _LbfgsLogReg(self.X, y, n_classes, l2, tol, max_iter, memory)
+            self.optimizer = _LbfgsLogReg(X, y, n_classes, l2, tol, max_iter, memory)
         else:
-            self.optimizer = _NewtonLogReg(self.X, y, n_classes, l2, tol, max_iter, memory_budget)
+            self.optimizer = _NewtonLogReg(X, y, n_classes, l2, tol, max_iter, memory_budget)
 
     @staticmethod
     def bytes_per_model(n: int, d: int, n_classes: int, m_val: int) -> int:
@@ -729,7 +735,7 @@ class BatchedLogReg:
         """removed (T, p) bool -> {"W": (T, d+1, C), "steps": (T,), "converged": (T,)}. Every model starts from
         zero, like a separate fit, and the repeat seeds are not used (a convex problem has one answer): the
         iterates are those of ``LogReg`` (same solver) on the model's rows, up to rounding."""
-        masks = (~removed.to(self.X.device))[:, self.cluster_of].to(torch.float64)
+        masks = (~removed.to(self.cluster_of.device))[:, self.cluster_of].to(torch.float64)
         W, _, steps, converged = self.optimizer.fit(masks)
         return {"W": W, "steps": steps, "converged": converged}
 
@@ -781,15 +787,15 @@ class BatchedRidge:
         X = X.to(torch.float64)
         n, d = X.shape
         dev = X.device
-        Xbar = torch.cat([X, torch.ones(n, 1, dtype=X.dtype, device=dev)], 1)
         cluster_of = cluster_of.to(dev)
         D = d + 1
         self.gram = torch.zeros(n_clusters, D, D, dtype=X.dtype, device=dev)
         self.moment = torch.zeros(n_clusters, D, dtype=X.dtype, device=dev)
         self.count = torch.zeros(n_clusters, dtype=X.dtype, device=dev)
         y = y.to(device=dev, dtype=X.dtype).reshape(-1)
-        for i in range(n_clusters):
-            rows = Xbar[cluster_of == i]
+        for i in range(n_clusters):   # one cluster's rows (with the intercept's column) at a time
+            rows = X[cluster_of == i]
+            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=X.dtype, device=dev)], 1)
             self.gram[i] = rows.T @ rows
             self.moment[i] = rows.T @ y[cluster_of == i]
             self.count[i] = rows.shape[0]
@@ -1056,6 +1062,7 @@ class Learner:
     fitted single model as stacked parameters (T = 1) in the batched layout, whose names are param_names.
     predict(params, j, X, classification): model j of stacked parameters, row by row (``exact_predict``).
     validation_output(model, params, X, classification): the single model's validation output on the loop path.
+    features: the dtype its trainers compute in (EcoVal hands them the standardised features in it, no wider).
     """
 
     name: str
@@ -1068,6 +1075,7 @@ class Learner:
     param_names: tuple
     predict: Callable
     validation_output: Callable
+    features: type = np.float64
 
     def bytes_per_model(self, n: int, d: int, n_classes: int, m_val: int) -> int:
         return self.batched.bytes_per_model(n, d, n_classes, m_val)
@@ -1105,6 +1113,7 @@ LEARNERS: dict = {learner.name: learner for learner in (
             fits_rows=True,
             params=lambda model: dict(zip(("W1", "b1", "W2", "b2"),
                                           (t.detach().cpu()[None] for t in model.parameters_()))),
-            param_names=("W1", "b1", "W2", "b2"), predict=_exact_mlp, validation_output=_single_output),
+            param_names=("W1", "b1", "W2", "b2"), predict=_exact_mlp, validation_output=_single_output,
+            features=np.float32),
 )}
 DEFAULT_LEARNERS = {"classification": "logreg", "regression": "ridge"}

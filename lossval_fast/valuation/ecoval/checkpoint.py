@@ -16,11 +16,12 @@ import torch
 
 
 def _digest(*arrays) -> str:
+    """SHA-1 of the arrays' dtypes, shapes and bytes (read in place, not copied)."""
     h = hashlib.sha1()
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
+        h.update(memoryview(a.reshape(-1)).cast("B") if a.dtype.kind != "O" else repr(a.tolist()).encode())
     return h.hexdigest()
 
 

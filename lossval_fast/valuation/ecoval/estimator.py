@@ -109,7 +109,8 @@ class EcoVal:
 
     def fit(self, X, y, X_val, y_val, cluster_labels=None) -> "EcoVal":
         """Value the training points. X (n, d), y (n,) labels or float targets, X_val (m, d), y_val (m,);
-        cluster_labels (n,) fixes the clusters (ids of any kind; numbered in sorted order)."""
+        cluster_labels (n,) fixes the clusters (ids of any kind; numbered in sorted order). A float32 or float64 X
+        is kept by reference, not copied (value() may refit from it): do not modify it in place in between."""
         self._check_params()
         data = inputs.check_data(X, y, X_val, y_val, self.task)
         entry = inputs.check_task_params(self, data.classification)
@@ -124,14 +125,14 @@ class EcoVal:
 
         # clusters, in standardised X (or embed(X)), and in regression the standardised target too
         began = time.perf_counter()
-        Z = clustering.embed(self.embed, data.X, data.Xs, "X")
-        if not data.classification:
-            Z = np.concatenate([Z, ((data.y - data.y_mu) / data.y_sigma)[:, None]], 1)
+        Z = self._clustering_space(data)
         labels, centroids = clustering.cluster(Z, data.y_code, data.classes, n_clusters=self.n_clusters,
                                                stratify=self.stratify_by_label, n_init=self.n_init,
                                                random_state=self.random_state_, cluster_labels=cluster_labels)
         p = centroids.shape[0]
-        self.cluster_labels_, self.centroids_, self.n_clusters_, self._Z = labels, centroids, p, Z
+        self.cluster_labels_, self.centroids_, self.n_clusters_ = labels, centroids, p
+        self._Z = Z if self.embed is not None else None   # standardised X: computed again for the values
+        del Z
         self.timings_ = {"clustering": time.perf_counter() - began}
         self._members = members = [np.flatnonzero(labels == i) for i in range(p)]
         self._cluster_classes = clustering.cluster_classes(labels, data.y_code, p, data.C) \
@@ -155,6 +156,8 @@ class EcoVal:
 
         # values
         began = time.perf_counter()
+        if self._Z is None:
+            self._Z = self._clustering_space(data)
         self._collect(state, skip)
         self.backend_ = self._trainings.describe()
         vars(self).update(cluster_values(self.utilities_, removed, pair_list, p, u0=self.u0_, lam=self.lam,
@@ -166,8 +169,19 @@ class EcoVal:
             propagate_additive(self, labels, members, se)
         else:
             propagate(self, labels, members, data.y_code, data.y)
+        if self.embed is None and self.intrinsic_kind_ != "knn_agreement":
+            self._Z = None   # only the multiplicative kNN agreement searches all training points in value()
         self.timings_["values"] = time.perf_counter() - began
         return self
+
+    def _clustering_space(self, data):
+        """Z: standardised X (or embed(X)), and in regression the standardised target as a last column."""
+        if self.embed is not None:
+            Z = clustering.embed(self.embed, data.raw(), None, "X")
+            if data.classification:
+                return Z
+            return np.concatenate([Z, ((data.y - data.y_mu) / data.y_sigma)[:, None]], 1)
+        return data.standardized(extra=None if data.classification else (data.y - data.y_mu) / data.y_sigma)
 
     def _train(self, removed, skip) -> dict:
         """The state after every subset training: resumed from the checkpoint, this process's share trained,

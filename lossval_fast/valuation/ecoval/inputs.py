@@ -40,7 +40,17 @@ def _numpy(value, name):
                          f"{type(value).__name__}") from error
 
 
-def _features(value, name, d=None) -> np.ndarray:
+CHUNK_ELEMENTS = 1 << 20   # passes over the training features touch this many entries at a time (8 MiB float64)
+
+
+def _row_chunks(n: int, d: int):
+    step = max(1, CHUNK_ELEMENTS // max(d, 1))
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
+def _features(value, name, d=None, keep_float=False) -> np.ndarray:
+    """A 2-D finite numeric array, float64; keep_float: a float32 or float64 array is kept as given (no copy;
+    checked in row chunks)."""
     X = _numpy(value, name)
     if X.ndim != 2:
         raise ValueError(f"{name} must be 2-D (points x features), got shape {X.shape}")
@@ -48,11 +58,12 @@ def _features(value, name, d=None) -> np.ndarray:
         raise ValueError(f"{name} is empty (shape {X.shape}); expected at least one row")
     if d is not None and X.shape[1] != d:
         raise ValueError(f"{name} must have {d} features like X, got shape {X.shape}")
-    try:
-        X = X.astype(np.float64)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}") from error
-    bad = int(np.count_nonzero(~np.isfinite(X)))
+    if not (keep_float and X.dtype in (np.float32, np.float64)):
+        try:
+            X = X.astype(np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} must be numeric, got dtype {X.dtype}") from error
+    bad = sum(int(np.count_nonzero(~np.isfinite(X[lo:hi]))) for lo, hi in _row_chunks(*X.shape))
     if bad:
         raise ValueError(f"{name} contains {bad} NaN or inf value(s); expected finite numbers")
     return X
@@ -194,11 +205,29 @@ def check_task_params(est, classification: bool):
 
 
 # ------------------------------------------------------------------------------------------------ data
+def _column_sums(X, mu=None) -> np.ndarray:
+    """sum_k X[k] (or sum_k (X[k] - mu)^2) in float64, row after row in order: numpy's own order for a C-ordered
+    float64 array's sum over axis 0, so the moments equal X.astype(float64).mean(0) / .std(0) bit for bit, without
+    a float64 copy of X."""
+    total = None
+    for lo, hi in _row_chunks(*X.shape):
+        part = X[lo:hi].astype(np.float64)
+        if mu is not None:
+            part -= mu
+            part *= part
+        if total is not None:
+            part = np.concatenate([total[None], part])
+        total = np.add.reduce(part, axis=0)
+    return total
+
+
 @dataclasses.dataclass
 class Data:
-    """The checked data of one fit. Classification: classes (sorted), y_code (n,) codes, y_val_code (m,) codes
-    (-1: a label absent from y), C classes. Regression: y, y_val float64, C = 1. The built-in learners see
-    standardised features (X - mu) / sigma and, in regression, targets (y - y_mu) / y_sigma."""
+    """The checked data of one fit. X as given when float32 or float64 (else a float64 copy): EcoVal keeps no
+    float64 copy of it; standardized() computes the built-in learners' features (X - mu) / sigma (rows or all)
+    from it, bit for bit the same every time. Classification: classes (sorted), y_code (n,) codes, y_val_code (m,)
+    codes (-1: a label absent from y), C classes. Regression: y, y_val float64, C = 1, and the learners see the
+    targets (y - y_mu) / y_sigma."""
 
     X: np.ndarray
     y: np.ndarray
@@ -213,7 +242,6 @@ class Data:
     sigma: np.ndarray | None = None
     y_mu: float = 0.0
     y_sigma: float = 1.0
-    Xs: np.ndarray | None = None
     Xs_val: np.ndarray | None = None
 
     @property
@@ -223,6 +251,23 @@ class Data:
     def standardize(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mu) / self.sigma
 
+    def raw(self, rows=None) -> np.ndarray:
+        """X (or its rows) in float64, what learner objects and embed see."""
+        return np.asarray(self.X if rows is None else self.X[rows], dtype=np.float64)
+
+    def standardized(self, rows=None, dtype=np.float64, extra=None) -> np.ndarray:
+        """(X - mu) / sigma of the rows (None: all, computed in row chunks), cast to dtype; extra (n,): one more
+        column (all rows only)."""
+        if rows is not None:
+            return self.standardize(self.raw(rows)).astype(dtype, copy=False)
+        n, d = self.X.shape
+        out = np.empty((n, d + (extra is not None)), dtype=dtype)
+        for lo, hi in _row_chunks(n, d):
+            out[lo:hi, :d] = self.standardize(self.X[lo:hi].astype(np.float64))
+        if extra is not None:
+            out[:, d] = extra
+        return out
+
     def targets(self) -> np.ndarray:
         """What the built-in learners fit: class codes, or standardised targets."""
         return self.y_code if self.classification else (self.y - self.y_mu) / self.y_sigma
@@ -231,7 +276,7 @@ class Data:
 def check_data(X, y, X_val, y_val, task) -> Data:
     """Shapes, dtypes and finiteness of the four arrays, and the task ("auto": a float y with a non-integer value
     means regression)."""
-    X = _features(X, "X")
+    X = _features(X, "X", keep_float=True)
     n, d = X.shape
     y = _targets(y, "y", n, "X")
     if _numpy(X_val, "X_val").ndim == 2 and _numpy(X_val, "X_val").shape[0] == 0:
@@ -268,11 +313,10 @@ def prepare(data: Data, metric) -> Data:
         data.y, data.y_val = y, y_val
         if metric == "r2" and float(np.sum((y_val - y_val.mean()) ** 2)) == 0.0:
             raise ValueError("y_val is constant: R^2 is undefined; pass a callable metric")
-    X = data.X
-    data.mu = X.mean(0)
-    std = X.std(0)
+    n = data.X.shape[0]
+    data.mu = _column_sums(data.X) / n
+    std = np.sqrt(_column_sums(data.X, data.mu) / n)
     data.sigma = np.where(std > 0, std, 1.0)
-    data.Xs = data.standardize(X)
     if not data.classification:
         data.y_mu = float(y.mean())
         sd = float(y.std())

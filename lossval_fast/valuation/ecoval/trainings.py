@@ -182,10 +182,13 @@ class Trainings:
         """Train this process's share of the subsets `state` has not done; save(state, force) checkpoints."""
         R, S = state["U"].shape
         tasks = self.my_share([(r, j) for r in range(R) for j in range(S) if not skip[j] and not state["done"][r, j]])
-        if self.path == "batched":
-            self._train_batched(state, removed, tasks, utility, save)
-        else:
-            self._train_loop(state, removed, tasks, utility, save)
+        try:
+            if self.path == "batched":
+                self._train_batched(state, removed, tasks, utility, save)
+            else:
+                self._train_loop(state, removed, tasks, utility, save)
+        finally:
+            self._trainer = None   # its copy of the features goes (a refit for value() builds it again)
 
     # ------------------------------------------------------------------------------------------ batched
     def trainer(self):
@@ -193,7 +196,7 @@ class Trainings:
         if self._trainer is not None:
             return self._trainer
         dev, data = self.device, self.data
-        X = torch.as_tensor(data.Xs, dtype=torch.float64, device=dev)
+        X = torch.as_tensor(data.standardized(dtype=self.entry.features), device=dev)
         cl = torch.as_tensor(self.labels, device=dev)
         if self.classification:
             y = torch.as_tensor(data.y_code, device=dev)
@@ -206,7 +209,7 @@ class Trainings:
     def chunk_size(self) -> int:
         if self.max_models_per_batch is not None:
             return int(self.max_models_per_batch)
-        n, d = self.data.Xs.shape
+        n, d = self.data.X.shape
         per_model = self.entry.bytes_per_model(n, d, max(self.data.C, 2), self.data.X_val.shape[0])
         return max(1, int(default_memory_budget(self.device) // 2 // max(per_model, 1)))
 
@@ -233,7 +236,7 @@ class Trainings:
                         i = j - 1
                         one = {k: v.detach().cpu() for k, v in trainer.select(params, [t]).items()}
                         rows = self.members[i]
-                        pred = self.entry.predict(one, 0, self.data.Xs[rows], self.classification)
+                        pred = self.entry.predict(one, 0, self.data.standardized(rows), self.classification)
                         state["heldout"][r, rows] = self.heldout_of(self.to_output_scale(pred), rows)
                         if self.keep_models:
                             state["models"][(r, i)] = one
@@ -280,13 +283,13 @@ class Trainings:
         if entry is not None:
             target = data.targets()
             if entry.fits_rows:
-                model.fit(data.Xs, target, rows=keep_rows)
+                model.fit(data.standardized(dtype=entry.features), target, rows=keep_rows)
             else:
-                model.fit(data.Xs[keep_rows], target[keep_rows])
+                model.fit(data.standardized(keep_rows), target[keep_rows])
             params = entry.params(model)
             out = entry.validation_output(model, params, data.Xs_val, self.classification)
             return params, self.to_output_scale(np.asarray(out, dtype=np.float64))
-        model.fit(data.X[keep_rows], data.y[keep_rows])
+        model.fit(data.raw(keep_rows), data.y[keep_rows])
         return model, self.learner_output(model, data.X_val)
 
     def learner_output(self, model, X):
@@ -332,7 +335,7 @@ class Trainings:
             held = None
             if 1 <= j <= p:
                 rows = self.members[j - 1]
-                held = self.heldout_of(self.predict_model(model, data.X[rows], data.Xs[rows]), rows)
+                held = self.heldout_of(self.predict_model(model, data.raw(rows), data.standardized(rows)), rows)
             return task, U, Uv, held, model
 
         def record(result):
