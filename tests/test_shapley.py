@@ -77,7 +77,7 @@ def test_exact_cluster_shapley_classification_matches_single_fits():
     X, y, Xv, yv = _classification()
     labels = np.arange(len(X)) % 4
     labels[y == 1] = np.where(labels[y == 1] == 3, 2, labels[y == 1])  # cluster 3 holds class 0 only
-    values, U = exact_cluster_shapley(X, y, Xv, yv, labels, task="classification", solver="lbfgs")
+    values, U = exact_cluster_shapley(X, y, Xv, yv, labels, task="classification", solver="lbfgs", min_classes=1)
     assert values.shape == (4,) and U.shape == (16,)
     assert values.sum() == pytest.approx(U[-1] - U[0], abs=1e-12)
     np.testing.assert_allclose(values, shapley_from_utilities(U), atol=0)
@@ -138,10 +138,11 @@ def test_tmc_without_truncation_converges_to_the_exact_values(task):
     else:
         X, y, Xv, yv = _classification(n=6, seed=2)
         y[:2] = [0, 1]
-    exact, U = exact_cluster_shapley(X, y, Xv, yv, np.arange(6), task=task)
+    exact, U = exact_cluster_shapley(X, y, Xv, yv, np.arange(6), task=task, min_classes=1)
     errors = {}
     for P in (20, 1500):
-        result = tmc_shapley(X, y, Xv, yv, task=task, permutations=P, truncation=None, random_state=5)
+        result = tmc_shapley(X, y, Xv, yv, task=task, permutations=P, truncation=None, random_state=5,
+                             min_classes=1)
         assert result.marginals.shape == (P, 6) and result.permutations.shape == (P, 6)
         assert result.n_trainings == 1 + P * 5            # U(D) once, prefixes 1..n-1 of every permutation
         assert (result.truncated_at == 6).all()
@@ -246,3 +247,30 @@ def test_bad_inputs_name_the_argument():
         SubsetGame(X, y, Xv, yv, np.arange(30) % 3, task="classification").utilities(np.ones((2, 4), bool))
     with pytest.raises(ValueError, match="groups"):
         SubsetGame(X, y, Xv, yv, np.arange(30) % 3 * 2, task="classification")
+
+
+def test_subsets_with_one_class_score_like_the_empty_one_as_in_ecoval():
+    """min_classes=2 (default): a subset of label-pure clusters of one class is not fitted and scores u0, EcoVal's
+    rule, so EcoVal's utilities of its trained subsets are utilities of this game (to solver tolerance)."""
+    from lossval_fast.valuation.ecoval import EcoVal
+
+    rng = np.random.default_rng(5)
+    y = np.arange(120) % 2
+    X = rng.normal(size=(120, 3)) + 1.5 * y[:, None]
+    yv = np.arange(60) % 2
+    Xv = rng.normal(size=(60, 3)) + 1.5 * yv[:, None]
+    est = EcoVal(4, pairs="all", random_state=0, verbose=False).fit(X, y, Xv, yv)
+    values, table = exact_cluster_shapley(X, y, Xv, yv, est.cluster_labels_, task="classification", solver="lbfgs")
+    p = est.n_clusters_
+    full = (1 << p) - 1
+    for j, removed in enumerate(est.subsets_):
+        mask = full & ~sum(1 << i for i in np.flatnonzero(removed))
+        assert table[mask] == pytest.approx(est.utilities_[0, j], abs=1e-6)   # the same solver, to its tolerance
+    one_class = [m for m in range(1, 1 << p) if len(set(est._cluster_classes[[i for i in range(p) if m >> i & 1]]
+                                                         .nonzero()[1])) < 2]
+    assert one_class and all(table[m] == table[0] for m in one_class)
+    assert table[0] == pytest.approx(est.u0_, abs=1e-12)
+    _, fitted = exact_cluster_shapley(X, y, Xv, yv, est.cluster_labels_, task="classification", min_classes=1)
+    assert all(fitted[m] != table[0] for m in one_class)
+    with pytest.raises(ValueError, match="min_classes"):
+        exact_cluster_shapley(X, y, Xv, yv, est.cluster_labels_, task="classification", min_classes=0)

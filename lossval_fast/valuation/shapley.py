@@ -5,8 +5,10 @@ The game (``SubsetGame``): the players are groups of training points (clusters, 
 U(S) is the validation score of the learner trained on the points of the groups in S:
 
 - classification ("logreg"): the validation mean log-likelihood, mean_v log max(p(y_v | x_v), 1e-12); a validation
-  label absent from the training labels has probability 0 (EcoVal's rule). A subset that misses classes is still
-  fitted (the L2-regularised logreg, intercept included, has a finite optimum for every non-empty subset).
+  label absent from the training labels has probability 0 (EcoVal's rule). A subset with fewer than
+  ``min_classes`` (default 2) classes is not fitted and scores like the empty one, the constant predictor: EcoVal's
+  rule (docs/ecoval.md §2), and that of Ghorbani & Zou's TMC code, which scores a prefix missing classes at the
+  random score. min_classes=1 fits every non-empty subset (the L2-regularised logreg has a finite optimum for each).
 - regression ("ridge"): R^2 on the validation set, the targets standardised with the training mean and std for the
   fit and the predictions mapped back.
 - features standardised with the training mean and std (a constant feature: std 1), as EcoVal's built-in learners.
@@ -122,8 +124,11 @@ class SubsetGame:
 
     def __init__(self, X, y, X_val, y_val, groups, *, task: str, learner: str | None = None, solver=None,
                  tol=None, max_models_per_batch: int | None = None, memory_budget: int = MEMORY_BUDGET,
-                 device="cpu"):
+                 device="cpu", min_classes: int = 2):
         self.learner = _check_task_learner(task, learner)
+        if not _is_int(min_classes) or min_classes < 1:
+            raise ValueError(f"min_classes must be an int >= 1, got {min_classes!r}")
+        self.min_classes = int(min_classes)
         if solver is not None and solver not in _learners.SOLVERS:
             raise ValueError(f"solver must be None or one of {', '.join(_learners.SOLVERS)}, got {solver!r}")
         if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real)
@@ -174,6 +179,8 @@ class SubsetGame:
                                                   solver=solver, tol=tol)
             self._bytes = _learners.BatchedLogReg.bytes_per_model(n, d, C, self.m)
             freq = np.bincount(codes, minlength=C) / n
+            self._group_classes = np.zeros((p, C), dtype=np.int64)      # which classes each group holds
+            self._group_classes[groups, codes] = 1
             p_true = np.where(known, freq[np.where(known, position, 0)], 0.0)
             self.empty_utility = float(np.mean(np.log(np.maximum(p_true, LOG_FLOOR))))
         else:
@@ -188,6 +195,7 @@ class SubsetGame:
             if ss == 0.0:
                 raise ValueError("y_val is constant: R^2 is undefined")
             self.classes = None
+            self._group_classes = None
             self.solver = "cholesky"
             self._y_mu = float(y.mean())
             y_sd = float(y.std())
@@ -214,12 +222,16 @@ class SubsetGame:
         return (1.0 - ((self._y_val - pred) ** 2).sum(1) / self._ss_tot).cpu().numpy()
 
     def utilities(self, kept) -> np.ndarray:
-        """kept (T, p) bool -> U (T,) float64; empty rows get ``empty_utility`` without a training."""
+        """kept (T, p) bool -> U (T,) float64; empty rows and rows with fewer than ``min_classes`` classes get
+        ``empty_utility`` without a training."""
         kept = np.asarray(kept, dtype=bool)
         if kept.ndim != 2 or kept.shape[1] != self.p:
             raise ValueError(f"kept must be (T, {self.p}) booleans, got shape {kept.shape}")
         out = np.full(kept.shape[0], self.empty_utility, dtype=np.float64)
-        rows = np.flatnonzero(kept.any(1))
+        fitted = kept.any(1)
+        if self._group_classes is not None and self.min_classes > 1:
+            fitted &= ((kept.astype(np.int64) @ self._group_classes) > 0).sum(1) >= self.min_classes
+        rows = np.flatnonzero(fitted)
         for start in range(0, len(rows), self.models_per_chunk):
             chunk = rows[start:start + self.models_per_chunk]
             removed = torch.as_tensor(~kept[chunk], device=self.device)
@@ -259,7 +271,7 @@ def shapley_from_utilities(utilities) -> np.ndarray:
 
 def exact_cluster_shapley(X, y, X_val, y_val, cluster_labels, *, task: str, learner: str | None = None,
                           solver=None, tol=None, max_models_per_batch: int | None = None,
-                          memory_budget: int = MEMORY_BUDGET, device="cpu"):
+                          memory_budget: int = MEMORY_BUDGET, device="cpu", min_classes: int = 2):
     """Exact Shapley values of the clusters of the training set: trains all 2^p subsets of the p clusters.
 
     X (n, d), y (n,) class labels or regression targets, X_val (m, d), y_val (m,); cluster_labels (n,) integers
@@ -269,7 +281,9 @@ def exact_cluster_shapley(X, y, X_val, y_val, cluster_labels, *, task: str, lear
     constant predictor. Returns (values (p,), utilities (2^p,)) with utilities[m] = U of the clusters {i : bit i of
     m is set}; the values sum to utilities[-1] - utilities[0]. solver, tol: the logreg solver ("newton" or
     "lbfgs"; None: Newton for at most 128 parameters per model, else L-BFGS) and its tolerance (None: the solver's
-    default). max_models_per_batch / memory_budget bound the models trained at once (the values do not depend on
+    default). min_classes: subsets with fewer classes score as the empty one (2: EcoVal's rule, so that its
+    cluster values and these are values of the same game). max_models_per_batch / memory_budget bound the models
+    trained at once (the values do not depend on
     them beyond rounding).
     """
     X = _features(X, "X")
@@ -283,7 +297,7 @@ def exact_cluster_shapley(X, y, X_val, y_val, cluster_labels, *, task: str, lear
                          f"allows p <= {MAX_EXACT_CLUSTERS}")
     game = SubsetGame(X, y, X_val, y_val, groups.reshape(-1).astype(np.int64), task=task, learner=learner,
                       solver=solver, tol=tol, max_models_per_batch=max_models_per_batch,
-                      memory_budget=memory_budget, device=device)
+                      memory_budget=memory_budget, device=device, min_classes=min_classes)
     masks = np.arange(1 << p, dtype=np.int64)
     kept = ((masks[:, None] >> np.arange(p)[None, :]) & 1).astype(bool)
     utilities = game.utilities(kept)
@@ -363,7 +377,7 @@ class TMCResult:
 def tmc_shapley(X, y, X_val, y_val, *, task: str, learner: str | None = None, permutations: int = 100,
                 truncation: Optional[float] = 0.01, patience: int = 1, random_state=0, solver=None, tol=None,
                 max_models_per_batch: int | None = None, memory_budget: int = MEMORY_BUDGET, device="cpu",
-                progress: Optional[Callable[[int, int], None]] = None) -> TMCResult:
+                progress: Optional[Callable[[int, int], None]] = None, min_classes: int = 2) -> TMCResult:
     """Truncated Monte Carlo Data Shapley (Ghorbani & Zou 2019) of every training point, trainings batched.
 
     X, y, X_val, y_val, task, learner: as in ``exact_cluster_shapley`` (each point is its own player).
@@ -390,7 +404,7 @@ def tmc_shapley(X, y, X_val, y_val, *, task: str, learner: str | None = None, pe
     n = X.shape[0]
     game = SubsetGame(X, y, X_val, y_val, np.arange(n, dtype=np.int64), task=task, learner=learner,
                       solver=solver, tol=tol, max_models_per_batch=max_models_per_batch,
-                      memory_budget=memory_budget, device=device)
+                      memory_budget=memory_budget, device=device, min_classes=min_classes)
     rng = np.random.default_rng(random_state)
     perms = np.stack([rng.permutation(n) for _ in range(permutations)])
     u_full = float(game.utilities(np.ones((1, n), dtype=bool))[0])
