@@ -375,9 +375,9 @@ class _LogRegObjective:
         """(T, K, D1) gradient in V."""
         T = A.shape[0]
         if self.K == 1:
-            R = coef * torch.sigmoid(A[:, 0])                                   # (T, n)
+            R = torch.sigmoid(A[:, 0]).mul_(coef)                               # (T, n), one array
         else:
-            R = coef[:, None, :] * (torch.softmax(A, 1) - self.Y)              # (T, C, n)
+            R = torch.softmax(A, 1).sub_(self.Y).mul_(coef[:, None, :])        # (T, C, n), one array
         return (R.reshape(T * self.K, self.n) @ self.FT.T).view(T, self.K, self.D1) + self.l2 * V
 
     def sup_norm(self, G: torch.Tensor) -> torch.Tensor:
@@ -522,6 +522,7 @@ class _LbfgsLogReg:
                 V_new.index_copy_(0, pend, torch.where(found[:, None, None], Vt, V_p))
                 f_new.index_copy_(0, pend, torch.where(found, ft, f_p))
                 stalled.index_copy_(0, pend, ~found)
+            del AD   # the direction's predictor is done with after the line search: freed before the gradient
             G_new = obj.gradient(A_new, V_new, coef)
             newest, count, gamma = _secant_update(S, Yh, rho, gamma, newest, count, (V_new - V).view(Ta, P),
                                                   (G_new - G).view(Ta, P))

@@ -192,7 +192,8 @@ class Trainings:
 
     # ------------------------------------------------------------------------------------------ batched
     def trainer(self):
-        """The batched trainer (built once): standardised X, class codes or standardised targets."""
+        """The batched trainer (built on first use, freed after the trainings): standardised X in the learner's
+        dtype, class codes or standardised targets."""
         if self._trainer is not None:
             return self._trainer
         dev, data = self.device, self.data
