@@ -334,27 +334,32 @@ class _LogRegObjective:
       cross-entropy gradient sums to zero over them, and L-BFGS combines gradients), which is the Q-basis
       iteration in other coordinates (Q is orthonormal), without rotating (T, C, n) arrays."""
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, block: int = 1 << 15):
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, block: int = 1 << 15,
+                 transform=None):
+        """transform: applied to each row block of X (e.g. standardisation of raw features), so that no
+        transformed copy of the whole X is needed; None: X as float64."""
         n, d = X.shape
+        rows = transform if transform is not None else (lambda b: b.to(torch.float64))
         self.C, self.l2 = n_classes, float(l2)
         self.K = 1 if n_classes == 2 else n_classes
         self.n, self.D1 = n, d + 1
         # only F^T (D1, n) is stored (the gradient multiplies by its transposed view), filled in row blocks: no
         # temporary of X's size
-        self.FT = torch.empty(d + 1, n, dtype=X.dtype, device=X.device)
+        dtype = torch.float64
+        self.FT = torch.empty(d + 1, n, dtype=dtype, device=X.device)
         if self.K == 1:
-            sign = 1.0 - 2.0 * (y == 1).to(X.dtype)                          # +1 for class 0, -1 for class 1
+            sign = 1.0 - 2.0 * (y == 1).to(dtype)                            # +1 for class 0, -1 for class 1
             scale = (-math.sqrt(2.0)) * sign
             for lo in range(0, n, block):
-                self.FT[:d, lo:lo + block] = (scale[lo:lo + block, None] * X[lo:lo + block]).T
+                self.FT[:d, lo:lo + block] = (scale[lo:lo + block, None] * rows(X[lo:lo + block])).T
             self.FT[d] = scale
-            self.Q = sum_zero_basis(2, X.dtype, X.device)
+            self.Q = sum_zero_basis(2, dtype, X.device)
         else:
             for lo in range(0, n, block):
-                self.FT[:d, lo:lo + block] = X[lo:lo + block].T
+                self.FT[:d, lo:lo + block] = rows(X[lo:lo + block]).T
             self.FT[d] = 1.0
             self.y = y.long()
-            self.Y = torch.nn.functional.one_hot(self.y, n_classes).T.to(X.dtype)[None].contiguous()  # (1, C, n)
+            self.Y = torch.nn.functional.one_hot(self.y, n_classes).T.to(dtype)[None].contiguous()  # (1, C, n)
 
     def predictor(self, V: torch.Tensor) -> torch.Tensor:
         """V (T, K, D1) -> A (T, K, n)."""
@@ -460,8 +465,8 @@ class _LbfgsLogReg:
     stop leave the working set (a row gather), so late iterations only touch the slow ones."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, tol: float, max_iter: int,
-                 memory: int):
-        self.obj = _LogRegObjective(X, y, n_classes, l2)
+                 memory: int, transform=None):
+        self.obj = _LogRegObjective(X, y, n_classes, l2, transform=transform)
         self.tol, self.max_iter, self.memory = float(tol), int(max_iter), int(memory)
 
     def fit(self, masks: torch.Tensor):
@@ -705,21 +710,23 @@ class LogReg(_Params):
 class BatchedLogReg:
     """T logistic regressions on the masked rows of one (n, d) matrix; see the module doc. solver="lbfgs"
     (default) or "newton"; tol, max_iter (None: the solver's defaults, as in ``LogReg``) and memory as in
-    ``LogReg``, whose fit with the same settings runs the same iterations on one model."""
+    ``LogReg``, whose fit with the same settings runs the same iterations on one model. transform: applied to
+    row blocks of X to give the features (e.g. standardisation of the raw input; L-BFGS then never holds a
+    transformed copy of X); None: X as float64."""
 
     classification = True
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, n_classes: int, *, l2=L2,
                  tol=None, max_iter=None, solver: str = "lbfgs", memory: int = LBFGS_MEMORY,
-                 memory_budget: int = 256 << 20):
+                 memory_budget: int = 256 << 20, transform=None):
         self.solver, tol, max_iter, memory = _solver_settings(solver, tol, max_iter, memory)
-        X = X.to(torch.float64)           # the solvers keep their own layout of X, not X itself
-        self.cluster_of = cluster_of.to(X.device)
+        self.cluster_of = cluster_of.to(X.device)   # the solvers keep their own layout of X, not X itself
         self.n_classes = n_classes
         y = y.to(X.device)
         if self.solver == "lbfgs":
-            self.optimizer = _LbfgsLogReg(X, y, n_classes, l2, tol, max_iter, memory)
+            self.optimizer = _LbfgsLogReg(X, y, n_classes, l2, tol, max_iter, memory, transform)
         else:
+            X = X.to(torch.float64) if transform is None else transform(X)
             self.optimizer = _NewtonLogReg(X, y, n_classes, l2, tol, max_iter, memory_budget)
 
     @staticmethod
@@ -780,27 +787,29 @@ class Ridge(_Params):
 
 class BatchedRidge:
     """T ridge regressions from per-cluster Gram sums: G_s = sum over kept clusters of Z_i^T Z_i (a (T, p) x
-    (p, D^2) product, no cancellation), then one batched Cholesky solve. Cost independent of n after the sums."""
+    (p, D^2) product, no cancellation), then one batched Cholesky solve. Cost independent of n after the sums.
+    transform: applied to each cluster's rows of X to give its features (None: X as float64)."""
 
     classification = False
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, n_clusters: int, *, l2=L2):
-        X = X.to(torch.float64)
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, n_clusters: int, *, l2=L2,
+                 transform=None):
         n, d = X.shape
-        dev = X.device
+        dev, dtype = X.device, torch.float64
         cluster_of = cluster_of.to(dev)
         D = d + 1
-        self.gram = torch.zeros(n_clusters, D, D, dtype=X.dtype, device=dev)
-        self.moment = torch.zeros(n_clusters, D, dtype=X.dtype, device=dev)
-        self.count = torch.zeros(n_clusters, dtype=X.dtype, device=dev)
-        y = y.to(device=dev, dtype=X.dtype).reshape(-1)
+        self.gram = torch.zeros(n_clusters, D, D, dtype=dtype, device=dev)
+        self.moment = torch.zeros(n_clusters, D, dtype=dtype, device=dev)
+        self.count = torch.zeros(n_clusters, dtype=dtype, device=dev)
+        y = y.to(device=dev, dtype=dtype).reshape(-1)
         for i in range(n_clusters):   # one cluster's rows (with the intercept's column) at a time
             rows = X[cluster_of == i]
-            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=X.dtype, device=dev)], 1)
+            rows = rows.to(dtype) if transform is None else transform(rows)
+            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=dtype, device=dev)], 1)
             self.gram[i] = rows.T @ rows
             self.moment[i] = rows.T @ y[cluster_of == i]
             self.count[i] = rows.shape[0]
-        self.penalty = torch.ones(D, dtype=X.dtype, device=dev)
+        self.penalty = torch.ones(D, dtype=dtype, device=dev)
         self.penalty[-1] = 0.0
         self.l2 = float(l2)
 
@@ -921,11 +930,18 @@ class MLP(_Params):
 
 
 class BatchedMLP:
-    """T one-hidden-layer MLPs trained at once (see the module doc). Float32, like the single MLP."""
+    """T one-hidden-layer MLPs trained at once (see the module doc). Float32, like the single MLP: it keeps a
+    float32 copy of X, or of transform(row block of X) (e.g. standardisation of the raw input)."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, cluster_of: torch.Tensor, outputs: int, *,
-                 classification: bool = True, hidden=HIDDEN, lr=LR, batch_size=BATCH, epochs=EPOCHS):
-        self.X = X.to(torch.float32).contiguous()
+                 classification: bool = True, hidden=HIDDEN, lr=LR, batch_size=BATCH, epochs=EPOCHS,
+                 transform=None, block: int = 1 << 15):
+        if transform is None:
+            self.X = X.to(torch.float32).contiguous()
+        else:
+            self.X = torch.empty(X.shape, dtype=torch.float32, device=X.device)
+            for lo in range(0, X.shape[0], block):
+                self.X[lo:lo + block] = transform(X[lo:lo + block])
         self.y = y.to(X.device) if classification else y.to(device=X.device, dtype=torch.float32).reshape(-1)
         self.cluster_of = cluster_of.to(X.device)
         self.outputs, self.classification = outputs, classification
@@ -1057,7 +1073,8 @@ class Learner:
 
     tasks: the tasks it fits. batched: the batched trainer class (fit(removed, seeds), select, predict and the
     static bytes_per_model(n, d, n_classes, m_val)). make_batched(X, y, cluster_of, n_classes=, n_clusters=,
-    classification=, solver=) builds it on standardised X (y: class codes, or standardised targets).
+    classification=, solver=, transform=) builds it on the features transform(row block of X) (EcoVal: raw X and
+    its standardisation; y: class codes, or standardised targets).
     make_single(classification=, n_classes=, seed=, device=, solver=) a single model (the loop path);
     fits_rows: its fit takes the full X and rows= (the MLP's epoch order) instead of X[rows]. params(model): a
     fitted single model as stacked parameters (T = 1) in the batched layout, whose names are param_names.
@@ -1088,8 +1105,8 @@ def _single_output(model, params, X, classification):
 
 LEARNERS: dict = {learner.name: learner for learner in (
     Learner("logreg", ("classification",), BatchedLogReg,
-            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver:
-                BatchedLogReg(X, y, cluster_of, n_classes, solver=solver),
+            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver, transform:
+                BatchedLogReg(X, y, cluster_of, n_classes, solver=solver, transform=transform),
             make_single=lambda *, classification, n_classes, seed, device, solver:
                 LogReg(n_classes=n_classes, device=device, solver=solver),
             fits_rows=False,
@@ -1097,8 +1114,8 @@ LEARNERS: dict = {learner.name: learner for learner in (
                                                        dtype=torch.float64)[None]},
             param_names=("W",), predict=_exact_logreg, validation_output=_single_output),
     Learner("ridge", ("regression",), BatchedRidge,
-            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver:
-                BatchedRidge(X, y, cluster_of, n_clusters),
+            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver, transform:
+                BatchedRidge(X, y, cluster_of, n_clusters, transform=transform),
             make_single=lambda *, classification, n_classes, seed, device, solver: Ridge(device=device),
             fits_rows=False,
             params=lambda model: {"theta": torch.as_tensor(np.append(model.coef_, model.intercept_),
@@ -1106,8 +1123,9 @@ LEARNERS: dict = {learner.name: learner for learner in (
             param_names=("theta",), predict=_exact_ridge,
             validation_output=lambda model, params, X, classification: _exact_ridge(params, 0, X)),
     Learner("mlp", ("classification", "regression"), BatchedMLP,
-            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver:
-                BatchedMLP(X, y, cluster_of, n_classes if classification else 1, classification=classification),
+            make_batched=lambda X, y, cluster_of, *, n_classes, n_clusters, classification, solver, transform:
+                BatchedMLP(X, y, cluster_of, n_classes if classification else 1, classification=classification,
+                           transform=transform),
             make_single=lambda *, classification, n_classes, seed, device, solver:
                 MLP(task="classification" if classification else "regression",
                     n_classes=n_classes if classification else None, random_state=seed, device=device),

@@ -192,19 +192,27 @@ class Trainings:
 
     # ------------------------------------------------------------------------------------------ batched
     def trainer(self):
-        """The batched trainer (built on first use, freed after the trainings): standardised X in the learner's
-        dtype, class codes or standardised targets."""
+        """The batched trainer (built on first use, freed after the trainings): on X standardised row block by
+        row block (no standardised copy of X), class codes or standardised targets."""
         if self._trainer is not None:
             return self._trainer
         dev, data = self.device, self.data
-        X = torch.as_tensor(data.standardized(dtype=self.entry.features), device=dev)
+        with warnings.catch_warnings():   # a read-only input (np.load(mmap_mode="r")) is only read here
+            warnings.simplefilter("ignore", UserWarning)
+            X = torch.from_numpy(np.ascontiguousarray(data.X)).to(dev)   # the input itself on the CPU (no copy)
+        mu = torch.as_tensor(data.mu, dtype=torch.float64, device=dev)
+        sigma = torch.as_tensor(data.sigma, dtype=torch.float64, device=dev)
+
+        def standardize(rows):   # data.standardize's operations: the same bits
+            return (rows.to(torch.float64) - mu) / sigma
         cl = torch.as_tensor(self.labels, device=dev)
         if self.classification:
             y = torch.as_tensor(data.y_code, device=dev)
         else:
             y = torch.as_tensor(data.targets(), dtype=torch.float64, device=dev)
         self._trainer = self.entry.make_batched(X, y, cl, n_classes=data.C, n_clusters=len(self.members),
-                                                classification=self.classification, solver=logreg_solver())
+                                                classification=self.classification, solver=logreg_solver(),
+                                                transform=standardize)
         return self._trainer
 
     def chunk_size(self) -> int:
