@@ -1,6 +1,7 @@
-"""Test problems and tolerances shared by the op tests."""
+"""Test problems and tolerances shared by the op tests and the valuation tests."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from lossval_fast import reference
@@ -45,3 +46,20 @@ def assert_rows_close(out, exact, tol, what: str):
     bad = err > tol.cpu()
     assert not bool(bad.any()), (f"{what}: {int(bad.sum())} rows off; worst error {err.max().item():.3e}, "
                                  f"tolerance there {tol.cpu().flatten()[err.argmax()].item():.3e}")
+
+
+def gaussians(seed, n=600, n_val=300, d=2, flip=0.1):
+    """T11's data: two unit Gaussians at +-(2, 0, ...), 10% of the training labels flipped, a clean validation set."""
+    rng = np.random.default_rng(seed)
+    shift = np.zeros(d)
+    shift[0] = 2.0
+
+    def draw(m):
+        y = rng.integers(0, 2, m)
+        return rng.normal(size=(m, d)) + np.where(y[:, None] == 1, shift, -shift), y
+
+    X, y = draw(n)
+    flipped = np.zeros(n, dtype=bool)
+    flipped[rng.choice(n, int(round(flip * n)), replace=False)] = True
+    X_val, y_val = draw(n_val)
+    return X, np.where(flipped, 1 - y, y), X_val, y_val, flipped

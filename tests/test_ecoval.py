@@ -16,26 +16,10 @@ import torch
 from lossval_fast.valuation import EcoVal as ExportedEcoVal
 from lossval_fast.valuation import learners
 from lossval_fast.valuation.ecoval import EcoVal, EcoValWarning, NotFittedError, cluster_quotas
+from problems import gaussians
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-def gaussians(seed, n=600, n_val=300, d=2, flip=0.1):
-    """T11's data: two unit Gaussians at +-(2, 0, ...), 10% of the training labels flipped, a clean validation set."""
-    rng = np.random.default_rng(seed)
-    shift = np.zeros(d)
-    shift[0] = 2.0
-
-    def draw(m):
-        y = rng.integers(0, 2, m)
-        return rng.normal(size=(m, d)) + np.where(y[:, None] == 1, shift, -shift), y
-
-    X, y = draw(n)
-    flipped = np.zeros(n, dtype=bool)
-    flipped[rng.choice(n, int(round(flip * n)), replace=False)] = True
-    X_val, y_val = draw(n_val)
-    return X, np.where(flipped, 1 - y, y), X_val, y_val, flipped
-
-
 def small(seed=0, n=120, n_val=60, classes=2, d=3):
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=3.0, size=(classes, d))

@@ -7,25 +7,10 @@ import numpy as np
 import pytest
 
 from lossval_fast.valuation.ecoval import EcoVal
+from problems import gaussians
 from lossval_fast.valuation.ecoval.cluster_values import cluster_value_se
 from lossval_fast.valuation.ecoval.propagation import (class_evidence, knn_class_proba, neighbours,
                                                        regression_evidence, robust_scale, shrink)
-
-
-def gaussians(seed, n=600, n_val=300, d=2, flip=0.1):
-    rng = np.random.default_rng(seed)
-    shift = np.zeros(d)
-    shift[0] = 2.0
-
-    def draw(m):
-        y = rng.integers(0, 2, m)
-        return rng.normal(size=(m, d)) + np.where(y[:, None] == 1, shift, -shift), y
-
-    X, y = draw(n)
-    flipped = np.zeros(n, dtype=bool)
-    flipped[rng.choice(n, int(round(flip * n)), replace=False)] = True
-    X_val, y_val = draw(n_val)
-    return X, np.where(flipped, 1 - y, y), X_val, y_val, flipped
 
 
 def auc(values, positive):

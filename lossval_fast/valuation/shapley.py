@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from . import checks as _checks
 from . import learners as _learners
 
 __all__ = ["SubsetGame", "TMCResult", "exact_cluster_shapley", "shapley_from_utilities", "spearman",
@@ -59,40 +60,7 @@ NEWTON_MAX_PARAMETERS = 128
 
 
 # ------------------------------------------------------------------------------------------------ checks
-def _array(value, name) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be array-like, got {type(value).__name__}") from error
-
-
-def _features(value, name, d=None) -> np.ndarray:
-    X = _array(value, name)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (points x features), got shape {X.shape}")
-    if X.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {X.shape}); expected at least one row")
-    if d is not None and X.shape[1] != d:
-        raise ValueError(f"{name} must have {d} features like X, got shape {X.shape}")
-    try:
-        X = X.astype(np.float64)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}") from error
-    bad = int(np.count_nonzero(~np.isfinite(X)))
-    if bad:
-        raise ValueError(f"{name} contains {bad} NaN or inf value(s); expected finite numbers")
-    return X
-
-
-def _targets(value, name, rows, xname) -> np.ndarray:
-    y = _array(value, name)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or y.shape[0] != rows:
-        raise ValueError(f"{name} must have one entry per row of {xname}: expected shape ({rows},), got {y.shape}")
-    return y
+_array, _features, _targets = _checks.array, _checks.features, _checks.targets
 
 
 def _is_int(value) -> bool:

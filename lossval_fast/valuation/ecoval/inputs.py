@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import torch
 
+from .. import checks as _checks
 from .. import learners as _learners
 
 TASKS = ("auto", "classification", "regression")
@@ -30,55 +31,9 @@ class EcoValWarning(UserWarning):
     """An adjustment EcoVal made on its own (p raised, clusters dropped, efficiency skipped, ...)."""
 
 
-def _numpy(value, name):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be array-like (numpy array, torch tensor or sequence), got "
-                         f"{type(value).__name__}") from error
-
-
-CHUNK_ELEMENTS = 1 << 20   # passes over the training features touch this many entries at a time (8 MiB float64)
-
-
-def _row_chunks(n: int, d: int):
-    step = max(1, CHUNK_ELEMENTS // max(d, 1))
-    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
-
-
-def _features(value, name, d=None, keep_float=False) -> np.ndarray:
-    """A 2-D finite numeric array, float64; keep_float: a float32 or float64 array is kept as given (no copy;
-    checked in row chunks)."""
-    X = _numpy(value, name)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (points x features), got shape {X.shape}")
-    if X.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {X.shape}); expected at least one row")
-    if d is not None and X.shape[1] != d:
-        raise ValueError(f"{name} must have {d} features like X, got shape {X.shape}")
-    if not (keep_float and X.dtype in (np.float32, np.float64)):
-        try:
-            X = X.astype(np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{name} must be numeric, got dtype {X.dtype}") from error
-    bad = sum(int(np.count_nonzero(~np.isfinite(X[lo:hi]))) for lo, hi in _row_chunks(*X.shape))
-    if bad:
-        raise ValueError(f"{name} contains {bad} NaN or inf value(s); expected finite numbers")
-    return X
-
-
-def _targets(value, name, rows, xname) -> np.ndarray:
-    y = _numpy(value, name)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or y.shape[0] != rows:
-        raise ValueError(f"{name} must have one entry per row of {xname}: expected shape ({rows},), got {y.shape}")
-    if y.dtype.kind in "fc" and not np.all(np.isfinite(y)):
-        raise ValueError(f"{name} contains {int(np.count_nonzero(~np.isfinite(y)))} NaN or inf value(s); expected "
-                         "finite numbers")
-    return y
+# the array checks live in valuation/checks.py (shared with the reference Shapley values)
+_numpy, _features, _targets = _checks.array, _checks.features, _checks.targets
+CHUNK_ELEMENTS, _row_chunks = _checks.CHUNK_ELEMENTS, _checks.row_chunks
 
 
 def _is_regression_target(y: np.ndarray) -> bool:
