@@ -72,6 +72,7 @@ class Config:
     random_draws: int = 5
     removal_max: float = 0.5
     agreement_runs: int = 1
+    agreement_datasets: tuple = ()        # () = every set; else only these get the agreement part
     exact_clusters: int = 12
     tmc_points: int = 200
     tmc_permutations: int = 2000
@@ -351,7 +352,7 @@ def one_run(name, task, X, y, Z_all, y_all, r, config: Config, say) -> dict:
     oos = record["out_of_sample"]
     say(f"{name} run {r + 1}: pool AUC {oos['auc']:.3f}; +top {oos['add_top']:.3f} +bottom {oos['add_bottom']:.3f} "
         f"+random {oos['add_random']:.3f} (train only {baseline:.3f})")
-    if r < config.agreement_runs:
+    if r < config.agreement_runs and (not config.agreement_datasets or name in config.agreement_datasets):
         record["agreement"] = _agreement(task, x, yt, xv, yv, mask, seed, config, say)
     return record
 
@@ -658,6 +659,8 @@ def parse(argv=None):
     parser.add_argument("--tmc-seconds", type=float, default=None, help="TMC time budget per set (900 s)")
     parser.add_argument("--tmc-points", type=int, default=None, help="points valued against TMC (200)")
     parser.add_argument("--exact-clusters", type=int, default=None, help="p for the exact cluster Shapley (12)")
+    parser.add_argument("--agreement-datasets", default=None,
+                        help="comma-separated sets that get the agreement part (default: every set)")
     parser.add_argument("--clusters", type=int, default=None, help="EcoVal's n_clusters (20)")
     parser.add_argument("--n-train", type=int, default=None)
     parser.add_argument("--n-valid", type=int, default=None)
@@ -676,6 +679,8 @@ def parse(argv=None):
         if value is not None:
             setattr(config, field, value)
     config.seed, config.threads = args.seed, args.threads
+    if args.agreement_datasets:
+        config.agreement_datasets = tuple(args.agreement_datasets.split(","))
     config.tmc_chunk = max(1, min(config.tmc_chunk, config.tmc_permutations))
     datasets = args.datasets.split(",") if args.datasets else (QUICK if args.quick else ALL)
     from lossval_fast.datasets import SHARED_DATASETS
