@@ -58,3 +58,14 @@ def targets(value, name, rows, xname) -> np.ndarray:
         raise ValueError(f"{name} contains {int(np.count_nonzero(~np.isfinite(y)))} NaN or inf value(s); expected "
                          "finite numbers")
     return y
+
+
+def regression_targets(y, y_val) -> tuple[np.ndarray, np.ndarray]:
+    """y and y_val as finite float64 regression targets."""
+    try:
+        y, y_val = y.astype(np.float64), y_val.astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"regression targets must be numeric, got dtypes {y.dtype} and {y_val.dtype}") from error
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(y_val))):
+        raise ValueError("y and y_val must be finite for regression")
+    return y, y_val

@@ -152,13 +152,7 @@ class SubsetGame:
             p_true = np.where(known, freq[np.where(known, position, 0)], 0.0)
             self.empty_utility = float(np.mean(np.log(np.maximum(p_true, LOG_FLOOR))))
         else:
-            try:
-                y, y_val = y.astype(np.float64), y_val.astype(np.float64)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"regression targets must be numeric, got dtypes {y.dtype} and {y_val.dtype}") \
-                    from error
-            if not (np.all(np.isfinite(y)) and np.all(np.isfinite(y_val))):
-                raise ValueError("y and y_val must be finite for regression")
+            y, y_val = _checks.regression_targets(y, y_val)
             ss = float(np.sum((y_val - y_val.mean()) ** 2))
             if ss == 0.0:
                 raise ValueError("y_val is constant: R^2 is undefined")

@@ -258,13 +258,7 @@ def prepare(data: Data, metric) -> Data:
         data.y_val_code = np.where(known, np.searchsorted(data.classes, y_val).clip(0, len(data.classes) - 1), -1)
         data.C = len(data.classes)
     else:
-        try:
-            y, y_val = y.astype(np.float64), y_val.astype(np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"regression targets must be numeric, got dtypes {y.dtype} and {y_val.dtype}") \
-                from error
-        if not (np.all(np.isfinite(y)) and np.all(np.isfinite(y_val))):
-            raise ValueError("y and y_val must be finite for regression")
+        y, y_val = _checks.regression_targets(y, y_val)
         data.y, data.y_val = y, y_val
         if metric == "r2" and float(np.sum((y_val - y_val.mean()) ** 2)) == 0.0:
             raise ValueError("y_val is constant: R^2 is undefined; pass a callable metric")
