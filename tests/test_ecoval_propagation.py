@@ -9,8 +9,9 @@ import pytest
 from lossval_fast.valuation.ecoval import EcoVal
 from problems import gaussians
 from lossval_fast.valuation.ecoval.cluster_values import cluster_value_se
-from lossval_fast.valuation.ecoval.propagation import (class_evidence, knn_class_proba, neighbours,
-                                                       regression_evidence, robust_scale, shrink)
+from lossval_fast.valuation.ecoval.propagation import (class_evidence, knn_class_proba, neighbours, new_votes,
+                                                       regression_evidence, robust_scale, shrink,
+                                                       validation_votes)
 
 
 def auc(values, positive):
@@ -98,8 +99,8 @@ def test_additive_values_are_cluster_shares_plus_intrinsic(noisy_gaussians):
     est = noisy_gaussians[0]
     labels = est.cluster_labels_
     p = est.n_clusters_
-    np.testing.assert_allclose(np.bincount(labels, est.values_ - est.intrinsic_, p), est.cluster_shares_,
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(np.bincount(labels, est.values_ - est.relevance_ - est.intrinsic_, p),
+                               est.cluster_shares_, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(np.bincount(labels, est.weights_, p), 1.0, rtol=1e-12)
     assert np.all(est.intrinsic_ <= 0) and np.all(est.evidence_ <= 0)
     np.testing.assert_allclose(est.intrinsic_, est.intrinsic_weight / len(labels) * est.evidence_, rtol=1e-15)
@@ -124,9 +125,44 @@ def test_cluster_value_se_is_over_per_point_values_whose_mean_is_the_value(noisy
     np.testing.assert_allclose((a + x).std(1, ddof=1) / math.sqrt(u.shape[1]), se, rtol=1e-12)
 
 
+def test_validation_votes_against_a_plain_search():
+    rng = np.random.default_rng(7)
+    Z, Zv = rng.normal(size=(53, 3)), rng.normal(size=(11, 3))
+    codes, val_codes = rng.integers(0, 3, 53), rng.integers(-1, 3, 11)     # -1: a label absent from y never agrees
+    votes, kth = validation_votes(Z, codes, Zv, val_codes, 4)
+    d2 = ((Zv[:, None, :] - Z[None, :, :]) ** 2).sum(-1)
+    expected = np.zeros(53)
+    for v in range(11):
+        near = np.argsort(d2[v], kind="stable")[:4]
+        expected[near] += np.where(codes[near] == val_codes[v], 1.0, -1.0)
+        assert kth[v] == pytest.approx(d2[v, near[-1]], rel=1e-12)
+    np.testing.assert_array_equal(votes, expected)
+    # a new point casts the votes of the training point it copies (a copy enters N_k(v) with it), others by distance
+    np.testing.assert_array_equal(new_votes(Z, codes, Zv, val_codes, kth, block_bytes=64), expected)
+    far = new_votes(Zv + 100.0, val_codes, Zv, val_codes, kth)
+    np.testing.assert_array_equal(far, 0.0)
+
+
+def test_relevance_is_the_weighted_votes_and_zero_in_regression(noisy_gaussians):
+    est, X, y, Xv, yv, _ = noisy_gaussians
+    votes, _ = validation_votes(est._data.standardized(), est._y_code, est._data.Xs_val, est._data.y_val_code,
+                                est.knn_k)
+    np.testing.assert_allclose(est.relevance_, est.relevance_weight / (est.knn_k * len(yv)) * votes, rtol=1e-15)
+    assert np.any(est.relevance_ != 0)
+    off = EcoVal(n_clusters=10, relevance_weight=0.0, random_state=0, verbose=False).fit(X, y, Xv, yv)
+    np.testing.assert_array_equal(off.relevance_, 0.0)
+    np.testing.assert_allclose(off.values_, est.values_ - est.relevance_, rtol=1e-12, atol=1e-15)
+    rng = np.random.default_rng(3)
+    Xr = rng.normal(size=(120, 3))
+    yr = Xr @ [1.0, -2.0, 0.5] + 0.1 * rng.normal(size=120)
+    reg = EcoVal(n_clusters=4, random_state=0, verbose=False).fit(Xr[:100], yr[:100], Xr[100:], yr[100:])
+    np.testing.assert_array_equal(reg.relevance_, 0.0)
+
+
 def test_uniform_intrinsic_gives_equal_shares():
     X, y, Xv, yv, _ = gaussians(1, n=200, n_val=100)
-    est = EcoVal(n_clusters=6, intrinsic="uniform", random_state=0, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(n_clusters=6, intrinsic="uniform", relevance_weight=0.0, random_state=0,
+                 verbose=False).fit(X, y, Xv, yv)
     sizes = np.bincount(est.cluster_labels_)
     np.testing.assert_allclose(est.values_, est.cluster_shares_[est.cluster_labels_] / sizes[est.cluster_labels_],
                                rtol=1e-15)
@@ -181,6 +217,8 @@ def test_multiplicative_propagation_is_still_available():
 @pytest.mark.parametrize("kwargs,match", [({"propagation": "sum"}, "propagation"),
                                           ({"intrinsic_weight": -1.0}, "intrinsic_weight"),
                                           ({"intrinsic_weight": float("nan")}, "intrinsic_weight"),
+                                          ({"relevance_weight": -1.0}, "relevance_weight"),
+                                          ({"relevance_weight": float("inf")}, "relevance_weight"),
                                           ({"shrinkage": "yes"}, "shrinkage"),
                                           ({"knn_reference": 0}, "knn_reference"),
                                           ({"intrinsic": "lco_knn", "propagation": "multiplicative"}, "lco_knn")])

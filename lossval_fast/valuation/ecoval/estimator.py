@@ -36,6 +36,7 @@ class EcoVal:
         multiplicative), "lco_knn" (the LCO models and the knn_k nearest other points), "lco_proba", "knn_agreement"
         or "uniform" (none).
     intrinsic_weight : w, utility per nat of evidence against a label is w / n (additive).
+    relevance_weight : b, utility per validation vote is b / (knn_k * m) (additive, classification; 0: no votes).
     shrinkage : shrink each cluster's share towards 0 by its standard error over the validation points (additive).
     gamma, eps : multiplicative scores s = max(g, eps)^gamma.   knn_k : neighbours of the kNN expert.
     knn_reference : the kNN expert searches at most this many training rows (a seeded sample beyond it).
@@ -58,7 +59,8 @@ class EcoVal:
     ----------------------
     values_, cluster_labels_, centroids_, lco_, extrinsic_, interactions_, cluster_values_, beta_star_,
     intrinsic_ (additive: (w / n) * evidence_; multiplicative: the scores s), weights_ (share of the cluster value),
-    evidence_ (additive: delta <= 0, nats), cluster_shares_ (additive: shrunk cluster values), cluster_value_se_,
+    evidence_ (additive: delta <= 0, nats), relevance_ (additive: the validation votes' part, 0 in regression),
+    cluster_shares_ (additive: shrunk cluster values), cluster_value_se_,
     intrinsic_kind_, utility_full_, u0_, gamma_beta_star_, n_trainings_ (fits run by this call), classes_,
     backend_ (path and device); also n_clusters_, pairs_ (|P|, 2), subsets_ (S, p) removal masks, utilities_
     (R, S), utility_points_ (R, S, m) per validation point, mean over m = utilities_ (None for a callable
@@ -71,9 +73,9 @@ class EcoVal:
 
     def __init__(self, n_clusters=20, learner=None, *, task="auto", stratify_by_label=True, embed=None, pairs="all",
                  n_repeats=1, lam=1.0, cluster_value="pairwise_shapley", propagation="additive", intrinsic=None,
-                 intrinsic_weight=100.0, shrinkage=True, gamma=1.0, eps=1e-3, knn_k=10, knn_reference=50_000,
-                 efficiency=None, metric=None, keep_models=True, n_init=10, backend="auto", device=None,
-                 max_models_per_batch=None, n_jobs=1, checkpoint=None, random_state=0, verbose=True):
+                 intrinsic_weight=100.0, relevance_weight=30.0, shrinkage=True, gamma=1.0, eps=1e-3, knn_k=10,
+                 knn_reference=50_000, efficiency=None, metric=None, keep_models=True, n_init=10, backend="auto",
+                 device=None, max_models_per_batch=None, n_jobs=1, checkpoint=None, random_state=0, verbose=True):
         self.n_clusters = n_clusters
         self.learner = learner
         self.task = task
@@ -86,6 +88,7 @@ class EcoVal:
         self.propagation = propagation
         self.intrinsic = intrinsic
         self.intrinsic_weight = intrinsic_weight
+        self.relevance_weight = relevance_weight
         self.shrinkage = shrinkage
         self.gamma = gamma
         self.eps = eps

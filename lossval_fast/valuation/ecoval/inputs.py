@@ -77,6 +77,8 @@ def check_params(est) -> None:
                          "'lco_proba', 'knn_agreement' or 'uniform'")
     if not _is_real(est.intrinsic_weight) or est.intrinsic_weight < 0:
         raise ValueError(f"intrinsic_weight must be a finite number >= 0, got {est.intrinsic_weight!r}")
+    if not _is_real(est.relevance_weight) or est.relevance_weight < 0:
+        raise ValueError(f"relevance_weight must be a finite number >= 0, got {est.relevance_weight!r}")
     if not isinstance(est.shrinkage, (bool, np.bool_)):
         raise ValueError(f"shrinkage must be True or False, got {est.shrinkage!r}")
     if not _is_int(est.knn_reference) or est.knn_reference < 2:

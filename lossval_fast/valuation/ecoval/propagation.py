@@ -1,7 +1,9 @@
 """EcoVal's propagation of cluster values to points (docs/ecoval.md §4).
 
-Additive (the default, §4.1): phi_k = V~_c(k) / n_c(k) + (intrinsic_weight / n) * delta_k, with V~ the cluster values
-shrunk by their standard errors and delta_k <= 0 the evidence the held-out experts hold against k's label.
+Additive (the default, §4.1): phi_k = V~_c(k) / n_c(k) + rho_k + (intrinsic_weight / n) * delta_k, with V~ the cluster
+values shrunk by their standard errors, rho_k the point's votes on the validation points whose nearest training
+points it is among (classification; relevance_weight / (K m) per vote) and delta_k <= 0 the evidence the held-out
+experts hold against k's label.
 
 Multiplicative (EcoVal-R v1, §4.3): phi_k = Gamma_beta * V_c(k) * w_k, w_k = s_k / sum_{l in C_c(k)} s_l,
 s_k = max(g_k, eps)^gamma, with g_k the agreement of the models trained without k's cluster (or of the kNN labels,
@@ -15,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from .clustering import embed
 
 def _mean_rows(table: np.ndarray) -> np.ndarray:
     """Mean over the first axis, summed in order (the same bits for in-sample and out-of-sample uses)."""
@@ -236,13 +239,64 @@ def evidence(est, experts, *, Zk, codes, y, held, self_rows, fit_scales: bool) -
     return regression_evidence(residuals, est._evidence_scales)
 
 
+def squared_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """(len(A), len(B)) squared Euclidean distances as sums of squared differences (not |a|^2 - 2ab + |b|^2): the
+    same bits for the same pair of rows wherever it is computed, so a copy of a training point ties with it."""
+    return ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
+
+
+def validation_votes(Z_train, codes, Z_val, val_codes, k: int):
+    """Each validation point v's k nearest training points N_k(v) (squared Euclidean distance, ties to the lower
+    index). Returns (votes (n,), kth (m,)): votes[j] = sum over the v with j in N_k(v) of +1 where y_j = y_v and -1
+    otherwise (what j does for a k-NN vote on the validation set); kth[v] the squared distance of v's k-th nearest
+    training point, which decides whether a new point would enter N_k(v)."""
+    k = int(min(k, len(Z_train)))
+    idx = neighbours(Z_val, Z_train, k)
+    agree = codes[idx] == np.asarray(val_codes)[:, None]
+    votes = np.bincount(idx.ravel(), weights=np.where(agree, 1.0, -1.0).ravel(), minlength=len(Z_train))
+    kth = ((Z_val - Z_train[idx[:, -1]]) ** 2).sum(-1)
+    return votes, kth
+
+
+def new_votes(Z_new, codes_new, Z_val, val_codes, kth, block_bytes: int = 1 << 25) -> np.ndarray:
+    """The votes (m_new,) new points would cast: on each validation point v whose k-NN set they would enter (squared
+    distance <= kth[v]: a copy of a training point in N_k(v) enters it too), +1 where the labels agree, -1
+    otherwise. Blocked: no (m_new, m) matrix beyond block_bytes."""
+    Z_new, Z_val = np.asarray(Z_new, np.float64), np.asarray(Z_val, np.float64)
+    sign = np.where(np.asarray(codes_new)[:, None] == np.asarray(val_codes)[None, :], 1.0, -1.0) \
+        if len(Z_new) else np.zeros((0, len(Z_val)))
+    out = np.zeros(len(Z_new))
+    block = max(1, block_bytes // (8 * max(1, Z_val.shape[0] * Z_val.shape[1])))
+    for lo in range(0, len(Z_new), block):
+        inside = squared_distances(Z_new[lo:lo + block], Z_val) <= kth[None, :]
+        out[lo:lo + block] = (inside * sign[lo:lo + block]).sum(1)
+    return out
+
+
+def relevance(est, Zk) -> np.ndarray:
+    """rho (n,) = relevance_weight / (K m) * votes (classification; 0 in regression or with relevance_weight 0).
+    One vote moves a K-NN classifier's validation accuracy by at most 1 / (K m); relevance_weight converts that
+    into the units of U like intrinsic_weight does for nats. Keeps what value() needs for new points."""
+    data = est._data
+    n = len(Zk)
+    est._relevance_unit = 0.0
+    if not data.classification or est.relevance_weight == 0:
+        est._val_Z = None
+        return np.zeros(n)
+    Z_val = embed(est.embed, data.X_val, data.Xs_val, "X_val")
+    votes, kth = validation_votes(Zk, est._y_code, Z_val, data.y_val_code, est.knn_k)
+    est._val_Z, est._val_kth = Z_val, kth
+    est._relevance_unit = est.relevance_weight / (min(est.knn_k, n) * len(Z_val))
+    return est._relevance_unit * votes
+
+
 def heldout_mean(est) -> np.ndarray:
     """The LCO models' held-out outputs, averaged over the repeats: (n, C) probabilities or (n,) predictions."""
     return _mean_rows(est._heldout)
 
 
 def propagate_additive(est, labels, members, se):
-    """values_ = cluster_shares_[c] / n_c + intrinsic_ (docs/ecoval.md §4)."""
+    """values_ = cluster_shares_[c] / n_c + relevance_ + intrinsic_ (docs/ecoval.md §4)."""
     n = len(labels)
     data = est._data
     sizes = np.array([len(rows) for rows in members], dtype=np.float64)
@@ -260,15 +314,20 @@ def propagate_additive(est, labels, members, se):
     est.evidence_ = delta
     est._intrinsic_unit = est.intrinsic_weight / n
     est.intrinsic_ = est._intrinsic_unit * delta
+    est.relevance_ = relevance(est, Zk)
     est.weights_ = 1.0 / sizes[labels]
     est._sizes = sizes
-    est.values_ = est.cluster_shares_[labels] / sizes[labels] + est.intrinsic_
+    est.values_ = est.cluster_shares_[labels] / sizes[labels] + est.relevance_ + est.intrinsic_
 
 
 def value_new_additive(est, clusters, Z, codes, y_new, held) -> np.ndarray:
-    """New points' values (docs/ecoval.md §5): the share of the nearest cluster of their class plus their own
-    intrinsic part, from the stored LCO models (held) and their K nearest training points (itself excluded for
-    none: a new point is not in the reference)."""
-    delta = evidence(est, EXPERTS[est.intrinsic_kind_], Zk=knn_space(est, Z), codes=codes, y=y_new, held=held,
+    """New points' values (docs/ecoval.md §5): the share of the nearest cluster of their class, the votes they
+    would cast on the validation set, and their own intrinsic part, from the stored LCO models (held) and their K
+    nearest training points (itself excluded for none: a new point is not in the reference)."""
+    Zk = knn_space(est, Z)
+    delta = evidence(est, EXPERTS[est.intrinsic_kind_], Zk=Zk, codes=codes, y=y_new, held=held,
                      self_rows=None, fit_scales=False)
-    return est.cluster_shares_[clusters] / est._sizes[clusters] + est._intrinsic_unit * delta
+    rho = 0.0
+    if est._relevance_unit:
+        rho = est._relevance_unit * new_votes(Zk, codes, est._val_Z, est._data.y_val_code, est._val_kth)
+    return est.cluster_shares_[clusters] / est._sizes[clusters] + rho + est._intrinsic_unit * delta
