@@ -64,8 +64,8 @@ class EcoVal:
     intrinsic_kind_, utility_full_, u0_, gamma_beta_star_, n_trainings_ (fits run by this call), classes_,
     backend_ (path and device); also n_clusters_, pairs_ (|P|, 2), subsets_ (S, p) removal masks, utilities_
     (R, S), utility_points_ (R, S, m) per validation point, mean over m = utilities_ (None for a callable
-    metric), agreement_ (n,) g (multiplicative), converged_ (all built-in fits reached their tolerance), random_state_, task_,
-    metric_, timings_ (seconds: clustering, trainings, values).
+    metric), agreement_ (n,) g (multiplicative), converged_ (all built-in fits reached their tolerance),
+    random_state_, task_, metric_, timings_ (seconds: clustering, trainings, values).
     """
 
     _checkpoint_interval = 2.0   # seconds between checkpoint writes on the loop path (always on exit, too)

@@ -1,7 +1,7 @@
 """EcoVal's propagation of cluster values to points (docs/ecoval.md §4).
 
-Additive (the default, §4.1): phi_k = V~_c(k) / n_c(k) + rho_k + (intrinsic_weight / n) * delta_k, with V~ the cluster
-values shrunk by their standard errors, rho_k the point's votes on the validation points whose nearest training
+Additive (the default, §4.1): phi_k = V~_c(k) / n_c(k) + rho_k + (intrinsic_weight / n) * delta_k, with V~ the
+cluster values shrunk by their standard errors, rho_k the point's votes on the validation points whose nearest training
 points it is among (classification; relevance_weight / (K m) per vote) and delta_k <= 0 the evidence the held-out
 experts hold against k's label.
 
@@ -94,11 +94,12 @@ def propagate(est, labels, members, y_code, y):
 
 
 # ------------------------------------------------------------------------------------------------ additive
-# propagation="additive" (docs/ecoval.md §4): phi_k = extrinsic share + intrinsic part,
+# propagation="additive" (docs/ecoval.md §4): phi_k = extrinsic share + validation votes + intrinsic part,
 #
-#     phi_k = V~_c(k) / n_c(k)  +  (intrinsic_weight / n) * delta_k
+#     phi_k = V~_c(k) / n_c(k)  +  rho_k  +  (intrinsic_weight / n) * delta_k
 #
-# V~ the cluster values shrunk by their standard error over the validation points, delta_k <= 0 the evidence
+# V~ the cluster values shrunk by their standard error over the validation points, rho_k the point's votes on the
+# validation points it is a nearest training point of (classification), delta_k <= 0 the evidence
 # (in nats) that the held-out experts (the LCO models, the k nearest other training points) hold against k's label.
 SMOOTHING = 0.5        # kNN class frequencies: (count + 1/2) / (K + C/2), so that no class has probability 0
 MAD_SCALE = 1.4826     # MAD -> standard deviation of a normal
