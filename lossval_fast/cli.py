@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import importlib.util
 import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ._io import atomic_write, check_writable, check_writable_dir
 
 PROG = "lossval-fast"
 BUNDLED = "bundled:pol"
@@ -52,17 +56,27 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _plain(value):
+    """A numpy scalar as the Python number or string it holds (its repr is then 1, not np.int64(1))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 # ------------------------------------------------------------------------------------------------ option types
-def _int_at_least(minimum: int):
+def _int_at_least(minimum: int, maximum: int | None = None):
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
     return parse
+
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds below 2**32
 
 
 def _positive_float(text: str) -> float:
@@ -127,7 +141,7 @@ def _method_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_int_at_least(0, SEED_MAX), default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=_int_at_least(1), metavar="N", help="torch CPU threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
@@ -275,7 +289,8 @@ def _resolve_task(requested: str, y, path: str) -> tuple[str, str]:
     else:
         task, why = requested, "--task"
     if task == "classification" and distinct < 2:
-        raise CommandError(f"{path}: the target has a single class ({np.unique(y)[0]!r}); nothing to tell apart")
+        raise CommandError(f"{path}: the target has a single class ({_plain(np.unique(y)[0])!r}); nothing to tell "
+                           "apart")
     if task == "regression" and y.dtype.kind not in "iuf":
         raise CommandError(f"{path}: --task regression needs a numeric target, the target holds text labels")
     return task, why
@@ -304,6 +319,9 @@ def _cmd_value(args) -> int:
 
     _check_device(args.device)
     _setup_threads(args)
+    check_writable(args.out)  # before the fit: a bad path fails now, not after it
+    if args.plot:
+        check_writable(args.plot, "--plot")
     say = _progress(args)
     X, y, names, shown = _load(args.data, args.target, args.one_hot)
     n = len(X)
@@ -344,9 +362,7 @@ def _cmd_value(args) -> int:
     values = result["values"]
     low = two_means_split(values) if n >= 2 else np.zeros(n, bool)
     out = Path(args.out)
-    if out.parent != Path(""):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    with atomic_write(out, newline="") as f:
         f.write("row,target,value,low_cluster,fit\n")
         for i in range(n):
             label = str(y[i].item() if hasattr(y[i], "item") else y[i])
@@ -368,8 +384,6 @@ def _cmd_value(args) -> int:
     print(f"wrote {out} ({n} values, one per input row, in input order)")
     if args.plot:
         plot = Path(args.plot)
-        if plot.parent != Path(""):
-            plot.parent.mkdir(parents=True, exist_ok=True)
         plot_values(values, plot, title=f"{LABELS[args.method]} values of {shown} ({n} rows)")
         print(f"wrote {plot}")
     return 0
@@ -391,6 +405,10 @@ def _cmd_evaluate(args) -> int:
         out = Path(f"report-{stem}-{args.noise}-{args.rate * 100:g}")
     else:
         out = Path(args.out)
+    check_writable_dir(out)
+    if args.seed + args.runs - 1 > SEED_MAX:
+        raise UsageError(f"argument --seed: run r uses seed + r, so --seed must be at most {SEED_MAX - args.runs + 1} "
+                         f"with --runs {args.runs}, got {args.seed}")
     try:
         test = check_protocol(len(X), n_train=args.train, n_valid=args.valid, n_test=args.test, rate=args.rate,
                               noise=args.noise)
@@ -525,10 +543,12 @@ def _cmd_bench(args) -> int:
     if out.resolve() != results.resolve():
         for path in results.iterdir():
             if path.suffix in (".md", ".json") and path.name != RATIO_FILE:
-                shutil.copy2(path, out / path.name)
+                with atomic_write(out / path.name, "wb") as f:
+                    f.write(path.read_bytes())
     ratios = collect_ratios(results)
     text = ratios_markdown(ratios, results, quick=args.quick, updated=updated)
-    (out / RATIO_FILE).write_text(text)
+    with atomic_write(out / RATIO_FILE) as f:
+        f.write(text)
     print()
     print("\n".join(line for line in text.splitlines() if line.startswith("|")))
     print(f"\nwrote {out / RATIO_FILE} ({len(ratios)} ratios from {len({r['file'] for r in ratios})} report(s))")
@@ -566,6 +586,39 @@ def _plain_warnings():
         warnings.showwarning = original
 
 
+def _failure(error: BaseException) -> tuple[int, str] | None:
+    """(exit status, one line) for the exceptions that are the user's or the machine's doing, None for others.
+
+    One table for every command: 2 for a bad command line, 1 for bad data or parameters (ValueError, TypeError are
+    how the package reports invalid input), for files that cannot be read or written, and for a dead worker.
+    """
+    from .distributed import WorkerError
+
+    if isinstance(error, UsageError):
+        return 2, _one_line(error)
+    if isinstance(error, WorkerError):
+        return 1, f"{_one_line(error)}; nothing was written"
+    if isinstance(error, (CommandError, ValueError, TypeError)):
+        return 1, _one_line(error)
+    if isinstance(error, OSError):  # permission denied, disk full, a corrupt gzip stream, ...
+        where = f": {error.filename}" if error.filename else ""
+        return 1, f"{_one_line(error.strerror or error)}{where}"
+    if isinstance(error, (zlib.error, zipfile.BadZipFile, csv.Error, EOFError)):  # a damaged file read elsewhere
+        return 1, f"cannot read a file: {type(error).__name__}: {_one_line(error)}"
+    if isinstance(error, MemoryError):
+        return 1, "out of memory (try fewer rows, a smaller --batch-size or --val-size)"
+    return None
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (`lossval-fast ... | head`): stop without a word, as a process killed by SIGPIPE
+    would. Later writes and the interpreter's final flush go to /dev/null instead of failing again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + 13  # what the shell reports for a process ended by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
     debug = os.environ.get("LOSSVAL_FAST_DEBUG") == "1"
@@ -578,24 +631,21 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{PROG} {args.command}"
     with _plain_warnings():
         try:
-            return args.handler(args)
-        except UsageError as error:
-            if debug:
-                raise
-            print(f"{name}: error: {_one_line(error)}", file=sys.stderr)
-            return 2
-        except (CommandError, ValueError) as error:
-            # ValueError is how the package reports invalid input (sizes, labels, options the data cannot meet).
-            if debug:
-                raise
-            print(f"{name}: error: {_one_line(error)}", file=sys.stderr)
-            return 1
-        except OSError as error:  # writing the outputs: permission denied, disk full, ...
-            if debug:
-                raise
-            where = f": {error.filename}" if error.filename else ""
-            print(f"{name}: error: {_one_line(error.strerror or error)}{where}", file=sys.stderr)
-            return 1
+            code = args.handler(args)
+            sys.stdout.flush()  # a closed pipe shows up here, where it is handled, not at the interpreter's exit
+            return code
+        except BrokenPipeError:
+            return _quiet_broken_pipe()
         except KeyboardInterrupt:
             print(f"{name}: interrupted", file=sys.stderr)
             return 130
+        except Exception as error:
+            failure = _failure(error)
+            if debug:
+                raise
+            if failure is None:  # a bug of ours: still one line, and how to see more
+                failure = 1, (f"internal error: {type(error).__name__}: {_one_line(error)} (please report it; "
+                              "LOSSVAL_FAST_DEBUG=1 shows the traceback)")
+            code, message = failure
+            print(f"{name}: error: {message}", file=sys.stderr)
+            return code

@@ -6,6 +6,8 @@ import errno
 import gzip
 import os
 import re
+import zipfile
+import zlib
 from importlib import resources
 
 import numpy as np
@@ -139,17 +141,37 @@ def _plain_labels(y: np.ndarray) -> np.ndarray:
     return y
 
 
+def _open_npz(path: str):
+    with open(path, "rb") as raw:
+        magic = raw.read(4)
+    if magic[:2] != b"PK":  # np.load would try it as a .npy, or speak of pickles
+        raise ValueError(f"{path}: cannot read the file: not an .npz (zip) archive (it starts with {magic!r}, "
+                         "expected b'PK')")
+    return np.load(path, allow_pickle=False)
+
+
 def _load_npz(path: str, dtype):
-    with np.load(path, allow_pickle=False) as archive:
+    with _open_npz(path) as archive:
         names = set(archive.files)
+
+        def read(name):
+            try:
+                return archive[name]
+            except ValueError as error:  # object arrays (pickles), a damaged member
+                raise ValueError(f"{path}: cannot read array {name!r}: {' '.join(str(error).split())}") from None
+
         if {"X", "y"} <= names:
-            X, y = archive["X"], archive["y"]
+            X, y = read("X"), read("y")
         elif {"x_train", "y_train", "x_test", "y_test"} <= names:
-            X = np.concatenate([archive["x_train"], archive["x_test"]])
-            y = np.concatenate([archive["y_train"], archive["y_test"]])
+            X = np.concatenate([read("x_train"), read("x_test")])
+            y = np.concatenate([read("y_train"), read("y_test")])
         else:
             raise ValueError(f"{path}: expected arrays 'X' and 'y', or 'x_train', 'y_train', 'x_test' and 'y_test'; "
                              f"found: {', '.join(sorted(names)) or 'none'}")
+    for name, array in (("X", X), ("y", y)):
+        if array.dtype.kind not in "biuf" and not (name == "y" and array.dtype.kind == "U"):
+            raise ValueError(f"{path}: array {name!r} has dtype {array.dtype}, expected numbers"
+                             + (" or text labels" if name == "y" else ""))
     if X.ndim < 1 or y.ndim < 1 or X.shape[0] != y.shape[0]:
         raise ValueError(f"{path}: features and labels disagree in length: shapes {X.shape} and {y.shape}")
     X = X.reshape(X.shape[0], -1).astype(dtype)
@@ -185,7 +207,31 @@ def load_table(path, target: str = "target", *, encode_categorical: bool = False
         raise FileNotFoundError(errno.ENOENT, "data file not found", path)
     lower = path.lower()
     if lower.endswith(".npz"):
-        return _load_npz(path, dtype)
-    if lower.endswith(".csv") or lower.endswith(".csv.gz"):
-        return _load_csv(path, target, encode_categorical, dtype)
-    raise ValueError(f"{path}: unsupported file type; expected .csv, .csv.gz or .npz")
+        reader = lambda: _load_npz(path, dtype)
+    elif lower.endswith(".csv") or lower.endswith(".csv.gz"):
+        reader = lambda: _load_csv(path, target, encode_categorical, dtype)
+    else:
+        raise ValueError(f"{path}: unsupported file type; expected .csv, .csv.gz or .npz")
+    try:
+        return reader()
+    except _CORRUPT as error:
+        raise ValueError(f"{path}: cannot read the file: {_corruption(error)}") from error
+
+
+# What a damaged file raises from the readers' depths (zlib, zipfile, csv, the decoders), each turned into one
+# ValueError naming the file; a message ValueError of our own passes through unchanged.
+_CORRUPT = (zlib.error, zipfile.BadZipFile, csv.Error, EOFError, UnicodeDecodeError, gzip.BadGzipFile)
+
+
+def _corruption(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, zlib.error):
+        return f"corrupt gzip data ({text})"
+    if isinstance(error, (zipfile.BadZipFile, EOFError)):
+        return f"truncated or not an .npz (zip) archive ({text or type(error).__name__})"
+    if isinstance(error, csv.Error) and "field larger than field limit" in text:
+        return (f"a field is longer than {csv.field_size_limit():,} characters, the CSV reader's limit "
+                "(is it a CSV file, with matching quotes?)")
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text ({text})"
+    return f"{type(error).__name__}: {text}"

@@ -57,7 +57,7 @@ from .valuation.ecoval import EcoVal
 from .valuation.optim import LAST_STEP
 from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats, weighted_batch_loss
 
-__all__ = ["fit", "launch", "shard_bounds", "init_from_env"]
+__all__ = ["fit", "launch", "shard_bounds", "init_from_env", "WorkerError"]
 
 
 def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
@@ -590,6 +590,19 @@ def _worker(rank, nproc, backend, host, port, threads, fn, args, kwargs, folder)
         dist.destroy_process_group()
 
 
+class WorkerError(RuntimeError):
+    """A process of `launch` ended without a result and without a Python exception (killed by a signal, such as
+    the kernel's OOM killer, or an exit of its own); the others were stopped. Attributes: rank, nproc, pid,
+    exit_code, signal_name (None when it exited)."""
+
+    def __init__(self, rank: int, nproc: int, pid: int, exit_code: int, signal_name: str | None = None):
+        self.rank, self.nproc, self.pid, self.exit_code, self.signal_name = rank, nproc, pid, exit_code, signal_name
+        how = f"was killed by {signal_name}" if signal_name else f"exited with status {exit_code}"
+        hint = " (out of memory?)" if signal_name == "SIGKILL" else ""
+        super().__init__(f"worker process of rank {rank} of {nproc} (pid {pid}) {how}{hint}; the other ranks were "
+                         "stopped and the fit has no result")
+
+
 def launch(nproc: int, fn, *args, backend: str | None = None, threads: int | None = 1,
            master_addr: str = "127.0.0.1", master_port: int | None = None, **kwargs):
     """Run ``fn(*args, **kwargs)`` on `nproc` processes (torch.multiprocessing spawn), each with the default
@@ -607,6 +620,9 @@ def launch(nproc: int, fn, *args, backend: str | None = None, threads: int | Non
         try:
             torch.multiprocessing.spawn(_worker, args=(nproc, backend, master_addr, port, threads, fn, args, kwargs,
                                                        folder), nprocs=nproc, join=True)
+        except torch.multiprocessing.ProcessExitedException as failure:  # killed (OOM killer, a signal) or exit()
+            raise WorkerError(failure.error_index, nproc, failure.error_pid, failure.exit_code,
+                              failure.signal_name) from failure
         except torch.multiprocessing.ProcessRaisedException as failure:
             path = os.path.join(folder, f"error-{failure.error_index}.pt")
             error = None

@@ -27,10 +27,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ._io import atomic_write
 from .valuation import (KINDS, KNNShapley, discovery_curve, noisify_split, noisy_count, noisy_detection_auc,
                         noisy_detection_f1, standardize_split, two_means_split)
 from .valuation.learners import LEARNERS as _BUILTIN_LEARNERS
-from .valuation.splits import ZSCORE_EPS
+from .valuation.splits import zscore_with
 
 METHODS = ("lossval", "ecoval", "knn-shapley", "random")
 LABELS = {"lossval": "LossVal", "ecoval": "EcoVal", "knn-shapley": "KNN-Shapley", "random": "random values"}
@@ -229,8 +230,8 @@ def describe_machine(machine: dict) -> str:
 
 
 def _zscore_with(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(values - mean) / (std + 1e-8) with the statistics of `reference` (OpenDataVal's formula)."""
-    return (values - reference.mean(axis=0)) / (reference.std(axis=0) + ZSCORE_EPS)
+    """(values - mean) / (std + 1e-8) with the statistics of `reference` (OpenDataVal's formula, overflow-safe)."""
+    return zscore_with(values, reference)
 
 
 def _round_half_up(x: float) -> int:
@@ -632,6 +633,13 @@ def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.2):
     return figure
 
 
+def _save(figure, path) -> None:
+    """The figure to `path`, whole or not at all; the format from the suffix (.png, .pdf, .svg; none: PNG)."""
+    kind = Path(path).suffix[1:].lower() or "png"
+    with atomic_write(path, "wb") as f:
+        figure.savefig(f, format=kind)
+
+
 def plot_discovery(results: dict, path) -> None:
     figure = _figure()
     ax = figure.add_subplot(1, 1, 1)
@@ -650,7 +658,7 @@ def plot_discovery(results: dict, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
+    _save(figure, path)
 
 
 def plot_removal(results: dict, path) -> None:
@@ -669,7 +677,7 @@ def plot_removal(results: dict, path) -> None:
     axes[0].legend(fontsize=8)
     figure.suptitle(f"{results['data']}: {results['removal']['model']}", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path)
+    _save(figure, path)
 
 
 def plot_values(values, path, *, title: str = "data values") -> None:
@@ -695,7 +703,7 @@ def plot_values(values, path, *, title: str = "data values") -> None:
         ax.grid(alpha=0.3)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path)
+    _save(figure, path)
 
 
 def write_report(results: dict, out_dir) -> dict:
@@ -704,8 +712,10 @@ def write_report(results: dict, out_dir) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": out / "results.json", "report": out / "report.md", "discovery": out / "discovery.png",
              "removal": out / "removal.png"}
-    paths["results"].write_text(json.dumps(results, indent=1) + "\n")
-    paths["report"].write_text(report_markdown(results))
+    with atomic_write(paths["results"]) as f:
+        f.write(json.dumps(results, indent=1) + "\n")
+    with atomic_write(paths["report"]) as f:
+        f.write(report_markdown(results))
     plot_discovery(results, paths["discovery"])
     plot_removal(results, paths["removal"])
     return paths

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 namespace lvf {
 namespace cpu {
@@ -58,7 +59,7 @@ struct KernelTable {
                                const T* z, int64_t d_pad, int64_t row_begin, int64_t row_end, T* acc);
   // column reduction of a stored cost over rows [row_begin, row_end) (the other half-step of a symmetric Sinkhorn
   // update, from the same sweep of the matrix): t_ij = ha_i - scale * cost_ij; per-column running (max, sum) in
-  // colmax / colsum (ld entries, the caller's own partials: start at kColumnEmpty / 0, combine across callers)
+  // colmax / colsum (ld entries, the caller's own partials: start at column_empty<T>() / 0, combine across callers)
   void (*stored_cols)(const T* cost, int64_t ld, const T* ha, T scale, int64_t row_begin, int64_t row_end,
                       T* colmax, T* colsum);
   // throughput probe for the benchmarks: sum of 2^buffer over `repeats` sweeps of an in-cache buffer
@@ -66,7 +67,7 @@ struct KernelTable {
   // online mode, both half-steps of a symmetric update from one computation of each dot-product tile: the row
   // reduction of `reduce` (Online) and, with row biases ha (log2 units, the caller's shift applied), the column
   // reduction t'_ij = ha_i - scale ½|x'_i|² + scale <x'_i, z'_j> into running per-column (max, sum) partials
-  // (m_pad entries each, starting at kColumnEmpty / 0); half_norm (n) receives ½|x'_i|²
+  // (m_pad entries each, starting at column_empty<T>() / 0); half_norm (n) receives ½|x'_i|²
   void (*reduce_both)(const Rows<T>& r, const Columns<T>& c, T scale, const T* ha, int64_t row_begin,
                       int64_t row_end, T* rowmax, T* rowsum, T* half_norm, T* colmax, T* colsum);
   // out_i = log2(in_i) to double precision (~1 ulp), vectorised: the -eps log Σ of each output of a pass, where
@@ -75,8 +76,13 @@ struct KernelTable {
 };
 
 // Start value of a column's running max in stored_cols: finite, so that an all-masked column (t = -inf) never
-// computes -inf - (-inf); anything below kColumnEmpty / 2 at the end means the column saw no finite term.
-constexpr double kColumnEmpty = -1e30;
+// computes -inf - (-inf); anything below half of it at the end means the column saw no finite term. A quarter of
+// the type's range, not a round -1e30: float64 exponents reach -6e29 legitimately (points at 3e13, blur 0.05), and
+// such a column taken for empty made the potential +inf and the divergence NaN.
+template <typename T>
+constexpr T column_empty() {
+  return T(-0.25) * std::numeric_limits<T>::max();
+}
 
 const KernelTable<float>& kernels_f32();
 const KernelTable<double>& kernels_f64();

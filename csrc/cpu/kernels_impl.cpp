@@ -226,7 +226,7 @@ static void reduce_impl(const Rows<T>& r, const Columns<T>& c, T scale, int64_t 
 // Both half-steps of a symmetric Sinkhorn update from ONE computation of each tile of dot products (online mode):
 // the row reduction of reduce(ONLINE) with t_ij = bias_j + scale dot_ij, and the column reduction with
 // u_ij = ha_i - scale ½|x'_i|² + scale dot_ij into the caller's running per-column (max, sum) partials colmax /
-// colsum (m_pad entries; start at kColumnEmpty / 0). Padding columns (zero panels) only touch their own partials.
+// colsum (m_pad entries; start at column_empty<T>() / 0). Padding columns (zero panels) only touch their own partials.
 template <typename T>
 void reduce_both(const Rows<T>& r, const Columns<T>& c, T scale, const T* ha, int64_t row_begin, int64_t row_end,
                  T* rowmax, T* rowsum, T* half_norm, T* colmax, T* colsum) {

@@ -124,7 +124,7 @@ class SoftminEngine {
     const int64_t block = table.row_block;
     const int64_t n_blocks = (n_ + block - 1) / block;
     const int threads = serial_ ? 1 : std::max(1, at::get_num_threads());
-    colmax_.assign(size_t(threads) * ld, T(kColumnEmpty));
+    colmax_.assign(size_t(threads) * ld, column_empty<T>());
     colsum_.assign(size_t(threads) * ld, T(0));
     auto run = [&](int64_t b0, int64_t b1) {
       const int tid = serial_ ? 0 : at::get_thread_num();
@@ -150,7 +150,7 @@ class SoftminEngine {
     const T* c = cost_.data();
     const auto& table = kernels<T>();
     const int threads = serial_ ? 1 : std::max(1, at::get_num_threads());
-    colmax_.assign(size_t(threads) * ld_, T(kColumnEmpty));
+    colmax_.assign(size_t(threads) * ld_, column_empty<T>());
     colsum_.assign(size_t(threads) * ld_, T(0));
     constexpr int64_t kTile = 32;  // rows per tile: 32 x ld stays in L2 between the row and the column sweep
     auto tiles = [&](int64_t t0, int64_t t1) {
@@ -184,7 +184,7 @@ class SoftminEngine {
       }
     } else {
       for (int64_t j = 0; j < m_; ++j) {
-        double top = kColumnEmpty;
+        double top = double(column_empty<T>());
         for (int t = 0; t < threads; ++t) top = std::max(top, double(colmax_[size_t(t) * ld + j]));
         double total = 0;
         for (int t = 0; t < threads; ++t)
@@ -196,7 +196,7 @@ class SoftminEngine {
     kernels<T>().log2_batch(totals_.data(), m_, logs_.data());
     for (int64_t j = 0; j < m_; ++j) {
       const double base = half_norm != nullptr ? double(half_norm[j]) : 0.0;
-      cols_out[j] = best[j] < kColumnEmpty / 2 ? std::numeric_limits<double>::infinity()
+      cols_out[j] = best[j] < 0.5 * double(column_empty<T>()) ? std::numeric_limits<double>::infinity()
                                                : base - eps * kLn2 * (offset + best[j] + logs_[j]);
     }
   }

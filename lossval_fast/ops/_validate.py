@@ -52,7 +52,7 @@ def vector(value, name: str, length: int, like: torch.Tensor, what: str) -> torc
     return t
 
 
-def positive_scalar(value, name: str) -> float:
+def positive_scalar(value, name: str, largest: float = math.inf) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a positive scalar, got a tensor of shape {tuple(value.shape)}")
@@ -64,6 +64,8 @@ def positive_scalar(value, name: str) -> float:
         raise ValueError(f"{name} must be finite, got {value}")
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    if value > largest:
+        raise ValueError(f"{name} must be at most {largest:g}, got {value:g}")
     return value
 
 

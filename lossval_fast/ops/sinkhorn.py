@@ -23,6 +23,9 @@ from .memory import default_memory_budget
 __all__ = ["sinkhorn_divergence", "SinkhornLoss", "SinkhornCache", "epsilon_schedule", "max_diameter"]
 
 
+MAX_SCALE = 1e150  # blur and diameter enter squared (ε = blur², the first ε = diameter²): both must stay finite
+
+
 def epsilon_schedule(p: int, diameter: float, blur: float, scaling: float) -> list[float]:
     """geomloss' schedule: [d^p] + [exp(e) for e in arange(p ln d, p ln blur, p ln scaling)] + [blur^p].
     The first value appears twice (once to initialise, once in the loop); ceil(log(d/blur)/log(1/scaling)) + 2
@@ -84,6 +87,9 @@ def _check_inputs(a, x, b, y, blur, scaling, p, diameter, validate):
         raise ValueError(f"x and y must both be (N, d) or both (B, N, d) point clouds, got shapes "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
     batched = x.dim() == 3
+    if batched and (x.shape[0] == 0 or y.shape[0] == 0):
+        raise ValueError(f"a batch of point clouds must hold at least one problem (B >= 1), got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
     xs, ys = (x, y) if batched else (x[None], y[None])
     for t, name in ((xs, "x"), (ys, "y")):
         if t.dtype not in _validate.FLOAT_DTYPES:
@@ -113,17 +119,26 @@ def _check_inputs(a, x, b, y, blur, scaling, p, diameter, validate):
 
     a_s = weights(a, "a", xs.shape[1])
     b_s = weights(b, "b", ys.shape[1])
-    blur = _validate.positive_scalar(blur, "blur")
+    blur = _validate.positive_scalar(blur, "blur", MAX_SCALE)
     if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real) or not 0 < float(scaling) < 1:
         raise ValueError(f"scaling must be in the open interval (0, 1), got {scaling!r}")
     if p != 2:
         raise ValueError(f"p must be 2 (the half squared Euclidean cost ½|x - y|²), got {p!r}")
     if diameter is not None:
-        diameter = _validate.positive_scalar(diameter, "diameter")
+        diameter = _validate.positive_scalar(diameter, "diameter", MAX_SCALE)
     if validate == "python":
         for t, name in ((a_s, "a"), (xs, "x"), (b_s, "b"), (ys, "y")):
             _validate.finite(t, name)
     return a_s, xs, b_s, ys, blur, float(scaling), diameter, batched
+
+
+def _check_cost(cost) -> None:
+    """geomloss' cost= takes a formula or a callable; here the cost is always ½|x - y|² and `cost` only picks how it
+    is computed, so anything else is refused for every backend (torch included), never ignored."""
+    if not (isinstance(cost, str) and cost in ("auto", "online", "stored")):
+        shown = repr(cost) if isinstance(cost, str) else f"a {type(cost).__name__}"
+        raise ValueError(f"cost must be 'auto', 'online' or 'stored' (how the built-in half squared Euclidean cost "
+                         f"½|x - y|² is computed; custom cost functions are not supported), got {shown}")
 
 
 def _stored_fits(n, m, itemsize, debias, device, memory_budget):
@@ -231,6 +246,13 @@ class _SinkhornFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, _grad_gb):
+        if torch.is_grad_enabled():
+            # create_graph=True: the envelope-theorem gradient below is built from potentials computed outside
+            # autograd, so its own derivative (a Hessian-vector product) would silently miss their dependence on
+            # the inputs. Refuse rather than return a wrong second derivative.
+            raise RuntimeError("sinkhorn_divergence / SinkhornLoss: double backward (create_graph=True, Hessian-vector "
+                               "products) is not supported by the compiled backends; use backend='torch', which "
+                               "differentiates geomloss' tensorized formula twice as geomloss does")
         a, x, b, y, dF, dG, bxy, byx, bxx, byy = ctx.saved_tensors
         g = grad[:, None]
         ga = g * dF if ctx.needs_input_grad[0] else None
@@ -246,7 +268,8 @@ class _SinkhornFunction(torch.autograd.Function):
 def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, *, blur: float = 0.05,
                         scaling: float = 0.5, p: int = 2, debias: bool = True, diameter: float | None = None,
                         normalize: bool = False, backend: str = "auto", cache: SinkhornCache | None = None,
-                        cost: str = "auto", memory_budget: int | None = None, validate: bool = True) -> torch.Tensor:
+                        cost: str = "auto", memory_budget: int | None = None, validate: bool = True,
+                        _uniform: bool = False) -> torch.Tensor:
     """Sinkhorn divergence between the weighted clouds (a, x) and (b, y), exactly as geomloss'
     ``SamplesLoss("sinkhorn", p=2, blur, scaling, debias, diameter)(a, x, b, y)`` computes it.
 
@@ -262,10 +285,15 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     cache : a ``SinkhornCache`` to reuse GB (it depends only on b, y and the schedule) across calls.
     cost : "auto" | "online" | "stored": online never forms an N x M matrix; stored builds the four costs once
         with GEMMs when they fit ``memory_budget`` bytes, then every pass only reads them.
-    validate : check a, x, b, y for NaN/inf (a host synchronisation on GPU; turn off inside captured steps).
+    validate : check a, x, b, y for NaN/inf (a host synchronisation on GPU; turn off inside captured steps), and
+        that the result is finite.
+
+    A blur so large against the diameter that float32 potentials cannot resolve the divergence runs in float64
+    (the result in the inputs' dtype); beyond float64's resolution too, ValueError.
 
     Returns the divergence: a scalar, or (B,) for batched inputs. Differentiable in a, x, b and y.
     """
+    _check_cost(cost)
     be = _dispatch.resolve(backend, "softmin", x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
     in_cpp = be == "cpp"
     a_s, xs, b_s, ys, blur, scaling, diameter, batched = _check_inputs(
@@ -283,15 +311,24 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
         diameter = max_diameter(xs.detach(), ys.detach())
     if diameter <= 0:  # every point identical: geomloss would take log(0); any positive scale gives S = 0 here
         diameter = blur
+    if _needs_float64(xs.dtype, blur, diameter):
+        # the divergence is below what the potentials resolve in float32: the same computation in float64 (uniform
+        # weights made anew in float64: at such a blur the float32 rounding of 1/N alone moves the value)
+        a64, b64 = (_uniform_weights(xs.double()), _uniform_weights(ys.double())) if _uniform else \
+            (a_s.double(), b_s.double())
+        value = sinkhorn_divergence(a64, xs.double(), b64, ys.double(), blur=blur, scaling=scaling,
+                                    p=p, debias=debias, diameter=diameter, normalize=False, backend=backend,
+                                    cost=cost, memory_budget=memory_budget, validate=validate).to(xs.dtype)
+        return value if batched else value[0]
     eps_list = epsilon_schedule(2, diameter, blur, scaling)
     if be == "torch":
         from .. import reference
         values = torch.stack([reference.sinkhorn_divergence(a_s[k], xs[k], b_s[k], ys[k], blur=blur,
                                                             scaling=scaling, debias=debias, diameter=diameter)
                               for k in range(xs.shape[0])])
+        if validate:
+            _check_result(values, xs, ys)
         return values if batched else values[0]
-    if cost not in ("auto", "online", "stored"):
-        raise ValueError(f"cost must be 'auto', 'online' or 'stored', got {cost!r}")
     n, m, d = xs.shape[1], ys.shape[1], xs.shape[2]
     gb = cache.get(b_given, ys, eps_list, normalize) if (cache is not None and debias) else None
     fits = _stored_fits(n, m, xs.element_size(), debias, xs.device, memory_budget)
@@ -307,7 +344,39 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     value, gb_out = _SinkhornFunction.apply(a_s, xs, b_s, ys, eps_list, debias, runner, barycenters, gb)
     if cache is not None and debias and gb is None:
         cache.put(b_given, ys, eps_list, gb_out, normalize)
+    if validate:
+        _check_result(value, xs, ys)
     return value if batched else value[0]
+
+
+# The potentials carry an absolute rounding error of about eps·u (u the unit roundoff) while the divergence is at
+# most of the order of the squared diameter: past these ratios blur²·u / diameter², float32 is redone in float64,
+# and float64 is refused (at blur = 1e5·diameter the divergence is already its large-blur limit to ~1e-10).
+_FLOAT32_LIMIT = 1e-6
+_FLOAT64_LIMIT = 1e-6
+
+
+def _needs_float64(dtype: torch.dtype, blur: float, diameter: float) -> bool:
+    resolution = blur * blur * torch.finfo(dtype).eps / (diameter * diameter)
+    if dtype == torch.float32:
+        return resolution > _FLOAT32_LIMIT
+    if resolution > _FLOAT64_LIMIT:
+        largest = diameter * math.sqrt(_FLOAT64_LIMIT / torch.finfo(torch.float64).eps)
+        raise ValueError(f"blur={blur:g} is {blur / diameter:.3g} times the diameter of the point clouds "
+                         f"({diameter:.3g}): at ε = blur² the divergence is below the resolution of the potentials "
+                         f"even in float64; use blur <= {largest:.3g} (the divergence is there already at its "
+                         "large-blur limit) or rescale the points")
+    return False
+
+
+def _check_result(value: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> None:
+    """Finite points can still overflow the costs ½|x - y|² (float32 above ~1e19): say so instead of returning
+    NaN or inf (a host synchronisation, like the input check it goes with)."""
+    if not bool(torch.isfinite(value.detach()).all()):
+        largest = max(float(xs.detach().abs().max()), float(ys.detach().abs().max()))
+        raise ValueError(f"the divergence is not finite for finite points (largest magnitude {largest:.3g} in "
+                         f"{str(xs.dtype).replace('torch.', '')}): the costs ½|x - y|² overflow or cancel at this "
+                         "scale; rescale the points (or use float64)")
 
 
 class SinkhornLoss(torch.nn.Module):
@@ -316,15 +385,64 @@ class SinkhornLoss(torch.nn.Module):
     ``loss(x, y)`` uses uniform weights 1/N and 1/M (as geomloss does); ``loss(a, x, b, y)`` takes the weights
     as given (not normalised unless ``normalize=True``). Inputs may carry a leading batch dimension (B, N, d),
     which returns a (B,) vector. ``cache=True`` keeps a SinkhornCache for repeated calls against the same y.
+
+    geomloss' spelling works too: ``SinkhornLoss("sinkhorn", p=2, blur=0.05)``, positional arguments then in
+    SamplesLoss' order (loss, p, blur, reach, diameter, scaling); the other losses, ``reach`` (unbalanced
+    transport), ``potentials=True`` and custom costs are refused with a ValueError rather than ignored.
+    Double backward (Hessian-vector products) runs with ``backend="torch"`` only.
     """
 
-    def __init__(self, blur: float = 0.05, scaling: float = 0.5, debias: bool = True, diameter: float | None = None,
-                 p: int = 2, normalize: bool = False, backend: str = "auto", cost: str = "auto",
-                 cache: bool = False, validate: bool = True):
+    _OWN_ORDER = ("blur", "scaling", "debias", "diameter", "p", "normalize", "backend", "cost", "cache", "validate")
+    _GEOMLOSS_ORDER = ("p", "blur", "reach", "diameter", "scaling")
+    # SamplesLoss options with a value that means what SinkhornLoss does anyway
+    _GEOMLOSS_NEUTRAL = {"reach": None, "truncate": 5, "kernel": None, "cluster_scale": None, "potentials": False,
+                         "verbose": False}
+
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self.blur, self.scaling, self.debias, self.diameter, self.p = blur, scaling, debias, diameter, p
-        self.normalize, self.backend, self.cost, self.validate = normalize, backend, cost, validate
-        self.cache = SinkhornCache() if cache else None
+        options = self._arguments(args, kwargs)
+        self.blur, self.scaling, self.debias = options["blur"], options["scaling"], options["debias"]
+        self.diameter, self.p, self.normalize = options["diameter"], options["p"], options["normalize"]
+        self.backend, self.cost, self.validate = options["backend"], options["cost"], options["validate"]
+        self.cache = SinkhornCache() if options["cache"] else None
+
+    @classmethod
+    def _arguments(cls, args, kwargs) -> dict:
+        """Our keywords with their defaults, from either our positional order or SamplesLoss' (after "sinkhorn")."""
+        options = {"blur": 0.05, "scaling": 0.5, "debias": True, "diameter": None, "p": 2, "normalize": False,
+                   "backend": "auto", "cost": "auto", "cache": False, "validate": True}
+        geomloss = bool(args) and isinstance(args[0], str)
+        if geomloss:
+            if args[0] != "sinkhorn":
+                raise ValueError(f"loss must be 'sinkhorn' (SinkhornLoss computes geomloss' Sinkhorn divergence "
+                                 f"only), got {args[0]!r}")
+            args = args[1:]
+        order = cls._GEOMLOSS_ORDER if geomloss else cls._OWN_ORDER
+        if len(args) > len(order):
+            raise TypeError(f"SinkhornLoss takes at most {len(order)} positional arguments after "
+                            f"{'the loss name' if geomloss else 'self'} ({', '.join(order)}), got {len(args)}")
+        given = dict(zip(order, args))
+        for name, value in kwargs.items():
+            if name in given:
+                raise TypeError(f"SinkhornLoss got multiple values for argument {name!r}")
+            given[name] = value
+        for name, neutral in cls._GEOMLOSS_NEUTRAL.items():
+            if name in given:
+                value = given.pop(name)
+                if value is not neutral and value != neutral:
+                    raise ValueError(f"{name}={value!r} is not supported (SinkhornLoss is geomloss' balanced "
+                                     f"Sinkhorn divergence on samples, p=2); expected {name}={neutral!r}")
+        unknown = sorted(set(given) - set(options))
+        if unknown:
+            raise TypeError(f"SinkhornLoss got unexpected keyword argument(s) {', '.join(unknown)}; expected some of "
+                            f"{', '.join(options)}")
+        options.update(given)
+        # checked now (the same rules as every call), so a mistake shows where the loss is built
+        if options["p"] != 2:
+            raise ValueError(f"p must be 2 (the half squared Euclidean cost ½|x - y|²), got {options['p']!r}")
+        _validate.positive_scalar(options["blur"], "blur")
+        _check_cost(options["cost"])
+        return options
 
     def forward(self, *args):
         if len(args) == 2:
@@ -337,7 +455,7 @@ class SinkhornLoss(torch.nn.Module):
             raise ValueError(f"SinkhornLoss takes (x, y) or (a, x, b, y), got {len(args)} arguments")
         return sinkhorn_divergence(a, x, b, y, blur=self.blur, scaling=self.scaling, p=self.p, debias=self.debias,
                                    diameter=self.diameter, normalize=self.normalize, backend=self.backend,
-                                   cache=self.cache, cost=self.cost, validate=self.validate)
+                                   cache=self.cache, cost=self.cost, validate=self.validate, _uniform=len(args) == 2)
 
     def extra_repr(self) -> str:
         return (f"blur={self.blur}, scaling={self.scaling}, debias={self.debias}, diameter={self.diameter}, "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import os
 import sys
 import time
@@ -75,6 +76,35 @@ def _is_numeric_dtype(dtype, *, target: bool = False) -> bool:
     if target:
         return kind in "biuf"
     return kind == "f" or np.dtype(dtype) in _NP_INT_DTYPES
+
+
+def _plain(value):
+    """A numpy scalar as the Python number it holds, so that messages say 1 rather than np.int64(1)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_int(value, name: str, minimum: int, alternative: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be {alternative}an integer >= {minimum}, got {_plain(value)!r}")
+    return int(value)
+
+
+def _check_positive(value, name: str, largest: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {_plain(value)!r}")
+    if value > largest:
+        raise ValueError(f"{name} must be at most {largest:g}, got {_plain(value)!r}")
+
+
+def _check_magnitude(stats: dict, name: str, d: int, dtype: torch.dtype) -> None:
+    """Finite features can still overflow the squared distances of the divergence (or the dtype itself, 1e308 in
+    float32): refuse them by name rather than report them later as NaN or inf."""
+    largest = float(np.max(np.maximum(np.abs(stats["min"]), np.abs(stats["max"])), initial=0.0))
+    limit = math.sqrt(torch.finfo(dtype).max / max(d, 1)) / 2  # |x - y|² over d features stays finite below it
+    if largest > limit:
+        raise ValueError(f"{name} holds a value of magnitude {largest:.3g}; in {str(dtype).replace('torch.', '')} the "
+                         f"squared distances overflow above about {limit:.3g}: standardise the features (z-score) "
+                         "first")
 
 
 def _check_feature_shape(src: RowSource, name: str):
@@ -152,7 +182,8 @@ def _to_tensor(src: RowSource) -> torch.Tensor:
         return src.data
     array = src.data if src.kind == "numpy" and src.in_memory else src.read(0, len(src))
     try:
-        return torch.as_tensor(np.asarray(array))
+        # a view with negative strides (X[::-1]) cannot be shared with torch: copied in order instead
+        return torch.as_tensor(np.ascontiguousarray(array))
     except (TypeError, ValueError) as error:
         raise ValueError(f"cannot convert an array of dtype {array.dtype} to a tensor") from error
 
@@ -253,28 +284,33 @@ class LossVal:
 
     # ------------------------------------------------------------------------------------------ validation
     def _check_params(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ValueError(f"epochs must be an integer >= 0, got {self.epochs!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
-        if self.model_output not in ("probabilities", "logits"):
-            raise ValueError(f"model_output must be 'probabilities' or 'logits', got {self.model_output!r}")
-        if self.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
-        if not (self.diameter in ("batch", "global") or (isinstance(self.diameter, (int, float))
-                                                          and not isinstance(self.diameter, bool)
-                                                          and math.isfinite(self.diameter) and self.diameter > 0)):
-            raise ValueError(f"diameter must be 'batch', 'global' or a positive number, got {self.diameter!r}")
+        if not (isinstance(self.task, str) and self.task in TASKS):
+            raise ValueError(f"task must be one of {TASKS}, got {_plain(self.task)!r}")
+        # numpy integers are integers (stored as int: torch's split and range want Python ints)
+        self.batch_size = _check_int(self.batch_size, "batch_size", 1)
+        self.epochs = _check_int(self.epochs, "epochs", 1)
+        _check_positive(self.lr, "lr")
+        _check_positive(self.blur, "blur", 1e150)  # ε = blur² must be finite
+        scaling = self.scaling
+        if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real) or not 0 < float(scaling) < 1:
+            raise ValueError(f"scaling must be a number in the open interval (0, 1) (the ratio of successive blurs), "
+                             f"got {_plain(scaling)!r}")
+        if not (isinstance(self.model_output, str) and self.model_output in ("probabilities", "logits")):
+            raise ValueError(f"model_output must be 'probabilities' or 'logits', got {_plain(self.model_output)!r}")
+        if not (isinstance(self.dtype, torch.dtype) and self.dtype in (torch.float32, torch.float64)):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {_plain(self.dtype)!r}")
+        diameter = self.diameter
+        if not ((isinstance(diameter, str) and diameter in ("batch", "global"))
+                or (isinstance(diameter, numbers.Real) and not isinstance(diameter, bool)
+                    and math.isfinite(diameter) and 0 < diameter <= 1e150)):
+            raise ValueError(f"diameter must be 'batch', 'global' or a number in (0, 1e150] (it enters squared), got "
+                             f"{_plain(diameter)!r}")
         if self.model is not None and not isinstance(self.model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module or None, got {type(self.model).__name__}")
         for name in ("checkpoint_every", "max_steps"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+            if value is not None:
+                setattr(self, name, _check_int(value, name, 1, "None or "))
 
     def _check_data(self, X, y, X_val, y_val, *, rows=None, reduce=None) -> _Data:
         """Check the inputs and gather what the fit needs, streaming over X and y in chunks (nothing loads
@@ -303,6 +339,7 @@ class LossVal:
         for part, name in ((stats, "X"), (val, "X_val")):
             if part["X"]["bad"]:
                 raise ValueError(f"{name} contains {part['X']['bad']} NaN or inf value(s); expected finite numbers")
+            _check_magnitude(part["X"], name, Xs.shape[1], self.dtype)
         for part, name in ((stats, "y"), (val, "y_val")):
             if part["y"]["bad"]:
                 raise ValueError(f"{name} contains NaN or inf values; expected finite numbers")
@@ -532,15 +569,16 @@ class LossVal:
                 step.finish()
             settle(weights_adam, weights)  # the weights as the dense Adam has them after the last step
             timings["training"] = time.perf_counter() - began
-        if history and not math.isfinite(history[-1]):
-            warnings.warn("the LossVal loss became non-finite; values_ may be meaningless (try a smaller lr)",
-                          RuntimeWarning, stacklevel=3)
         self.model_ = model
         if ctx is None:
             self.values_ = weights.detach().cpu().numpy().copy()
         else:
             gathered = ctx.gather_values(weights)
             self.values_ = None if gathered is None else gathered.numpy().copy()
+        diverged = self.values_ is not None and not np.all(np.isfinite(self.values_))
+        if (history and not math.isfinite(history[-1])) or diverged:
+            warnings.warn(f"the LossVal loss or weights became non-finite (lr={_plain(self.lr)!r}); values_ may be "
+                          "meaningless (try a smaller lr)", RuntimeWarning, stacklevel=3)
         self.history_ = history
         self.classes_ = data.classes
         self.random_state_ = seed

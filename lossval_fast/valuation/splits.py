@@ -88,8 +88,25 @@ class Split:
 
 def zscore(values: np.ndarray) -> np.ndarray:
     """(v - mean) / (std + 1e-8) per column over axis 0, population std (ddof=0): load_openml's formula."""
+    return zscore_with(values, values)
+
+
+def zscore_with(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(values - mean) / (std + 1e-8) with the per-column statistics of `reference` (load_openml's formula).
+
+    A column whose statistics overflow float64 (one cell near 1e300 squares to inf, and the plain formula then
+    turns the whole column into zeros) is first divided by its largest magnitude, with the 1e-8 divided alike: the
+    same z-scores, computed in range. Other columns keep the plain formula's bits."""
     values = np.asarray(values, dtype=np.float64)
-    return (values - values.mean(axis=0)) / (values.std(axis=0) + ZSCORE_EPS)
+    reference = np.asarray(reference, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = reference.mean(axis=0), reference.std(axis=0)
+    overflow = ~(np.isfinite(mean) & np.isfinite(std))
+    if not np.any(overflow):
+        return (values - mean) / (std + ZSCORE_EPS)
+    scale = np.where(overflow, np.abs(reference).max(axis=0), 1.0)
+    reference = reference / scale
+    return (values / scale - reference.mean(axis=0)) / (reference.std(axis=0) + ZSCORE_EPS / scale)
 
 
 def standardize_split(X, y, *, n_train: int = 1000, n_valid: int = 100, n_test: int = 3000,
