@@ -14,6 +14,8 @@ PYDVL_VENV ?= .venv-pydvl
 PBIN := $(PYDVL_VENV)/bin
 ODV_VENV ?= .venv-odv
 OBIN := $(ODV_VENV)/bin
+# OpenDataVal's run-time needs for tabular data (its own pins ask for torch ~2.1, numpy < 1.26, pandas < 2)
+ODV_DEPS ?= pandas scikit-learn matplotlib tqdm requests scipy "geomloss==0.2.6"
 
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 PYSRC := $(shell find lossval_fast -name '*.py' -o -name '*.in' -o -name '*.gz')
