@@ -7,22 +7,34 @@ TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 NVCC ?= nvcc
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+# A second environment with the real pyDVL 0.10 (it needs numpy < 2, which the main one does not pin), where
+# `make test` also runs the adapter's tests against it; and a third one for OpenDataVal 1.3 (docs/integrations.md)
+PYDVL_VENV ?= .venv-pydvl
+PBIN := $(PYDVL_VENV)/bin
+ODV_VENV ?= .venv-odv
+OBIN := $(ODV_VENV)/bin
+# OpenDataVal's run-time needs for tabular data (its own pins ask for torch ~2.1, numpy < 1.26, pandas < 2)
+ODV_DEPS ?= pandas scikit-learn matplotlib tqdm requests scipy "geomloss==0.2.6"
 
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 PYSRC := $(shell find lossval_fast -name '*.py' -o -name '*.in' -o -name '*.gz')
 
-.PHONY: demo test build bench cuda-check clean
+.PHONY: demo test test-pydvl build bench cuda-check opendataval clean
 
 $(BIN)/python:
+	@echo "==> creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.deps: $(BIN)/python pyproject.toml
+	@echo "==> installing $(TORCH_SPEC) (CPU build), $(TRITON_SPEC) and the test tools into $(VENV) (a few minutes the first time)"
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" numpy tqdm matplotlib "scikit-build-core>=0.10" \
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" numpy tqdm matplotlib pandas "scikit-build-core>=0.10" \
 		pytest pytest-benchmark pot geomloss scikit-learn hypothesis
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(CSRC) $(PYSRC) CMakeLists.txt
+	@echo "==> building the C++ extension and installing lossval_fast into $(VENV) (several minutes on 2 cores the first time)"
 	$(BIN)/pip install --quiet --no-build-isolation --no-deps .
 	@# -P: do not put the current directory on sys.path, or the source tree (no compiled _C) would shadow the
 	@# installed package; the build must not silently fall back to pure Python
@@ -32,13 +44,54 @@ $(VENV)/.built: $(VENV)/.deps $(CSRC) $(PYSRC) CMakeLists.txt
 build: $(VENV)/.built
 
 demo: build
+	@echo "==> running the demo (lossval-fast demo)"
 	$(BIN)/python -P -m lossval_fast demo
 
-test: build cuda-check
+test: build cuda-check test-pydvl
+	@echo "==> running the test suite (tests/, 10-20 minutes on 2 cores)"
 	cd tests && ../$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# pyDVL 0.10 beside the same torch: its own venv (pip resolves numpy 1.26 there), lossval_fast installed from the
+# wheel of the main build, and the adapter's tests against the real library
+$(PYDVL_VENV)/.deps:
+	@echo "==> creating $(PYDVL_VENV) with pyDVL 0.10 and $(TORCH_SPEC) (a few minutes the first time)"
+	$(PYTHON) -m venv $(PYDVL_VENV)
+	$(PBIN)/pip install --quiet --upgrade pip
+	$(PBIN)/pip install --quiet "$(TORCH_SPEC)" "pydvl==0.10.*" pandas tqdm pytest
+	touch $@
+
+$(PYDVL_VENV)/.built: $(PYDVL_VENV)/.deps $(VENV)/.built
+	@echo "==> installing lossval_fast into $(PYDVL_VENV) (the wheel of the main build)"
+	rm -rf build/wheel
+	$(BIN)/pip wheel --quiet --no-build-isolation --no-deps -w build/wheel .
+	$(PBIN)/pip install --quiet --no-deps --force-reinstall build/wheel/*.whl
+	touch $@
+
+test-pydvl: $(PYDVL_VENV)/.built
+	@echo "==> the pyDVL adapter against the real pyDVL 0.10 ($(PYDVL_VENV))"
+	cd tests && ../$(PBIN)/python -m pytest -q test_pydvl_real.py
+
+# OpenDataVal 1.3 pins torch ~2.1: installed without its dependencies beside our torch, with the ones it needs
+# at run time (docs/integrations.md)
+$(ODV_VENV)/.deps:
+	@echo "==> creating $(ODV_VENV) with OpenDataVal 1.3 (--no-deps) beside $(TORCH_SPEC)"
+	$(PYTHON) -m venv $(ODV_VENV)
+	$(OBIN)/pip install --quiet --upgrade pip
+	$(OBIN)/pip install --quiet "$(TORCH_SPEC)" $(ODV_DEPS) pytest
+	$(OBIN)/pip install --quiet --no-deps "opendataval==1.3.*"
+	touch $@
+
+opendataval: $(ODV_VENV)/.deps $(VENV)/.built
+	@echo "==> installing lossval_fast into $(ODV_VENV) and running the adapter against the real OpenDataVal"
+	rm -rf build/wheel
+	$(BIN)/pip wheel --quiet --no-build-isolation --no-deps -w build/wheel .
+	$(OBIN)/pip install --quiet --no-deps --force-reinstall build/wheel/*.whl
+	cd tests && ../$(OBIN)/python -m pytest -q test_opendataval_real.py
+
+# a fresh folder bench/runs/<date-time> (BENCH_ARGS="--quick", "--update-results", "--select EXPR", ...)
 bench: build
-	cd bench && ../$(BIN)/python -m pytest -q --benchmark-columns=min,median,rounds $(PYTEST_ARGS)
+	@echo "==> running the benchmark suites (lossval-fast bench $(BENCH_ARGS))"
+	$(BIN)/python -P -m lossval_fast bench $(BENCH_ARGS)
 
 # Every CUDA kernel is compile-checked with nvcc for sm_80 and sm_90, even without a GPU or a CUDA torch.
 cuda-check:
@@ -51,4 +104,4 @@ cuda-check:
 	else echo "cuda-check: nvcc not found, CUDA kernels not compile-checked"; fi
 
 clean:
-	rm -rf build $(VENV) .pytest_cache
+	rm -rf build $(VENV) $(PYDVL_VENV) $(ODV_VENV) .pytest_cache

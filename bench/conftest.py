@@ -1,18 +1,29 @@
 """Benchmark setup: same thread count for us and the peers, results gathered per file and written as JSON and
-markdown under bench/results/ at the end of the session (ratios are computed within one run)."""
+markdown (ratios are computed within one run) as each suite (file) finishes, so an interrupted run keeps the
+suites it completed.
+
+Where: $LOSSVAL_FAST_BENCH_OUT, else a fresh folder bench/runs/<date-time>/ (not tracked): a run never rewrites
+the committed reports in bench/results/ unless asked (`lossval-fast bench --update-results`, or
+LOSSVAL_FAST_BENCH_OUT=bench/results). LOSSVAL_FAST_BENCH_QUICK=1 leaves out the 1,000,000-point cases
+(QUICK_SKIPS) and shrinks the others (each suite's own QUICK settings)."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import torch
 
 THREADS = int(os.environ.get("LOSSVAL_FAST_BENCH_THREADS", "2"))
 torch.set_num_threads(THREADS)
-RESULTS = Path(__file__).parent / "results"
+QUICK = os.environ.get("LOSSVAL_FAST_BENCH_QUICK") == "1"
+RESULTS = Path(os.environ.get("LOSSVAL_FAST_BENCH_OUT") or
+               Path(__file__).parent / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+# Cases left out by --quick: the million-point suites and shapes (minutes each on 2 cores)
+QUICK_SKIPS = ("test_scale.py", "test_lossval_scale_epoch", "1000000x", "-1000000]")
 _ROWS: dict[str, list[dict]] = {}
 _EXTRA: dict[str, dict] = {}
 _MARKDOWN: dict = {}
@@ -56,13 +67,40 @@ def machine() -> dict:
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_collection_modifyitems(config, items):
+    if not QUICK:
+        return
+    skipped = [item for item in items if any(key in item.nodeid for key in QUICK_SKIPS)]
+    if skipped:
+        items[:] = [item for item in items if item not in skipped]
+        config.hook.pytest_deselected(items=skipped)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """The reports of the suites recorded so far, whenever a file's last test has run."""
+    if nextitem is None or nextitem.path != item.path:
+        _write_reports()
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves half a report
+
+
+def _write_reports() -> None:
     if not _ROWS:
         return
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     meta = machine()
     for suite, rows in _ROWS.items():
         payload = {"machine": meta, "info": _EXTRA.get(suite, {}), "rows": rows}
-        (RESULTS / f"{suite}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
-        if suite in _MARKDOWN:
-            (RESULTS / f"{suite}.md").write_text(_MARKDOWN[suite](payload))
+        _write(RESULTS / f"{suite}.json", json.dumps(payload, indent=2, default=float) + "\n")
+        if suite in _MARKDOWN:  # registered by the suite's test_report (its last test)
+            _write(RESULTS / f"{suite}.md", _MARKDOWN[suite](payload))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _write_reports()
+    if _ROWS:
+        print(f"\nbenchmark reports in {RESULTS}")

@@ -72,8 +72,9 @@ def summary_markdown(rows, runs, rate, machine) -> str:
              "`bench/results/quality/<data>_<noise>/`.", "",
              "| data | task | noise | method | F1 mean ± std | time per run (s) |", "|---|---|---|---|---|---|"]
     for r in rows:
+        spread = "n/a" if r["f1_std"] is None else f"{r['f1_std']:.3f}"  # None: one run, no spread
         lines.append(f"| {r['data']} | {r['task']} | {r['noise']} | {r['method']} | {r['f1_mean']:.3f} ± "
-                     f"{r['f1_std']:.3f} | {r['time_mean_s']:.2f} |")
+                     f"{spread} | {r['time_mean_s']:.2f} |")
     lines += ["", "Averages over the data sets of each task, next to the paper's LossVal means (6 sets per task, "
                   "25 runs per rate; our sets are the 4 + 2 available offline, so expect differences):", "",
               "| task | noise | method | our mean F1 | paper (LossVal) |", "|---|---|---|---|---|"]

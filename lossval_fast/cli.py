@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=_int_at_least(1), default=1, metavar="N",
                    help="run each LossVal or EcoVal fit over N processes (torch.distributed: gloo on CPU, one GPU "
                         "per process with NCCL; the threads are shared out); default 1")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="save the LossVal or EcoVal fit's state to PATH as it goes and resume from it when it "
+                        "exists (a killed run started again with the same options goes on where it stopped); "
+                        "with --val-size the second fit uses PATH.fit2")
     _method_arguments(p)
     _run_arguments(p)
     p.set_defaults(handler=_cmd_value)
@@ -202,9 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmark suites and collect the speed-up ratios", description=(
         "Runs the pytest-benchmark suites of the source checkout's bench/ folder (each writes bench/results/"
         "<suite>.md and .json), then collects every speed-up ratio of those reports into one markdown table."))
-    p.add_argument("--quick", action="store_true", help="skip the large shapes (LOSSVAL_FAST_BENCH_QUICK=1)")
-    p.add_argument("--out", metavar="DIR", help=f"where {RATIO_FILE} (and copies of the reports) go "
-                                                "(default: bench/results)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few minutes: no million-point suites, smaller shapes (LOSSVAL_FAST_BENCH_QUICK=1)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR", help=f"where the reports and {RATIO_FILE} go (default: a new folder "
+                                                    "bench/runs/<date-time>)")
+    where.add_argument("--update-results", action="store_true",
+                       help="write into bench/results/, replacing the committed reports of the suites that ran")
     p.add_argument("--bench-dir", metavar="DIR", help="the suites' folder (default: ./bench, else the checkout's)")
     p.add_argument("--select", metavar="EXPR", help="only the benchmarks matching this pytest -k expression")
     p.add_argument("--threads", type=_int_at_least(1), metavar="N", help="threads for us and the peers (2)")
@@ -329,6 +337,9 @@ def _cmd_value(args) -> int:
     options = _options(args, args.method)
     if args.nproc > 1 and args.method == "knn-shapley":
         raise CommandError("--nproc applies to lossval and ecoval; knn-shapley runs in one process")
+    if args.checkpoint is not None and args.method == "knn-shapley":
+        raise UsageError("argument --checkpoint: applies to --method lossval and ecoval; knn-shapley has no "
+                         "training to resume")
     if args.method == "knn-shapley" and task == "regression":
         raise CommandError("knn-shapley supports classification only; use --method lossval or ecoval for a "
                            "regression target")
@@ -355,15 +366,16 @@ def _cmd_value(args) -> int:
                                f"(pass a smaller --val-size or a --val file)")
         setup = f"{val_size} held-out validation rows (--val-size), valued by a second fit"
     say(f"{shown}: {n} rows, {X.shape[1]} features, task {task} ({why}); {setup}")
+    replaces = Path(args.out).is_file()  # said after the write: the default values.csv is easy to reuse by mistake
 
     result = value_rows(X, y, task=task, method=args.method, options=options, validation=validation,
                         val_size=val_size, seed=args.seed, device=args.device, verbose=not args.quiet, progress=say,
-                        nproc=args.nproc)
+                        nproc=args.nproc, checkpoint=args.checkpoint)
     values = result["values"]
     low = two_means_split(values) if n >= 2 else np.zeros(n, bool)
     out = Path(args.out)
     with atomic_write(out, newline="") as f:
-        f.write("row,target,value,low_cluster,fit\n")
+        f.write("row,target,value,lower_2means,fit\n")
         for i in range(n):
             label = str(y[i].item() if hasattr(y[i], "item") else y[i])
             if any(c in label for c in ',"\n'):
@@ -373,7 +385,8 @@ def _cmd_value(args) -> int:
     print(f"valued {n} rows of {shown} with {LABELS[args.method]} ({result['settings']}) in "
           f"{result['seconds']:.1f} s")
     print(f"values: min {values.min():.4g}, median {np.median(values):.4g}, max {values.max():.4g}; the 2-means split "
-          f"puts {int(low.sum())} rows ({low.mean():.1%}) in the low cluster")
+          f"puts {int(low.sum())} rows ({low.mean():.1%}) in its lower cluster (column lower_2means: a relative cut "
+          "that exists on clean data too, not a test for noise; rank by value to inspect the lowest rows)")
     if args.show:
         order = np.argsort(values, kind="stable")[:args.show]
         print("lowest-valued rows (row = 0-based data row, header not counted):")
@@ -382,6 +395,8 @@ def _cmd_value(args) -> int:
             label = y[i].item() if hasattr(y[i], "item") else y[i]
             print(f"{i:>8}  {str(label):>12}  {values[i]:>12.5g}")
     print(f"wrote {out} ({n} values, one per input row, in input order)")
+    if replaces:
+        print(f"{PROG} value: note: {out} existed and was replaced (pass --out to keep both)", file=sys.stderr)
     if args.plot:
         plot = Path(args.plot)
         plot_values(values, plot, title=f"{LABELS[args.method]} values of {shown} ({n} rows)")
@@ -525,28 +540,33 @@ def _cmd_bench(args) -> int:
         env["LOSSVAL_FAST_BENCH_QUICK"] = "1"
     if args.threads:
         env["LOSSVAL_FAST_BENCH_THREADS"] = str(args.threads)
+    # a fresh folder unless asked: a run never rewrites the committed reports in bench/results/ by default
+    if args.update_results:
+        out = bench / "results"
+    elif args.out:
+        out = Path(args.out)
+    else:
+        out = bench / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    out = out.resolve()
+    env["LOSSVAL_FAST_BENCH_OUT"] = str(out)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-columns=min,median,rounds"]
     if args.select:
         command += ["-k", args.select]
-    results = bench / "results"
     started = time.time()
-    print(f"running the benchmark suites in {bench}{' (quick)' if args.quick else ''}: {' '.join(command[1:])}",
-          flush=True)
-    status = subprocess.run(command, cwd=bench, env=env).returncode
+    print(f"running the benchmark suites in {bench}{' (quick)' if args.quick else ''}, reports to {out} (each as "
+          f"its suite finishes): {' '.join(command[1:])}", flush=True)
+    try:
+        status = subprocess.run(command, cwd=bench, env=env).returncode
+    except KeyboardInterrupt:
+        status = 130
+        print(f"\ninterrupted: the suites that finished are in {out}", file=sys.stderr, flush=True)
     if status == 5 and args.select:  # pytest: nothing collected
         raise CommandError(f"no benchmark matches --select {args.select!r}")
-    updated = {p.name for p in results.glob("*.md") if p.stat().st_mtime >= started - 1} if results.is_dir() else set()
-    if not results.is_dir() or not any(results.glob("*.md")):
-        raise CommandError(f"the suites wrote no report to {results} (pytest exit status {status})")
-    out = Path(args.out) if args.out else results
-    out.mkdir(parents=True, exist_ok=True)
-    if out.resolve() != results.resolve():
-        for path in results.iterdir():
-            if path.suffix in (".md", ".json") and path.name != RATIO_FILE:
-                with atomic_write(out / path.name, "wb") as f:
-                    f.write(path.read_bytes())
-    ratios = collect_ratios(results)
-    text = ratios_markdown(ratios, results, quick=args.quick, updated=updated)
+    updated = {p.name for p in out.glob("*.md") if p.stat().st_mtime >= started - 1} if out.is_dir() else set()
+    if not out.is_dir() or not any(out.glob("*.md")):
+        raise CommandError(f"the suites wrote no report to {out} (pytest exit status {status})")
+    ratios = collect_ratios(out)
+    text = ratios_markdown(ratios, out, quick=args.quick, updated=updated)
     with atomic_write(out / RATIO_FILE) as f:
         f.write(text)
     print()

@@ -39,7 +39,6 @@ import datetime
 import gc
 import os
 import socket
-import tempfile
 import time
 
 import numpy as np
@@ -565,7 +564,7 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, nproc, backend, host, port, threads, fn, args, kwargs, folder):
+def _worker(rank, nproc, backend, host, port, threads, fn, args, kwargs, channels):
     os.environ.update({"MASTER_ADDR": host, "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
                        "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)})
     if threads is not None:
@@ -575,18 +574,20 @@ def _worker(rank, nproc, backend, host, port, threads, fn, args, kwargs, folder)
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=nproc)
+    channel = channels[rank]
     try:
         result = fn(*args, **kwargs)
         if rank == 0:
-            torch.save(result, os.path.join(folder, "result.pt"))
+            channel.send(("result", result))
         _quiesce()  # see there (a rank aborted at teardown ~1 run in 25 without it)
     except BaseException as error:
         try:  # the caller re-raises the original exception, not only its text
-            torch.save(error, os.path.join(folder, f"error-{rank}.pt"))
+            channel.send(("error", error))
         except Exception:
             pass
         raise
     finally:
+        channel.close()
         dist.destroy_process_group()
 
 
@@ -603,6 +604,18 @@ class WorkerError(RuntimeError):
                          "stopped and the fit has no result")
 
 
+def _receive(readers: dict, messages: dict, timeout: float = 0.0) -> None:
+    """Read the messages waiting in the ranks' pipes (a rank that died mid-message leaves none)."""
+    from multiprocessing.connection import wait
+    for conn in wait(list(readers), timeout):
+        rank = readers.pop(conn)
+        try:
+            messages[rank] = conn.recv()
+        except Exception:  # EOF (nothing sent), or an object that cannot be rebuilt here
+            pass
+        conn.close()
+
+
 def launch(nproc: int, fn, *args, backend: str | None = None, threads: int | None = 1,
            master_addr: str = "127.0.0.1", master_port: int | None = None, **kwargs):
     """Run ``fn(*args, **kwargs)`` on `nproc` processes (torch.multiprocessing spawn), each with the default
@@ -616,23 +629,38 @@ def launch(nproc: int, fn, *args, backend: str | None = None, threads: int | Non
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be an integer >= 1, got {nproc!r}")
     port = _free_port(master_addr) if master_port is None else int(master_port)
-    with tempfile.TemporaryDirectory(prefix="lossval-launch-") as folder:
+    # The result and a failed rank's exception come back over a pipe per rank from the processes spawned here,
+    # as spawn sends them their arguments: no file is ever unpickled
+    context = torch.multiprocessing.get_context("spawn")
+    pipes = [context.Pipe(duplex=False) for _ in range(nproc)]
+    readers = {reader: rank for rank, (reader, _) in enumerate(pipes)}
+    messages = {}
+    try:
+        processes = torch.multiprocessing.spawn(
+            _worker, args=(nproc, backend, master_addr, port, threads, fn, args, kwargs, [w for _, w in pipes]),
+            nprocs=nproc, join=False)
+        for _, writer in pipes:  # the children hold theirs: a rank that exits closes its pipe
+            writer.close()
         try:
-            torch.multiprocessing.spawn(_worker, args=(nproc, backend, master_addr, port, threads, fn, args, kwargs,
-                                                       folder), nprocs=nproc, join=True)
+            while not processes.join(timeout=0.05):
+                _receive(readers, messages)
         except torch.multiprocessing.ProcessExitedException as failure:  # killed (OOM killer, a signal) or exit()
             raise WorkerError(failure.error_index, nproc, failure.error_pid, failure.exit_code,
                               failure.signal_name) from failure
         except torch.multiprocessing.ProcessRaisedException as failure:
-            path = os.path.join(folder, f"error-{failure.error_index}.pt")
-            error = None
-            if os.path.exists(path):
-                try:
-                    error = torch.load(path, weights_only=False)
-                except Exception:
-                    error = None
-            if isinstance(error, BaseException):
+            deadline = time.monotonic() + 5.0
+            while failure.error_index not in messages and readers and time.monotonic() < deadline:
+                _receive(readers, messages, timeout=0.1)
+            kind, error = messages.get(failure.error_index, (None, None))
+            if kind == "error" and isinstance(error, BaseException):
                 raise error from failure
             raise
-        return torch.load(os.path.join(folder, "result.pt"), weights_only=False)
+        while readers:  # what the ranks sent just before they exited
+            _receive(readers, messages, timeout=1.0)
+    finally:
+        for conn in list(readers):
+            conn.close()
+    if 0 not in messages or messages[0][0] != "result":
+        raise RuntimeError("rank 0 finished but its return value did not come back (it must be picklable)")
+    return messages[0][1]
 

@@ -179,29 +179,52 @@ def make_valuer(method: str, task: str, options: MethodOptions, device, *, verbo
         threads = max(1, torch.get_num_threads() // nproc)
         return distributed.launch(int(nproc), _distributed_values, estimator, x, y, xv, yv, threads=threads)
 
-    def lossval(x, y, xv, yv, seed):
+    def lossval(x, y, xv, yv, seed, checkpoint):
         from .valuation.lossval import LossVal
         return fit(LossVal(task=task, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
-                           diameter=options.diameter, device=device, random_state=seed, verbose=verbose),
-                   x, y, xv, yv)
+                           diameter=options.diameter, device=device, random_state=seed, verbose=verbose,
+                           checkpoint=checkpoint), x, y, xv, yv)
 
-    def ecoval(x, y, xv, yv, seed):
+    def ecoval(x, y, xv, yv, seed, checkpoint):
         from .valuation.ecoval import EcoVal
         return fit(EcoVal(n_clusters=options.clusters, learner=options.learner, task=task, device=device,
-                          random_state=seed, verbose=verbose), x, y, xv, yv)
+                          random_state=seed, verbose=verbose, checkpoint=checkpoint), x, y, xv, yv)
 
-    def knn(x, y, xv, yv, seed):
+    def knn(x, y, xv, yv, seed, checkpoint):
         return KNNShapley(k=options.k, task=task, device=device).fit(x, y, xv, yv).values_
 
-    def random(x, y, xv, yv, seed):
+    def random(x, y, xv, yv, seed, checkpoint):
         return np.random.default_rng(seed).random(len(x))
 
     chosen = {"lossval": lossval, "ecoval": ecoval, "knn-shapley": knn, "random": random}[method]
 
-    def run(x, y, xv, yv, seed):
-        return np.asarray(chosen(x, y, xv, yv, seed), dtype=np.float64).reshape(-1)
+    def run(x, y, xv, yv, seed, checkpoint=None):
+        """checkpoint: a path where LossVal and EcoVal save their state and resume from (None: no file)."""
+        if checkpoint is not None and method not in CHECKPOINTED:
+            raise ValueError(f"checkpoints apply to {' and '.join(CHECKPOINTED)}, not to {method}")
+        return np.asarray(chosen(x, y, xv, yv, seed, checkpoint), dtype=np.float64).reshape(-1)
 
     return run
+
+
+CHECKPOINTED = ("lossval", "ecoval")
+
+
+def checkpoint_paths(checkpoint, method: str) -> tuple:
+    """The checkpoint files of value_rows' fits: `checkpoint` for fit 1, `checkpoint`.fit2 for fit 2 (None, None
+    without a checkpoint)."""
+    if checkpoint is None:
+        return None, None
+    if method not in CHECKPOINTED:
+        raise ValueError(f"checkpoints apply to {' and '.join(CHECKPOINTED)}, not to {method}")
+    path = os.fspath(checkpoint)
+    return path, path + ".fit2"
+
+
+def _resume_note(path, say):
+    if path is not None and os.path.exists(path):
+        say(f"resuming from checkpoint {path}")
+    return path
 
 
 def machine_info(device=None) -> dict:
@@ -241,7 +264,8 @@ def _round_half_up(x: float) -> int:
 # ------------------------------------------------------------------------------------------------ value
 def value_rows(X, y, *, task: str, method: str = "lossval", options: MethodOptions | None = None,
                validation=None, val_size: int | None = None, seed: int = 0, device="auto",
-               verbose: bool = False, progress: Callable[[str], None] | None = None, nproc: int = 1) -> dict:
+               verbose: bool = False, progress: Callable[[str], None] | None = None, nproc: int = 1,
+               checkpoint: str | os.PathLike | None = None) -> dict:
     """Value every row of (X, y); returns a dict with `values` (n,), `fit` (n,), `classes`, `seconds`.
 
     X (n, ...) features (flattened), y (n,) labels or targets, both as loaded (not standardised). Features are
@@ -249,6 +273,9 @@ def value_rows(X, y, *, task: str, method: str = "lossval", options: MethodOptio
     likewise; class labels become codes 0..C-1 over the labels of X and the validation set together.
 
     nproc > 1: each LossVal or EcoVal fit runs over that many processes (lossval_fast.distributed).
+
+    checkpoint: a path (LossVal, EcoVal): the fit saves its state there and a later call with the same data,
+    method and options resumes from it (checkpoint_paths names the second fit's file).
 
     validation=(X_val, y_val): every row of X is a training row, valued by one fit against that set (fit = 1).
     Otherwise val_size rows are held out at random as the validation set of fit 1, which values the other rows;
@@ -300,13 +327,14 @@ def value_rows(X, y, *, task: str, method: str = "lossval", options: MethodOptio
         t_val = _zscore_with(yf_val, yf) if yf_val is not None else None
 
     valuer = make_valuer(method, task, options, device, verbose=verbose, nproc=nproc)
+    checkpoints = checkpoint_paths(checkpoint, method)
     label = LABELS[method]
     values = np.empty(n, dtype=np.float64)
     fit = np.ones(n, dtype=np.int64)
     start = time.perf_counter()
     if Z_val is not None:
         say(f"{label} ({options.describe(method, task)}): {n} training rows against {len(Z_val)} validation rows")
-        values[:] = valuer(Z, t, Z_val, t_val, seed)
+        values[:] = valuer(Z, t, Z_val, t_val, seed, _resume_note(checkpoints[0], say))
     else:
         order = np.random.RandomState(seed).permutation(n)
         held = [order[:val_size], order[val_size:2 * val_size]]
@@ -315,7 +343,8 @@ def value_rows(X, y, *, task: str, method: str = "lossval", options: MethodOptio
             say(f"fit {number}/2 {label} ({options.describe(method, task)}): {len(train)} training rows against "
                 f"{len(valid)} held-out rows" + ("" if number == 1 else
                                                  f" (values the {len(held[0])} rows fit 1 held out)"))
-            result = valuer(Z[train], t[train], Z[valid], t[valid], seed + number - 1)
+            result = valuer(Z[train], t[train], Z[valid], t[valid], seed + number - 1,
+                            _resume_note(checkpoints[number - 1], say))
             if number == 1:
                 values[train] = result
             else:  # only the rows fit 1 held out take their value from fit 2
@@ -512,10 +541,10 @@ def evaluate(X, y, *, task: str, noise: str = "label", rate: float = 0.1, runs: 
             "options": options.settings(method),
             "f1": record["f1"],
             "f1_mean": float(f1.mean()),
-            "f1_std": float(f1.std(ddof=1)) if runs > 1 else 0.0,
+            "f1_std": float(f1.std(ddof=1)) if runs > 1 else None,  # one run measures no spread
             "auc": record["auc"],
             "auc_mean": float(np.mean(record["auc"])),
-            "auc_std": float(np.std(record["auc"], ddof=1)) if runs > 1 else 0.0,
+            "auc_std": float(np.std(record["auc"], ddof=1)) if runs > 1 else None,
             "time_s": record["time_s"],
             "time_mean_s": float(np.mean(record["time_s"])),
             "discovery": {"mean": np.mean(record["discovery"], axis=0).tolist(), "runs": record["discovery"]},
@@ -552,10 +581,15 @@ def results_table(results: dict) -> str:
     lines = ["| method | settings | noisy-point F1 (mean ± std) | AUC (mean ± std) | time per run (s) |",
              "|---|---|---|---|---|"]
     for record in results["methods"].values():
-        auc = f"{record['auc_mean']:.3f} ± {record['auc_std']:.3f}" if "auc_mean" in record else "–"
-        lines.append(f"| {record['label']} | {record['settings']} | {record['f1_mean']:.3f} ± {record['f1_std']:.3f} "
+        auc = _mean_spread(record["auc_mean"], record["auc_std"]) if "auc_mean" in record else "–"
+        lines.append(f"| {record['label']} | {record['settings']} | {_mean_spread(record['f1_mean'], record['f1_std'])} "
                      f"| {auc} | {record['time_mean_s']:.2f} |")
     return "\n".join(lines)
+
+
+def _mean_spread(mean: float, std) -> str:
+    """'mean ± std', or the mean alone when one run measured no spread (std None)."""
+    return f"{mean:.3f} (1 run, no spread)" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def _removal_table(results: dict) -> str:

@@ -1,6 +1,7 @@
 """The `lossval-fast` command end to end on small files made here: value, evaluate, bench, info, demo, and every
 user mistake ending in one line on stderr with a non-zero exit (never a traceback)."""
 import gzip
+import shutil
 import json
 import os
 import subprocess
@@ -103,7 +104,7 @@ def test_value_csv_writes_one_value_per_input_row_and_a_plot(files, tmp_path, ca
     code, stdout, err = run(capsys, "value", files["cls"], *FAST, "--out", out, "--plot", plot, "--show", "4")
     assert code == 0, err
     header, rows = read_values(out)
-    assert header == ["row", "target", "value", "low_cluster", "fit"]
+    assert header == ["row", "target", "value", "lower_2means", "fit"]
     assert len(rows) == 120
     assert [int(r[0]) for r in rows] == list(range(120))           # input order
     labels = [line.split(",")[-1] for line in Path(files["cls"]).read_text().splitlines()[1:]]
@@ -148,6 +149,41 @@ def test_value_over_two_processes_matches_one(files, tmp_path, capsys, method):
     assert np.abs(values["1"] - values["2"]).max() <= 1e-5
     code, _, err = run(capsys, "value", files["cls"], "--method", "knn-shapley", "--nproc", "2")
     assert code != 0 and "--nproc applies to lossval and ecoval" in err
+
+
+def test_value_checkpoint_resumes_a_killed_run_with_the_same_values(files, tmp_path, capsys, monkeypatch):
+    """--checkpoint PATH: a run killed in its second fit (after that fit's second epoch was saved) resumes from
+    PATH and PATH.fit2 and writes the values of an uninterrupted run; a finished checkpoint reproduces them at
+    once; another --epochs is refused naming the field; an existing --out is reported as replaced."""
+    from lossval_fast.valuation import lossval as module
+
+    base = ["value", files["cls"], "--epochs", "4"]
+    code, _, err = run(capsys, *base, "--quiet", "--out", tmp_path / "full.csv")
+    assert code == 0, err
+    ckpt = tmp_path / "run.ckpt"
+    save = module.LossVal._save_checkpoint
+
+    def save_then_die(self, state):
+        save(self, state)
+        if str(self.checkpoint).endswith(".fit2") and state["epoch"] == 1:
+            raise KeyboardInterrupt  # what a kill in the middle of the second fit leaves behind
+    monkeypatch.setattr(module.LossVal, "_save_checkpoint", save_then_die)
+    code, _, err = run(capsys, *base, "--quiet", "--checkpoint", ckpt, "--out", tmp_path / "killed.csv")
+    assert code == 130 and not (tmp_path / "killed.csv").exists()
+    assert ckpt.exists() and Path(f"{ckpt}.fit2").exists()
+    monkeypatch.setattr(module.LossVal, "_save_checkpoint", save)
+    code, _, err = run(capsys, *base, "--checkpoint", ckpt, "--out", tmp_path / "resumed.csv")
+    assert code == 0, err
+    assert f"resuming from checkpoint {ckpt}" in err and f"resuming from checkpoint {ckpt}.fit2" in err
+    assert read_values(tmp_path / "resumed.csv") == read_values(tmp_path / "full.csv")
+    code, _, err = run(capsys, *base, "--quiet", "--checkpoint", ckpt, "--out", tmp_path / "resumed.csv")
+    assert code == 0 and read_values(tmp_path / "resumed.csv") == read_values(tmp_path / "full.csv")
+    assert err.strip() == f"lossval-fast value: note: {tmp_path / 'resumed.csv'} existed and was replaced (pass " \
+                          "--out to keep both)"
+    code, _, err = run(capsys, "value", files["cls"], "--epochs", "2", "--checkpoint", ckpt, "--quiet")
+    assert_one_line_error(code, err, 1, "epochs: checkpoint has 4 finished epoch(s), this fit has epochs=2")
+    code, _, err = run(capsys, "value", files["cls"], "--method", "knn-shapley", "--checkpoint", ckpt)
+    assert_one_line_error(code, err, 2, "argument --checkpoint: applies to --method lossval and ecoval")
 
 
 def test_value_npz_with_knn_shapley_matches_the_direct_fits(files, tmp_path, capsys):
@@ -246,6 +282,10 @@ def test_evaluate_bundled_data_set(tmp_path, capsys):
     assert code == 0, err
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["rows"] == 4000 and results["features"] == 48 and results["split"]["test"] == 200
+    # one run measures no spread: no "± 0.000" in the table, the report or results.json
+    assert "±" not in stdout.split("| method |")[1].split("\n\n")[0].replace("(mean ± std)", "")
+    assert "(1 run, no spread)" in stdout and "(1 run, no spread)" in (tmp_path / "report.md").read_text()
+    assert results["methods"]["random"]["f1_std"] is None
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -334,8 +374,8 @@ import os
 from pathlib import Path
 
 def test_writes_a_report():
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
+    results = Path(os.environ["LOSSVAL_FAST_BENCH_OUT"])  # where bench/conftest.py writes
+    results.mkdir(parents=True, exist_ok=True)
     quick = os.environ.get("LOSSVAL_FAST_BENCH_QUICK", "0")
     threads = os.environ.get("LOSSVAL_FAST_BENCH_THREADS", "-")
     (results / "fake_cpu.md").write_text(
@@ -344,6 +384,7 @@ def test_writes_a_report():
         "| 32x100 | 1.0 | 2.5 | **2.5x** |\\n| 64x100 | 1.0 | 4.0 | 4.0x / 3.5x |\\n\\n"
         "Speed-up per epoch against the reference loop: **3.0x**.\\n")
 '''
+OLD_REPORT = "# old suite\n\n| shape | vs peer |\n|---|---|\n| 8x8 | 1.5x |\n"
 
 
 @pytest.fixture
@@ -351,15 +392,18 @@ def fake_bench(tmp_path):
     bench = tmp_path / "bench"
     bench.mkdir()
     (bench / "test_fake.py").write_text(textwrap.dedent(FAKE_SUITE))
-    stale = bench / "results"
-    stale.mkdir()
-    (stale / "old_cpu.md").write_text("# old suite\n\n| shape | vs peer |\n|---|---|\n| 8x8 | 1.5x |\n")
-    os.utime(stale / "old_cpu.md", (1e9, 1e9))  # from an earlier run
+    committed = bench / "results"  # the committed reports, which a run must leave alone unless asked
+    committed.mkdir()
+    (committed / "old_cpu.md").write_text(OLD_REPORT)
+    os.utime(committed / "old_cpu.md", (1e9, 1e9))
     return bench
 
 
 def test_bench_runs_the_suites_and_collects_the_ratios(fake_bench, tmp_path, capfd):
     out = tmp_path / "collected"
+    out.mkdir()
+    (out / "old_cpu.md").write_text(OLD_REPORT)
+    os.utime(out / "old_cpu.md", (1e9, 1e9))  # from an earlier run into the same folder
     code = cli.main(["bench", "--bench-dir", str(fake_bench), "--quick", "--threads", "1", "--out", str(out)])
     stdout, err = capfd.readouterr()
     assert code == 0, err
@@ -370,8 +414,50 @@ def test_bench_runs_the_suites_and_collects_the_ratios(fake_bench, tmp_path, cap
     assert [r["ratio"] for r in cli.collect_ratios(out)] == [2.5, 4.0, 3.0, 1.5]
     assert "| [old_cpu.md](old_cpu.md) * | 8x8 | vs peer | 1.5x |" in table  # not rewritten by this run
     assert "fake suite (quick=1, threads=1)" in table
-    assert (out / "fake_cpu.md").exists() and (out / "old_cpu.md").exists()
     assert "2.5x" in stdout and "ratios.md" in stdout
+    assert sorted(p.name for p in (fake_bench / "results").iterdir()) == ["old_cpu.md"]  # left alone
+
+
+def test_bench_writes_a_fresh_folder_unless_asked_to_update_the_results(fake_bench, capfd):
+    committed = fake_bench / "results"
+    assert cli.main(["bench", "--bench-dir", str(fake_bench)]) == 0
+    runs = list((fake_bench / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "fake_cpu.md").exists() and (runs[0] / "ratios.md").exists()
+    assert sorted(p.name for p in committed.iterdir()) == ["old_cpu.md"]
+    assert os.stat(committed / "old_cpu.md").st_mtime == 1e9
+    assert cli.main(["bench", "--bench-dir", str(fake_bench), "--update-results"]) == 0
+    assert {"fake_cpu.md", "ratios.md", "old_cpu.md"} <= {p.name for p in committed.iterdir()}
+    capfd.readouterr()
+
+
+def test_bench_conftest_writes_each_suite_as_it_finishes_and_quick_leaves_out_the_million_points(tmp_path):
+    """The real bench/conftest.py: a suite's report is on disk when the next file starts (an interrupted run
+    keeps it); --quick deselects the 1,000,000-point cases."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    shutil.copy(ROOT / "bench" / "conftest.py", bench / "conftest.py")
+    (bench / "test_a.py").write_text(textwrap.dedent('''
+        import pytest
+        from conftest import record, markdown
+        @pytest.mark.parametrize("n", [1000, 1000000], ids=lambda n: f"{n}x8")
+        def test_case(n):
+            record("a_cpu", n=n)
+        def test_report():
+            markdown("a_cpu", lambda payload: f"# a: {[r['n'] for r in payload['rows']]}\\n")
+    '''))
+    (bench / "test_b.py").write_text(textwrap.dedent('''
+        import os
+        from pathlib import Path
+        def test_a_is_already_written():
+            assert (Path(os.environ["LOSSVAL_FAST_BENCH_OUT"]) / "a_cpu.md").read_text() == "# a: [1000]\\n"
+    '''))
+    out = tmp_path / "out"
+    env = {**os.environ, "LOSSVAL_FAST_BENCH_OUT": str(out), "LOSSVAL_FAST_BENCH_QUICK": "1"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                            cwd=bench, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 deselected" in result.stdout
+    assert json.loads((out / "a_cpu.json").read_text())["rows"] == [{"n": 1000}]
 
 
 def test_bench_with_a_selection_that_matches_nothing(fake_bench, capfd):

@@ -851,7 +851,8 @@ def test_checkpoint_resume_batched(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, yv)
     monkeypatch.setattr(learners.BatchedLogReg, "fit", original)
-    assert path.exists() and not (tmp_path / "ecoval.ckpt.tmp").exists()
+    assert path.exists() and not list(tmp_path.glob("*.tmp"))
+    assert set(torch.load(path, weights_only=True)) >= {"U", "done", "heldout", "models", "fingerprint"}
     resumed = EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, yv)
     assert resumed.n_trainings_ == full.n_trainings_ - 12
     assert np.array_equal(resumed.values_, full.values_)
@@ -859,8 +860,22 @@ def test_checkpoint_resume_batched(tmp_path, monkeypatch):
     assert np.array_equal(resumed.value(X, y), full.value(X, y))
     again = EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, yv)
     assert again.n_trainings_ == 0 and np.array_equal(again.values_, full.values_)
-    with pytest.raises(ValueError, match="belongs to a different configuration"):
+    with pytest.raises(ValueError, match=r"belongs to a different configuration .*S: checkpoint has 22, this fit "
+                                         r"has 7"):
         EcoVal(6, pairs=0, checkpoint=path, verbose=False).fit(X, y, Xv, yv)
+    with pytest.raises(ValueError, match=r"ecoval.ckpt.*data: checkpoint has '[0-9a-f]+', this fit has"):
+        EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, 1 - yv)
+    import os
+    import pickle
+
+    class Payload:  # a file that would run code if unpickled is refused without running it
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+    hostile = tmp_path / "hostile.ckpt"
+    hostile.write_bytes(pickle.dumps({"fingerprint": Payload()}, protocol=2))
+    with pytest.raises(ValueError, match="hostile.ckpt.*holds Python objects other than tensors"):
+        EcoVal(6, checkpoint=hostile, verbose=False).fit(X, y, Xv, yv)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_checkpoint_resume_loop(tmp_path, monkeypatch):

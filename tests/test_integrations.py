@@ -11,7 +11,11 @@ import torch
 
 from lossval_fast.integrations import prepare, seed_from
 from lossval_fast.integrations.opendataval import EcoValEvaluator, LossValEvaluator
-from lossval_fast.integrations.pydvl import EcoValValuation, LossValValuation, ValuationResult, ValueItem
+from lossval_fast.integrations.pydvl import (PYDVL, EcoValValuation, LossValValuation, NotFittedException,
+                                             ValuationResult, ValueItem)
+
+if PYDVL:  # these tests cover the duck-typed path; tests/test_pydvl_real.py covers pyDVL's own classes
+    pytest.skip("pyDVL is installed: its classes replace the duck-typed ones", allow_module_level=True)
 from lossval_fast.valuation import add_label_noise, noisy_detection_f1
 from lossval_fast.valuation.ecoval import EcoVal
 from lossval_fast.valuation.lossval import LossVal
@@ -101,14 +105,18 @@ def test_opendataval_builder_chain_with_one_hot_labels_equals_a_direct_fit():
 def test_opendataval_experiment_mediator_trains_and_runs_noisy_detection():
     X, y, Xv, yv, noisy = make_data()
     fetcher = FakeFetcher(X, y, Xv, yv, noisy)
-    evaluators = [LossValEvaluator(random_state=np.random.RandomState(1)), EcoValEvaluator(n_clusters=4,
-                                                                                           random_state=2)]
+    evaluators = [LossValEvaluator(random_state=np.random.RandomState(1), use_train_kwargs=True),
+                  EcoValEvaluator(n_clusters=4, random_state=2)]
     mediator = FakeMediator(fetcher, pred_model=torch.nn.Linear(5, 2), train_kwargs={"epochs": EPOCHS},
                             metric=accuracy).compute_data_values(evaluators)
     results = mediator.evaluate(noisy_detection)
     assert set(results) == {str(ev) for ev in evaluators}
     assert all(0.0 <= r["kmeans_f1"] <= 1.0 for r in results.values())
-    # train_kwargs reached LossVal (epochs=2 instead of the default 30); the RandomState gave one draw as the seed
+    # stable result keys: no memory address (the RandomState shows as its kind)
+    assert "0x" not in str(evaluators[0]) and "random_state=RandomState" in str(evaluators[0])
+    assert str(evaluators[0]) == str(LossValEvaluator(random_state=np.random.RandomState(1), use_train_kwargs=True))
+    # use_train_kwargs=True: train_kwargs reached LossVal (epochs=2 instead of the default 30); the RandomState
+    # gave one draw as the seed
     lossval = evaluators[0]
     assert lossval.estimator_.epochs == EPOCHS and len(lossval.estimator_.history_) == EPOCHS
     seed = int(np.random.RandomState(1).randint(0, 2**31 - 1))
@@ -120,6 +128,23 @@ def test_opendataval_experiment_mediator_trains_and_runs_noisy_detection():
         xt.numpy().astype(np.float64), y, xv.numpy().astype(np.float64), yv).values_
     np.testing.assert_array_equal(ecoval.data_values, expected)
     assert ecoval.pred_model is mediator.pred_model and ecoval.metric is accuracy
+
+
+def test_opendataval_train_kwargs_do_not_silently_change_lossvals_schedule():
+    """ExperimentMediator's train_kwargs (5 epochs at batch 50 by default, meant for the prediction model) leave
+    LossVal's epochs and batch size as set, with one warning naming what was not applied."""
+    X, y, Xv, yv, noisy = make_data()
+    evaluator = LossValEvaluator(epochs=EPOCHS, batch_size=32, random_state=0)
+    with pytest.warns(UserWarning, match=r"train_kwargs \{'epochs': 5, 'batch_size': 50\} not applied: LossVal "
+                                         r"keeps its own schedule .*use_train_kwargs=True"):
+        FakeMediator(FakeFetcher(X, y, Xv, yv, noisy), train_kwargs={"epochs": 5, "batch_size": 50}
+                     ).compute_data_values([evaluator])
+    assert evaluator.estimator_.epochs == EPOCHS and evaluator.estimator_.batch_size == 32
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same values as ours: nothing to say
+        FakeMediator(FakeFetcher(X, y, Xv, yv, noisy), train_kwargs={"epochs": EPOCHS}
+                     ).compute_data_values([LossValEvaluator(epochs=EPOCHS, random_state=0)])
 
 
 def test_opendataval_regression_targets_as_n_by_1_floats():
@@ -233,9 +258,9 @@ def test_pydvl_valuation_on_a_new_style_dataset():
     assert ranked[0].indices[0] == lowest[0] and len(ranked[:5]) == 5
     assert ranked.get(7).value == expected[7] and ranked.get(7).name == "row-7"
     np.testing.assert_array_equal(ranked.indices[ranked.positions([3, 9])], [3, 9])
-    ranked.sort(reverse=True)
-    assert ranked.values[0] == expected.max()
-    ranked.sort(key="index")
+    descending = ranked.sort(reverse=True)  # pyDVL 0.10: a sorted copy, the original unchanged
+    assert descending.values[0] == expected.max() and ranked.values[0] == expected.min()
+    assert ranked.sort(key="index", inplace=True) is ranked
     np.testing.assert_array_equal(ranked.values, expected)
     np.testing.assert_array_equal(result.values, expected)  # values() returned copies
     f1 = noisy_detection_f1(result.values, noisy)
@@ -245,11 +270,12 @@ def test_pydvl_valuation_on_a_new_style_dataset():
 def test_pydvl_result_to_dataframe():
     pytest.importorskip("pandas")
     result = ValuationResult(values=[0.3, 0.1, 0.2], data_names=["a", "b", "c"], algorithm="LossVal")
-    result.sort()
-    frame = result.to_dataframe()
-    assert list(frame.index) == ["b", "c", "a"] and list(frame.columns) == [
-        "LossVal", "LossVal_variances", "LossVal_counts", "LossVal_stderr"]
+    result.sort(inplace=True)
+    frame = result.to_dataframe()  # pyDVL 0.10's layout: indexed by data index, names with use_names=True
+    assert list(frame.index) == [1, 2, 0] and list(frame.columns) == ["LossVal", "LossVal_variances",
+                                                                       "LossVal_counts"]
     assert frame["LossVal"].tolist() == [0.1, 0.2, 0.3]
+    assert list(result.to_dataframe(use_names=True).index) == ["b", "c", "a"]
 
 
 def test_pydvl_valuation_on_an_old_style_dataset_and_raw_pairs():
@@ -273,8 +299,13 @@ def test_pydvl_errors():
         LossValValuation(epochs=EPOCHS).fit(Dataset(X, y))
     with pytest.raises(TypeError, match="grouped"):
         LossValValuation(Dataset(Xv, yv)).fit(GroupedDataset(X, y, np.arange(120) // 10))
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(ValueError, match="must be fitted"):
         EcoValValuation(Dataset(Xv, yv)).values()
+    with pytest.raises(NotFittedException, match="must be fitted before"):
+        LossValValuation(Dataset(Xv, yv)).result  # noqa: B018
+    with pytest.raises(ValueError, match="continue_from is not supported .*checkpoint=PATH"):
+        LossValValuation(Dataset(Xv, yv), epochs=EPOCHS).fit(Dataset(X, y), continue_from=ValuationResult(
+            values=np.zeros(120)))
     with pytest.raises(TypeError, match="pyDVL Dataset"):
         LossValValuation(Dataset(Xv, yv)).fit(42)
     with pytest.raises(ValueError, match="do not match"):
@@ -300,6 +331,7 @@ def test_prepare_label_layouts():
 
 
 def test_adapters_never_import_the_frameworks():
+    """OpenDataVal is never imported; pyDVL only where it is installed (its classes then replace ours)."""
     root = Path(__file__).resolve().parents[1] / "lossval_fast" / "integrations"
     for path in root.glob("*.py"):
         source = path.read_text()

@@ -215,7 +215,7 @@ def test_killed_mid_epoch_resumes_with_the_same_values(tmp_path, source, every, 
                                 path=path, every=every)
     result = run_script(script, timeout=300)
     assert result.returncode == -9, result.stderr
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     if every is None:
         assert state["epoch"] == (kill_at - 1) // 15 - 1 and state["partial"] is None
     else:
@@ -446,7 +446,7 @@ def test_a_world_of_one_rank_equals_the_estimator(one_rank_group, tmp_path):
     path = tmp_path / "one.pt"
     params = dict(epochs=2, batch_size=16, random_state=6, verbose=False, checkpoint=path)
     distributed.fit(LossVal(**params, checkpoint_every=3, max_steps=10), X, y, Xv, yv)
-    assert torch.load(path, weights_only=False)["partial"]["position"] == 3  # 7 + 3 steps: epoch 2, position 3
+    assert torch.load(path, weights_only=True)["partial"]["position"] == 3  # 7 + 3 steps: epoch 2, position 3
     resumed = distributed.fit(LossVal(**params), X, y, Xv, yv)
     assert resumed.n_steps_ == 4 and np.abs(resumed.values_ - LossVal(**{**params, "checkpoint": None}).fit(
         X, y, Xv, yv).values_).max() <= 1e-6
@@ -607,9 +607,9 @@ def test_ecoval_over_two_gloo_processes_equals_one_process(tmp_path):
     resumed = EcoVal(6, max_models_per_batch=4, verbose=False, checkpoint=folder / "eco.ckpt").fit(X, y, Xv, yv)
     assert resumed.n_trainings_ == 0 and np.array_equal(resumed.values_, values)
     # an interrupted 2-rank run: rank 0's and rank 1's files each hold part of the trainings
-    full = torch.load(folder / "eco.ckpt", weights_only=False)
+    full = torch.load(folder / "eco.ckpt", weights_only=True)  # tensors and plain data only
     for rank, name in enumerate(["part.ckpt", "part.ckpt.rank1"]):
-        share = {**full, "done": full["done"].copy()}
+        share = {**full, "done": full["done"].clone()}
         share["done"][:, rank::2] = False
         torch.save(share, tmp_path / name)
     merged = EcoVal(6, max_models_per_batch=4, verbose=False, checkpoint=tmp_path / "part.ckpt").fit(X, y, Xv, yv)

@@ -182,7 +182,7 @@ def test_a_lazy_checkpoint_resumes_on_the_dense_path_and_back(monkeypatch, tmp_p
         path = tmp_path / f"ckpt-{first}.pt"
         monkeypatch.setattr(module, "FUSED_STEP", first)
         LossVal(epochs=3, max_steps=9, checkpoint=path, checkpoint_every=3, **kwargs).fit(Xt, yt, Xv, yv)
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
         assert (LAST_STEP in saved["optimizer"]["state"][0]) is first
         monkeypatch.setattr(module, "FUSED_STEP", second)
         resumed = LossVal(epochs=3, checkpoint=path, **kwargs).fit(Xt, yt, Xv, yv)

@@ -131,6 +131,84 @@ def test_checkpoint_resume_gives_the_same_values(tmp_path):
         LossVal(epochs=4, random_state=4, verbose=False, checkpoint=path).fit(Xt, yt, Xv, yv)
 
 
+def test_checkpoint_fingerprint_names_the_field_that_differs(tmp_path):
+    """Every parameter that changes the values and the data's identity (order included) are in the fingerprint;
+    a checkpoint that has gone further than the fit asks (6 epochs given to a 3-epoch fit) is refused too."""
+    Xt, yt, Xv, yv = pol(64, 20)
+    path = tmp_path / "six.pt"
+    kwargs = dict(random_state=3, verbose=False, checkpoint=path)
+    six = LossVal(epochs=6, **kwargs).fit(Xt, yt, Xv, yv)
+    assert np.array_equal(LossVal(epochs=6, **kwargs).fit(Xt, yt, Xv, yv).values_, six.values_)  # same: resumes
+    with pytest.raises(ValueError, match=r"six.pt.*epochs: checkpoint has 6 finished epoch\(s\), this fit has "
+                                         r"epochs=3"):
+        LossVal(epochs=3, **kwargs).fit(Xt, yt, Xv, yv)
+    swapped = Xt.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    model = torch.nn.Sequential(torch.nn.Linear(Xt.shape[1], 2), torch.nn.Softmax(-1))
+    for change, params, data, field in (
+            ("lr", dict(lr=0.02), None, "lr: checkpoint has 0.01, this fit has 0.02"),
+            ("blur", dict(blur=0.1), None, "blur: checkpoint has 0.05, this fit has 0.1"),
+            ("model", dict(model=model), None, "model: checkpoint has 'paper_mlp', this fit has 'Sequential:"),
+            ("row order", {}, (swapped, yt, Xv, yv), "checksum: checkpoint has"),
+            ("validation set", {}, (Xt, yt, Xv[:-1], yv[:-1]), "m: checkpoint has 20, this fit has 19"),
+            ("validation values", {}, (Xt, yt, Xv + 1.0, yv), "val_checksum: checkpoint has"),
+            ("dtype", dict(dtype=torch.float64), None, "dtype: checkpoint has 'torch.float32'")):
+        with pytest.raises(ValueError, match="different configuration") as error:
+            LossVal(epochs=6, **{**kwargs, **params}).fit(*(data or (Xt, yt, Xv, yv)))
+        assert field in str(error.value) and "six.pt" in str(error.value), (change, str(error.value))
+
+
+def test_damaged_or_hostile_checkpoints_are_refused_naming_the_file(tmp_path):
+    """Empty, truncated and garbage files raise a ValueError naming the file; a pickle with a __reduce__ payload is
+    refused without running it (the file is read with weights_only=True)."""
+    import os
+    import pickle
+
+    Xt, yt, Xv, yv = pol(64, 20)
+    good = tmp_path / "good.pt"
+    LossVal(epochs=1, random_state=0, verbose=False, checkpoint=good).fit(Xt, yt, Xv, yv)
+    data = good.read_bytes()
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    cases = {"empty.pt": (b"", "is empty"), "truncated.pt": (data[:len(data) // 2], "truncated or not a checkpoint"),
+             "garbage.pt": (b"\x80\x04garbage" * 10, "not a checkpoint"),
+             "hostile.pt": (pickle.dumps({"fingerprint": Payload()}, protocol=2), "holds Python objects other than "
+                                                                                  "tensors.*GLOBAL posix.system"),
+             "hostile4.pt": (pickle.dumps({"fingerprint": Payload()}, protocol=4), "not a checkpoint")}
+    hostile_zip = tmp_path / "hostile_zip.pt"
+    torch.save({"fingerprint": Payload()}, hostile_zip)  # the torch.save (zip) form of the same payload
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+    for path, message in [(tmp_path / n, m) for n, (_, m) in cases.items()] + [
+            (hostile_zip, "holds Python objects other than tensors")]:
+        with pytest.raises(ValueError, match=message) as error:
+            LossVal(epochs=1, random_state=0, verbose=False, checkpoint=path).fit(Xt, yt, Xv, yv)
+        assert str(path) in str(error.value)
+    assert not marker.exists()  # the payload never ran
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous checkpoint whole and no temporary file behind."""
+    from lossval_fast.valuation import state_file
+
+    Xt, yt, Xv, yv = pol(64, 20)
+    path = tmp_path / "run.pt"
+    LossVal(epochs=1, random_state=0, verbose=False, checkpoint=path).fit(Xt, yt, Xv, yv)
+    before = path.read_bytes()
+
+    def failing_save(obj, f, *args, **kwargs):
+        open(f, "wb").write(b"half")
+        raise OSError("disk full")
+    monkeypatch.setattr(state_file.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        LossVal(epochs=2, random_state=0, verbose=False, checkpoint=path).fit(Xt, yt, Xv, yv)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+
+
 def test_killed_process_resumes_from_its_checkpoint(tmp_path):
     """A fit killed mid-run (SIGKILL after its second epoch was saved) resumes and ends as an uninterrupted run."""
     path = tmp_path / "killed.pt"
@@ -377,3 +455,20 @@ def test_lossval_mlp_step_op_rejects_malformed_arguments():
         call(idx=torch.arange(3))
     with pytest.raises(RuntimeError, match="step counters"):
         call(steps=[torch.zeros((), dtype=torch.float64) for _ in params])
+
+
+def test_progress_lines_with_rate_and_eta_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    """A log file or CI gets a line per 10 % (or ~10 s) with rate and ETA, and a last line; a fit shorter than
+    QUIET_START seconds prints nothing; verbose=False never prints."""
+    from lossval_fast import progress
+
+    Xt, yt, Xv, yv = pol(64, 20)
+    LossVal(epochs=3, random_state=0).fit(Xt, yt, Xv, yv)
+    assert capsys.readouterr().err == ""  # shorter than QUIET_START
+    monkeypatch.setattr(progress, "QUIET_START", 0.0)
+    LossVal(epochs=4, random_state=0).fit(Xt, yt, Xv, yv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("LossVal: 1/4 epoch (25%), ") and "epoch/s, ETA " in lines[0]
+    assert all("loss " in line for line in lines) and lines[-1].startswith("LossVal: 4/4 epoch (100%)") and "done in" in lines[-1]
+    LossVal(epochs=2, random_state=0, verbose=False).fit(Xt, yt, Xv, yv)
+    assert capsys.readouterr().err == ""

@@ -22,6 +22,9 @@ learners (`learner=`).
 """
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 
 from . import prepare, seed_from
@@ -104,27 +107,42 @@ class _Evaluator:
         return repr(self)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._params)
+        """Stable across runs (OpenDataVal keys results by str(evaluator)): no memory addresses."""
+        args = ", ".join(f"{name}={_stable_repr(getattr(self, name))}" for name in self._params)
         return f"{type(self).__name__}({args})"
+
+
+def _stable_repr(value) -> str:
+    """repr without memory addresses: a RandomState or Generator (OpenDataVal passes one) by its kind, an object
+    whose repr holds an address by its class name."""
+    if isinstance(value, (np.random.RandomState, np.random.Generator)):
+        return type(value).__name__
+    text = repr(value)
+    return type(value).__name__ if re.search(r" at 0x[0-9a-fA-F]+", text) else text
 
 
 class LossValEvaluator(_Evaluator):
     """LossVal (lossval_fast.valuation.lossval.LossVal) as an OpenDataVal DataEvaluator.
 
-    Parameters: epochs, lr, batch_size (the paper's 30, 0.01, 32; `train_data_values(epochs=..., lr=...,
-    batch_size=...)` overrides them for one training, as OpenDataVal's train_kwargs do), task ("auto",
+    Parameters: epochs, lr, batch_size (the paper's 30, 0.01, 32), use_train_kwargs (False: OpenDataVal's
+    train_kwargs, which ExperimentMediator passes to every evaluator for its prediction model (5 epochs at batch 50
+    by default), do not change LossVal's schedule, and a warning says which were not applied; True: epochs, lr and
+    batch_size among them override ours for that training), task ("auto",
     "classification", "regression"), device, random_state (None, an int, or a numpy RandomState as OpenDataVal
     passes; a RandomState gives one draw as the seed), use_input_model (train the model given to input_model
     instead of the paper's MLP), and any other LossVal keyword (blur, scaling, diameter, normalize, ...).
     Attributes after training: estimator_ (the fitted LossVal), values_, task_, classes_.
     """
 
-    _params = ("epochs", "lr", "batch_size", "task", "device", "random_state", "use_input_model")
+    _params = ("epochs", "lr", "batch_size", "task", "device", "random_state", "use_input_model",
+               "use_train_kwargs")
 
     def __init__(self, epochs: int = 30, lr: float = 0.01, batch_size: int = 32, *, task: str = "auto",
-                 device="auto", random_state=None, use_input_model: bool = False, **lossval_params):
+                 device="auto", random_state=None, use_input_model: bool = False, use_train_kwargs: bool = False,
+                 **lossval_params):
         super().__init__(random_state=random_state, task=task)
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
+        self.use_train_kwargs = use_train_kwargs
         self.device = device
         self.use_input_model = use_input_model
         self.lossval_params = lossval_params
@@ -142,11 +160,23 @@ class LossValEvaluator(_Evaluator):
             model = self.pred_model
         params = dict(self.lossval_params)
         params.setdefault("verbose", False)
-        return LossVal(task=data["task"], model=model, epochs=int(train_kwargs.get("epochs", self.epochs)),
-                       lr=float(train_kwargs.get("lr", self.lr)),
-                       batch_size=int(train_kwargs.get("batch_size", self.batch_size)), device=self.device,
-                       random_state=seed_from(self.random_state), **params
-                       ).fit(data["x_train"], data["y_train"], data["x_valid"], data["y_valid"])
+        schedule = self._schedule(train_kwargs)
+        return LossVal(task=data["task"], model=model, device=self.device, random_state=seed_from(self.random_state),
+                       **schedule, **params).fit(data["x_train"], data["y_train"], data["x_valid"], data["y_valid"])
+
+    def _schedule(self, train_kwargs) -> dict:
+        """epochs, lr, batch_size: ours, or train_kwargs' with use_train_kwargs=True; a warning names the
+        train_kwargs that differ from ours and were not applied."""
+        ours = {"epochs": int(self.epochs), "lr": float(self.lr), "batch_size": int(self.batch_size)}
+        given = {key: train_kwargs[key] for key in ours if key in train_kwargs}
+        if self.use_train_kwargs:
+            return {**ours, **{key: type(ours[key])(value) for key, value in given.items()}}
+        differ = {key: value for key, value in given.items() if value != ours[key]}
+        if differ:
+            warnings.warn(f"{type(self).__name__}: train_kwargs {differ} not applied: LossVal keeps its own "
+                          f"schedule {ours} (OpenDataVal passes train_kwargs for the prediction model; pass "
+                          "use_train_kwargs=True to let them override)", UserWarning, stacklevel=4)
+        return ours
 
 
 class EcoValEvaluator(_Evaluator):

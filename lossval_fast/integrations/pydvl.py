@@ -1,10 +1,19 @@
-"""LossVal and EcoVal as pyDVL valuation methods (duck-typed: pydvl is not imported).
+"""LossVal and EcoVal as pyDVL valuation methods.
 
 pyDVL (github.com/aai-institute/pyDVL, pydvl/valuation/base.py::Valuation) runs a method as
 
     valuation = LossValValuation(test_data=test, epochs=30)     # pyDVL >= 0.10: the valuation set goes here
     valuation.fit(train)                                         # returns the valuation
-    result = valuation.values(sort=True)                         # a ValuationResult, ascending by value
+    result = valuation.result                                    # a ValuationResult (values(sort=True): sorted copy)
+
+With pyDVL >= 0.10 installed, the valuations are subclasses of pyDVL's `Valuation` and return pyDVL's own
+`ValuationResult` (sort, `+`, compute_removal_score, to_dataframe, isinstance all pyDVL's), and `.result` before
+fit raises pyDVL's NotFittedException. Without pyDVL (it pins numpy < 2, which other peers of ours do not allow)
+nothing of it is imported and this module's duck-typed `ValuationResult` stands in: the same constructor and the
+read side of pyDVL 0.10's (`values`, `indices`, `names`, `variances`, `counts`, `stderr`, `algorithm`, `status`,
+`sort(reverse, key, inplace)` returning the sorted result, iteration over `ValueItem`s, positional indexing,
+`get(data_index)`, `positions()`, `to_dataframe(column, use_names)` indexed like pyDVL's, `copy()`).
+`PYDVL` says which one is in use.
 
 `fit(data)` accepts what pyDVL passes:
   - a pyDVL >= 0.10 `Dataset`: `data.data()` gives the raw (x, y) (a RawData with `.x`, `.y`, or a pair), and
@@ -13,15 +22,15 @@ pyDVL (github.com/aai-institute/pyDVL, pydvl/valuation/base.py::Valuation) runs 
   - a pyDVL <= 0.9 `Dataset`, which holds both splits: `x_train, y_train, x_test, y_test`, `indices`, `data_names`
     (its test split is the validation set unless `test_data` is given);
   - a plain (x, y) pair (indices 0..n-1).
-Grouped datasets (pyDVL's GroupedDataset) are refused: LossVal and EcoVal value single points.
-
-`values()` returns this module's `ValuationResult`, which mirrors the read side of pyDVL's: `values`, `indices`,
-`names`, `variances`, `counts`, `stderr`, `algorithm`, `status`, in-place `sort()`, iteration over `ValueItem`s,
-positional indexing, `get(data_index)`, `positions()`, `to_dataframe()` (pandas) and `copy()`.
+Grouped datasets (pyDVL's GroupedDataset) are refused: LossVal and EcoVal value single points. `continue_from`
+(a previous result to add to) is refused with a clear error: LossVal and EcoVal train once and do not accumulate
+samples; a long fit resumes from a checkpoint instead (checkpoint=PATH, passed on to LossVal or EcoVal).
 """
 from __future__ import annotations
 
 import copy as _copy
+import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -30,7 +39,37 @@ import numpy as np
 from . import prepare, seed_from
 from ..valuation.splits import as_numpy
 
-__all__ = ["LossValValuation", "EcoValValuation", "ValuationResult", "ValueItem"]
+__all__ = ["LossValValuation", "EcoValValuation", "ValuationResult", "ValueItem", "NotFittedException", "PYDVL"]
+
+
+def _load_pydvl():
+    """pyDVL's (Valuation, ValuationResult, ValueItem, NotFittedException, Status) when pyDVL >= 0.10 is installed
+    and imports, else None."""
+    try:
+        base = importlib.import_module("pydvl.valuation.base")
+        result = importlib.import_module("pydvl.valuation.result")
+        exceptions = importlib.import_module("pydvl.utils.exceptions")
+        status = importlib.import_module("pydvl.utils.status")
+        return (base.Valuation, result.ValuationResult, result.ValueItem, exceptions.NotFittedException,
+                status.Status)
+    except ImportError:
+        return None
+    except Exception as error:  # installed but broken (e.g. built for another numpy): say so, use our classes
+        warnings.warn(f"pyDVL is installed but does not import ({type(error).__name__}: {error}); the pyDVL "
+                      "adapter returns its own duck-typed ValuationResult", RuntimeWarning, stacklevel=2)
+        return None
+
+
+_PYDVL = _load_pydvl()
+PYDVL = _PYDVL is not None  # True: the valuations and their results are pyDVL's own classes
+
+
+class _NotFitted(ValueError):
+    """pyDVL's NotFittedException where pyDVL is not installed (a ValueError, as there)."""
+
+    def __init__(self, object_type):
+        super().__init__(f"Objects of type {object_type} must be fitted before calling methods. Call method fit "
+                         "with appropriate input.")
 
 
 @dataclass
@@ -48,7 +87,8 @@ class ValueItem:
 
 
 class ValuationResult:
-    """Values of the points of a data set, in the shape of pyDVL's ValuationResult (the parts a reader uses).
+    """Values of the points of a data set, in the shape of pyDVL's ValuationResult (the parts a reader uses;
+    where pyDVL is installed, its own class replaces this one).
 
     The arrays `values`, `indices`, `names`, `variances`, `counts`, `stderr` follow the current order: the order
     of the data set until `sort()` is called, then ascending (or descending with reverse=True) by the sort key.
@@ -100,14 +140,17 @@ class ValuationResult:
         return np.sqrt(self.variances / np.maximum(1, self.counts))
 
     # --- ordering
-    def sort(self, reverse: bool = False, key: str = "value") -> None:
-        """Sort in place by "value" (default), "variance", "index" or "name"; ties keep the data order."""
+    def sort(self, reverse: bool = False, key: str = "value", inplace: bool = False) -> "ValuationResult":
+        """Sort by "value" (default), "variance", "index" or "name", ascending (descending with reverse=True); ties
+        keep the data order. As pyDVL's: a sorted copy, or this result sorted in place with inplace=True."""
         keys = {"value": self._values, "variance": self._variances, "index": self._indices, "name": self._names}
         if key not in keys:
             raise ValueError(f"key must be one of {', '.join(keys)}, got {key!r}")
+        obj = self if inplace else self.copy()
         order = np.argsort(keys[key], kind="stable")
-        self._order = order[::-1].copy() if reverse else order
-        self._sort_order = not reverse
+        obj._order = order[::-1].copy() if reverse else order
+        obj._sort_order = not reverse
+        return obj
 
     def positions(self, data_indices) -> np.ndarray:
         """Positions, in the current order, of the given data indices."""
@@ -148,15 +191,16 @@ class ValuationResult:
     def copy(self) -> "ValuationResult":
         return _copy.deepcopy(self)
 
-    def to_dataframe(self, column: str | None = None):
-        """pandas DataFrame indexed by name with columns <column> and <column>_variances, _counts, _stderr."""
+    def to_dataframe(self, column: str | None = None, use_names: bool = False):
+        """As pyDVL's: a pandas DataFrame in the current order, indexed by data index (by name with
+        use_names=True), with columns <column>, <column>_variances and <column>_counts."""
         try:
             import pandas as pd
         except ImportError:
             raise ImportError("to_dataframe needs pandas: pip install pandas") from None
         column = column or self.algorithm or "value"
         return pd.DataFrame({column: self.values, f"{column}_variances": self.variances,
-                             f"{column}_counts": self.counts, f"{column}_stderr": self.stderr}, index=self.names)
+                             f"{column}_counts": self.counts}, index=self.names if use_names else self.indices)
 
     def __repr__(self) -> str:
         return (f"ValuationResult(algorithm={self.algorithm!r}, status={self.status!r}, n={len(self)}, "
@@ -222,42 +266,60 @@ def dataset_parts(data, test_data=None) -> tuple:
     return x, y, xv, yv, indices, names
 
 
-class _Valuation:
+if _PYDVL is not None:  # pyDVL's own classes: results that pyDVL's tools and other methods' results accept
+    _Base, ValuationResult, ValueItem, NotFittedException, _Status = _PYDVL  # noqa: F811
+    _CONVERGED = _Status.Converged
+else:
+    _Base, NotFittedException, _CONVERGED = object, _NotFitted, "Converged"
+
+
+class _Valuation(_Base):
     """pyDVL's Valuation protocol around one of our estimators."""
 
     algorithm_name = "Valuation"
     _params: tuple[str, ...] = ()
 
     def __init__(self, test_data=None, *, task: str = "auto", random_state=None, progress: bool = False):
+        super().__init__()
+        self._result = None
         self.test_data = test_data
         self.task = task
         self.random_state = random_state
         self.progress = progress
-        self.result = None
 
-    def fit(self, data, *args, **kwargs):
-        """Value every point of `data` against the validation set; returns self. Extra arguments (pyDVL's
-        continue_from and the like) are accepted and not used."""
+    def fit(self, data, continue_from=None):
+        """Value every point of `data` against the validation set; returns self. continue_from (pyDVL: a result
+        to add this fit's samples to) is refused: LossVal and EcoVal train once, there are no samples to add."""
+        if continue_from is not None:
+            raise ValueError(f"{type(self).__name__}.fit: continue_from is not supported (got a "
+                             f"{type(continue_from).__name__}; expected None): {self.algorithm_name} trains once and "
+                             "does not accumulate samples; to resume an interrupted fit pass checkpoint=PATH to "
+                             f"{type(self).__name__}(...)")
         x, y, xv, yv, indices, names = dataset_parts(data, self.test_data)
         prepared = prepare(x, y, xv, yv, self.task)
         self.task_ = prepared["task"]
         self.classes_ = prepared["classes"]
         self.estimator_ = self._fit(prepared)
-        self.result = ValuationResult(values=self.estimator_.values_, indices=indices, data_names=names,
-                                      algorithm=str(self), status="Converged")
+        self._result = ValuationResult(values=np.asarray(self.estimator_.values_, dtype=np.float64), indices=indices,
+                                       data_names=names, algorithm=str(self), status=_CONVERGED)
         return self
 
     @property
-    def is_fitted(self) -> bool:
-        return self.result is not None
+    def result(self):
+        """The result of the last fit (not a copy); NotFittedException (a ValueError) before fit."""
+        if self._result is None:
+            raise NotFittedException(type(self))
+        return self._result
 
-    def values(self, sort: bool = False) -> ValuationResult:
+    @property
+    def is_fitted(self) -> bool:
+        return self._result is not None
+
+    def values(self, sort: bool = False):
         """A copy of the result (ascending by value with sort=True)."""
-        if self.result is None:
-            raise ValueError(f"{type(self).__name__} is not fitted: call fit(data) first")
         result = self.result.copy()
         if sort:
-            result.sort()
+            result.sort(inplace=True)
         return result
 
     def __str__(self) -> str:

@@ -21,7 +21,6 @@ import copy
 import math
 import numbers
 import os
-import sys
 import time
 import warnings
 
@@ -29,9 +28,11 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..progress import progress
 from ..data import BatchPrefetcher, RowSource, open_rows
 from ..models import paper_mlp
 from ..ops.sinkhorn import auto_stored, epsilon_schedule
+from . import state_file
 from .optim import LAST_STEP, adam, lazy_steps, settle
 
 TASKS = ("classification", "regression")
@@ -116,15 +117,21 @@ def _check_feature_shape(src: RowSource, name: str):
         raise ValueError(f"{name} must hold at least one row, got shape {src.shape}")
 
 
-def _checksum(chunk: np.ndarray) -> int:
-    """Sum of the float64 bit patterns modulo 2**64: independent of how the rows are chunked or sharded."""
-    return int(np.ascontiguousarray(chunk).view(np.uint64).sum(dtype=np.uint64))
+def _checksum(chunk: np.ndarray, first_row: int) -> int:
+    """Σ_k bits_k · (2k + 1) modulo 2**64 over the float64 bit patterns, k an element's position in the whole
+    array (the chunk starts at row first_row): independent of how the rows are chunked or sharded, but not of
+    their order (a checkpoint must not resume on permuted rows)."""
+    bits = np.ascontiguousarray(chunk, dtype=np.float64).reshape(len(chunk), -1).view(np.uint64)
+    start = first_row * bits.shape[1]
+    k = np.arange(start, start + bits.size, dtype=np.uint64).reshape(bits.shape)
+    return int((bits * (k * np.uint64(2) + np.uint64(1))).sum(dtype=np.uint64))
 
 
 def _feature_stats(src: RowSource, lo: int = 0, hi: int | None = None) -> dict:
     """NaN/inf count, per-column min and max (float64) and checksum of rows lo..hi-1, read in chunks."""
     d = src.shape[1]
     stats = {"bad": 0, "min": np.full(d, np.inf), "max": np.full(d, -np.inf), "checksum": 0}
+    row = 0 if lo is None else lo
     for chunk in src.chunks(lo, hi):
         c = np.asarray(chunk, dtype=np.float64)
         finite = np.isfinite(c)
@@ -133,19 +140,22 @@ def _feature_stats(src: RowSource, lo: int = 0, hi: int | None = None) -> dict:
         if bad == 0 and c.shape[0]:
             stats["min"] = np.minimum(stats["min"], c.min(0))
             stats["max"] = np.maximum(stats["max"], c.max(0))
-        stats["checksum"] = (stats["checksum"] + _checksum(c)) % _CHECKSUM_MOD
+        stats["checksum"] = (stats["checksum"] + _checksum(c, row)) % _CHECKSUM_MOD
+        row += len(c)
     return stats
 
 
 def _target_stats(src: RowSource, classification: bool, lo: int = 0, hi: int | None = None) -> dict:
     """NaN/inf count, checksum and, for class labels, non-integer count, min, max and the set of labels."""
     stats = {"bad": 0, "checksum": 0, "nonint": 0, "min": math.inf, "max": -math.inf, "labels": set()}
+    row = 0 if lo is None else lo
     for chunk in src.chunks(lo, hi):
         c = np.asarray(chunk, dtype=np.float64)
         finite = np.isfinite(c)
         bad = c.size - int(np.count_nonzero(finite))
         stats["bad"] += bad
-        stats["checksum"] = (stats["checksum"] + _checksum(c)) % _CHECKSUM_MOD
+        stats["checksum"] = (stats["checksum"] + _checksum(c, row)) % _CHECKSUM_MOD
+        row += len(c)
         if classification and bad == 0 and c.size:
             stats["nonint"] += int(np.count_nonzero(c != np.round(c)))
             stats["min"] = min(stats["min"], float(c.min()))
@@ -232,7 +242,7 @@ class LossVal:
     dtype : torch.float32 (default) or torch.float64.
     random_state : int or None; seeds the model initialisation and the shuffles (the caller's global RNG state
         is left untouched).
-    verbose : progress bar per epoch (only on a terminal).
+    verbose : progress per epoch: a bar on a terminal, else a line with rate and ETA every ~10 s or 10 %.
     checkpoint : path or None. After every epoch the model, weights, optimiser and RNG state are saved there
         (atomically); a later fit with the same configuration resumes after the last saved point and ends with
         the same values as an uninterrupted run (a run killed mid-epoch redoes that epoch from the checkpoint).
@@ -368,7 +378,8 @@ class LossVal:
             y_t = y_t.long().to(device) if classification else y_t.reshape(len(Xs), -1).to(device=device, dtype=dtype)
         return _Data(device=device, dtype=dtype, n=len(Xs), d=Xs.shape[1], classes=classes, outputs=outputs,
                      X=X_t, y=y_t, X_src=Xs, y_src=ys, X_val=X_val_t, x_min=stats["X"]["min"],
-                     x_max=stats["X"]["max"], checksum=(stats["X"]["checksum"], stats["y"]["checksum"]))
+                     x_max=stats["X"]["max"], checksum=(stats["X"]["checksum"], stats["y"]["checksum"]),
+                     val_checksum=(val["X"]["checksum"], val["y"]["checksum"]), x_dtype=str(Xs.dtype))
 
     @staticmethod
     def _check_labels(ys, vys, stats, val):
@@ -392,25 +403,41 @@ class LossVal:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _fingerprint(self, data: _Data):
+        """Everything a resumed fit must share with the checkpoint: every parameter that changes the values
+        (epochs apart: a fit may go on for more epochs than the checkpoint's, see _load_checkpoint) and the
+        identity of the data (shapes, dtype and order-sensitive checksums of X, y, X_val and y_val). The device,
+        checkpoint_every and max_steps do not change the trajectory and stay out."""
         return {"n": int(data.n), "d": int(data.d), "task": self.task, "classes": data.classes,
-                "batch_size": self.batch_size, "lr": float(self.lr), "blur": float(self.blur),
-                "scaling": float(self.scaling), "normalize": bool(self.normalize), "diameter": str(self.diameter),
-                "random_state": self.random_state, "dtype": str(self.dtype), "checksum": data.checksum}
+                "outputs": int(data.outputs), "model": _model_identity(self.model),
+                "model_output": self.model_output, "batch_size": self.batch_size, "lr": float(self.lr),
+                "blur": float(self.blur), "scaling": float(self.scaling), "normalize": bool(self.normalize),
+                "diameter": str(self.diameter), "random_state": self.random_state, "dtype": str(self.dtype),
+                "x_dtype": data.x_dtype, "m": int(data.X_val.shape[0]), "checksum": list(data.checksum),
+                "val_checksum": list(data.val_checksum)}
 
     def _load_checkpoint(self, fingerprint):
         if self.checkpoint is None or not os.path.exists(self.checkpoint):
             return None
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != fingerprint:
-            raise ValueError(f"checkpoint {os.fspath(self.checkpoint)!r} belongs to a different configuration or "
-                             "data set; delete it or pass another path")
+        path = os.fspath(self.checkpoint)
+        state = state_file.load(path)
+        saved = state.get("fingerprint") if isinstance(state, dict) else None
+        if saved is None:
+            raise ValueError(f"checkpoint {path!r} holds no LossVal fingerprint; expected a file written by "
+                             "LossVal(checkpoint=...): delete it or pass another path")
+        differ = state_file.mismatch(saved, fingerprint)
+        if differ:
+            raise ValueError(f"checkpoint {path!r} belongs to a different configuration or data set ({differ}); "
+                             "delete it or pass another path")
+        finished = state["epoch"] + 1
+        partial = state.get("partial") is not None
+        if finished + partial > self.epochs:  # it would end with the checkpoint's values, not this fit's
+            raise ValueError(f"checkpoint {path!r} has gone further than this fit (epochs: checkpoint has "
+                             f"{finished} finished epoch(s){' and part of the next' if partial else ''}, this fit "
+                             f"has epochs={self.epochs}); delete it, pass another path or ask for more epochs")
         return state
 
     def _save_checkpoint(self, state):
-        path = os.fspath(self.checkpoint)
-        tmp = path + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a crash mid-save never leaves a truncated checkpoint
+        state_file.save(state, self.checkpoint)  # atomic: a crash mid-save never leaves a truncated checkpoint
 
     # ------------------------------------------------------------------------------------------ training
     def fit(self, X, y, X_val, y_val) -> "LossVal":
@@ -515,9 +542,8 @@ class LossVal:
 
             epochs = range(start, self.epochs)
             bar = None
-            if self.verbose and writer and sys.stderr.isatty() and len(epochs):
-                from tqdm.auto import tqdm
-                bar = tqdm(total=self.epochs, initial=start, desc="LossVal", unit="epoch")
+            if self.verbose and writer and len(epochs):  # a bar on a terminal, lines with rate and ETA elsewhere
+                bar = progress(self.epochs, "LossVal", "epoch", initial=start)
             self.n_steps_ = 0
             budget = math.inf if self.max_steps is None else self.max_steps
             began = time.perf_counter()
@@ -558,8 +584,8 @@ class LossVal:
                     history.append(total / max(count, 1))
                     save(epoch)
                     if bar is not None:
+                        bar.set_postfix(loss=f"{history[-1]:.4g}")  # first: a progress line shows this epoch's
                         bar.update(1)
-                        bar.set_postfix(loss=f"{history[-1]:.4g}")
             finally:  # helper threads of the chunked step stop even when the fit fails
                 if hasattr(step, "close"):
                     step.close()
@@ -585,6 +611,20 @@ class LossVal:
         self.timings_ = timings
         self.fused_step_ = getattr(step, "fused", None) is not None
         return self
+
+
+def _model_identity(model) -> str:
+    """The paper's MLP, or the class, the structure (repr) and a digest of the initial parameters and buffers of
+    the given module (a differently initialised copy of the same architecture is another model)."""
+    if model is None:
+        return "paper_mlp"
+    import hashlib
+    h = hashlib.sha1(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{type(model).__qualname__}:{h.hexdigest()}"
 
 
 def _shard_optimizer_state(state_dict, lo, hi):

@@ -2,7 +2,11 @@
 per validation point (None for a callable metric), done (R, S), heldout (R, n) LCO held-out outputs, models
 {(r, i): LCO model}, and the fingerprint of the fit (configuration, data, clusters, subsets), which a resumed fit
 must match. The file is written atomically; the ranks of a distributed
-fit each write `path.rank<r>` (r > 0), merged on resume."""
+fit each write `path.rank<r>` (r > 0), merged on resume.
+
+The file holds only tensors and plain data (lossval_fast.valuation.state_file: read with weights_only=True, so
+an untrusted file cannot run code): the arrays are stored as tensors, and of the models only the built-in
+learners' (dicts of tensors); a learner object's LCO models are not saved and value() refits one when needed."""
 from __future__ import annotations
 
 import glob
@@ -13,6 +17,8 @@ import time
 
 import numpy as np
 import torch
+
+from .. import state_file
 
 
 def _digest(*arrays) -> str:
@@ -72,8 +78,9 @@ def fingerprint(est, R, S, n, p) -> dict:
         learner = f"{type(learner).__module__}.{type(learner).__qualname__}{sorted(plain.items())}"
     metric = getattr(est.metric_, "__qualname__", repr(est.metric_)) if callable(est.metric_) else est.metric_
     data = est._data
-    return {"n": n, "p": p, "R": R, "S": S, "learner": str(learner), "path": est._trainings.path, "metric": metric,
-            "task": est.task_, "seeds": list(est._seeds), "keep_models": bool(est.keep_models), "utility_points": True,
+    return {"n": int(n), "p": int(p), "R": int(R), "S": int(S), "learner": str(learner),
+            "path": str(est._trainings.path), "metric": str(metric), "task": est.task_,
+            "seeds": [int(s) for s in est._seeds], "keep_models": bool(est.keep_models), "utility_points": True,
             "data": _digest(data.X, np.asarray(data.y), data.X_val, np.asarray(est._utility.y_val)),
             "clusters": _digest(est.cluster_labels_), "subsets": _digest(est.subsets_)}
 
@@ -94,11 +101,13 @@ def load(est, R, S, n, p) -> dict:
     for name in paths:
         if not os.path.exists(name) or name.endswith(".tmp"):
             continue
-        saved = torch.load(name, map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or saved.get("fingerprint") != est._fingerprint_:
-            raise ValueError(f"checkpoint {name!r} belongs to a different configuration or data set; delete it "
-                             "or pass another path")
-        state = merge_state(state, saved, est._members)
+        saved = state_file.load(name)
+        differ = state_file.mismatch(saved.get("fingerprint") if isinstance(saved, dict) else None,
+                                     est._fingerprint_)
+        if differ:
+            raise ValueError(f"checkpoint {name!r} belongs to a different configuration or data set ({differ}); "
+                             "delete it or pass another path")
+        state = merge_state(state, _from_file(saved), est._members)
     return state
 
 
@@ -109,8 +118,22 @@ def save(est, state, force=False) -> None:
     now = time.monotonic()
     if not force and now - est._last_save < est._checkpoint_interval:
         return
-    path = checkpoint_path(est)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-save never leaves a truncated checkpoint
+    state_file.save(_to_file(state), checkpoint_path(est))  # atomic: never a truncated checkpoint
     est._last_save = now
+
+
+def _to_file(state) -> dict:
+    """The state as tensors and plain data: arrays as tensors, only the models that are dicts of tensors."""
+    out = {k: v for k, v in state.items() if k != "models"}
+    out["models"] = {key: model for key, model in state["models"].items()
+                     if isinstance(model, dict) and all(isinstance(v, torch.Tensor) for v in model.values())}
+    return state_file.plain(out)
+
+
+def _from_file(saved) -> dict:
+    """A state read from a file, its arrays back as numpy arrays."""
+    state = dict(saved)
+    for key in ("U", "Uv", "done", "heldout"):
+        if isinstance(state.get(key), torch.Tensor):
+            state[key] = state[key].numpy()
+    return state

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ...ops.memory import default_memory_budget
+from ...progress import progress
 from .. import learners as _learners
 
 LOG_FLOOR = 1e-12      # log-likelihood floor, mean_v log max(p, 1e-12)
@@ -173,10 +174,9 @@ class Trainings:
         return np.full(len(rows), float(self.data.y.mean()))
 
     def _progress(self, total):
-        if not (self.verbose and total and sys.stderr.isatty()):
+        if not (self.verbose and total):
             return None
-        from tqdm.auto import tqdm
-        return tqdm(total=total, desc="EcoVal", unit="fit")
+        return progress(total, "EcoVal", "fit")  # a bar on a terminal, lines with rate and ETA elsewhere
 
     def run(self, state, removed, skip, utility, save):
         """Train this process's share of the subsets `state` has not done; save(state, force) checkpoints."""
