@@ -95,10 +95,11 @@ def main(argv=None) -> int:
     parser.add_argument("--noise", default="label,feature,mixed")
     args = parser.parse_args(argv)
     rows, machine = run(args.datasets.split(","), args.noise.split(","), args.runs, args.rate, args.seed)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps({"runs": args.runs, "rate": args.rate, "rows": rows,
-                                                      "machine": machine}, indent=2) + "\n")
-    (RESULTS / "quality.md").write_text(summary_markdown(rows, args.runs, args.rate, machine))
+    from lossval_fast._io import atomic_write
+    with atomic_write(RESULTS / "quality.json") as f:   # whole files or none: an interrupt keeps the last report
+        f.write(json.dumps({"runs": args.runs, "rate": args.rate, "rows": rows, "machine": machine}, indent=2) + "\n")
+    with atomic_write(RESULTS / "quality.md") as f:
+        f.write(summary_markdown(rows, args.runs, args.rate, machine))
     print((RESULTS / "quality.md").read_text())
     return 0
 
