@@ -201,7 +201,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def failing_save(obj, f, *args, **kwargs):
-        open(f, "wb").write(b"half")
+        f.write(b"half")      # f: the temporary file atomic_write opened
         raise OSError("disk full")
     monkeypatch.setattr(state_file.torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):

@@ -13,20 +13,16 @@ import zipfile
 import numpy as np
 import torch
 
+from .._io import atomic_write
+
 __all__ = ["save", "load", "mismatch", "plain"]
 
 
 def save(state, path) -> None:
-    """torch.save `state` to `path` atomically (a temporary name in the same folder, then os.replace)."""
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp"  # per process: ranks or two fits never write the same temporary file
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save `state` to `path` atomically (lossval_fast._io.atomic_write: a unique temporary name in the same
+    folder, then os.replace; ranks or two fits never share a temporary file)."""
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path, what: str = "checkpoint"):
