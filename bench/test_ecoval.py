@@ -130,11 +130,13 @@ def test_solver_accuracy(problem):
     parameters and in validation log-likelihood (the utility), with the iteration counts."""
     Xt, yt, Xv, yv, labels = problem
     est = EcoVal(P, verbose=False).fit(Xt, yt, Xv, yv, cluster_labels=labels)
-    X = torch.as_tensor(est._Xs)
+    # the features the estimator's learners see: its own standardisation of X and X_val (the estimator keeps no
+    # standardised copy of X; Data.standardized() computes the same bits as its trainer's row-block transform)
+    X = torch.as_tensor(est._data.standardized())
     y = torch.as_tensor(est._y_code)
     cl = torch.as_tensor(labels)
     removed = torch.as_tensor(est.subsets_)
-    Xv_bar = np.column_stack([est._Xs_val, np.ones(len(Xv))])
+    Xv_bar = np.column_stack([est._data.Xs_val, np.ones(len(Xv))])
     yv_code = np.searchsorted(est.classes_, yv)
 
     def utilities(W):
