@@ -7,6 +7,9 @@ estimator with the same clusters, so the difference is the training path alone. 
 the suite's thread count and, for reference, at 1 thread.
 
     cd bench && python -m pytest test_ecoval.py        (results in bench/results/ecoval_cpu.{json,md})
+
+Quick (LOSSVAL_FAST_BENCH_QUICK=1): p = 10 (56 trainings), the suite's thread count only, one round of the full fit;
+the same paths, solvers and checks.
 """
 from __future__ import annotations
 
@@ -21,12 +24,12 @@ from lossval_fast.valuation import ecoval as ecoval_module
 from lossval_fast.valuation import learners
 from lossval_fast.valuation.ecoval import EcoVal
 
-from conftest import THREADS, annotate, markdown, record, rows
+from conftest import QUICK, THREADS, annotate, markdown, record, rows
 
 SUITE = "ecoval_cpu"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-P = 20
-THREAD_SETTINGS = sorted({THREADS, 1}, reverse=True)
+P = 10 if QUICK else 20
+THREAD_SETTINGS = [THREADS] if QUICK else sorted({THREADS, 1}, reverse=True)
 REFERENCE_GRAD = 1e-9   # the optimum's largest ||grad||_inf allowed (test_solver_accuracy)
 SOLVERS = [ecoval_module.LOGREG_SOLVER] + [s for s in learners.SOLVERS if s != ecoval_module.LOGREG_SOLVER]
 _OUT: dict = {}
@@ -118,7 +121,7 @@ def test_full_fit_with_clustering(benchmark, problem):
     """The whole fit as a user runs it (stratified k-means, n_init=10, included), batched path, default solver."""
     Xt, yt, Xv, yv, _ = problem
     benchmark.group = f"EcoVal p={P}, full fit"
-    rounds = 3
+    rounds = 1 if QUICK else 3
     est = benchmark.pedantic(lambda: EcoVal(P, verbose=False).fit(Xt, yt, Xv, yv), rounds=rounds, iterations=1,
                              warmup_rounds=0)
     record(SUITE, solver=ecoval_module.LOGREG_SOLVER, path="batched, with k-means", threads=THREADS,
