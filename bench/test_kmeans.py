@@ -20,7 +20,7 @@ import torch
 import lossval_fast  # noqa: F401
 from lossval_fast import ops, reference
 
-from conftest import THREADS, annotate, markdown, record, rows
+from conftest import QUICK, THREADS, annotate, markdown, record, rows
 
 SUITE = "kmeans_cpu"
 SHAPES = [(100_000, 32, 64), (1_000_000, 16, 20)]  # (n, d, K)
@@ -60,7 +60,7 @@ def exact_inertia(n, d, k):
 
 def timed(benchmark, run):
     """pytest-benchmark rounds, plus the CPU seconds per wall second of the last round."""
-    result = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    result = benchmark.pedantic(run, rounds=3 if QUICK else 5, iterations=1, warmup_rounds=1)
     wall, cpu = time.perf_counter(), time.process_time()
     run()
     return result, (time.process_time() - cpu) / (time.perf_counter() - wall)
@@ -94,7 +94,7 @@ def test_kmeans_20_iterations(benchmark, n, d, k, implementation):
            cpu_seconds_per_wall_second=busy, precision="float32")
 
 
-PAIRS = 7
+PAIRS = 3 if QUICK else 7
 
 
 @pytest.mark.parametrize("n,d,k", SHAPES, ids=[f"{n}x{d}-K{k}" for n, d, k in SHAPES])

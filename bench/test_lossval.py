@@ -79,7 +79,8 @@ def test_lossval_epoch(benchmark, implementation):
     else:
         def run():
             return reference_epoch(Xt, yt, Xv)
-    values, steps = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    rounds = 3 if os.environ.get("LOSSVAL_FAST_BENCH_QUICK") == "1" else 5
+    values, steps = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
     seconds = benchmark.stats.stats.min
     # ours against the float64 plain port after the same epoch (same seed, same batches)
     exact = LossVal(epochs=1, random_state=0, verbose=False, dtype=torch.float64).fit(Xt, yt, Xv, yv).values_

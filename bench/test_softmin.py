@@ -13,7 +13,7 @@ import lossval_fast  # noqa: F401
 from lossval_fast import ops, reference
 
 import machine_floor
-from conftest import annotate, markdown, record, rows
+from conftest import QUICK, annotate, markdown, record, rows
 
 SUITE = "softmin_cpu"
 SHAPES = [(2048, 32), (2048, 64), (4096, 32), (4096, 64)]
@@ -57,6 +57,8 @@ def test_softmin_pass(benchmark, n, d, implementation):
     # the floors are the best of several probes; ours (a few ms per pass) is the best of 30 rounds likewise, so
     # that a neighbour's burst on this shared machine does not decide the fraction. The peer's pass takes ~0.2 s.
     rounds = 5 if implementation == "torch-logsumexp-stored" else 30
+    if QUICK:
+        rounds = 2 if implementation == "torch-logsumexp-stored" else 10
     out = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
     seconds = benchmark.stats.stats.min
     error = (out.double() - exact).abs().max().item()
@@ -71,7 +73,7 @@ def test_stored_cost_build(benchmark):
     """The one GEMM that builds a stored cost (paid once per Sinkhorn call, not per pass)."""
     x, y, *_ = problem(4096, 64)
     benchmark.group = "stored cost build 4096x4096 d=64"
-    benchmark.pedantic(lambda: ops.half_sqdist(x, y), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(lambda: ops.half_sqdist(x, y), rounds=3 if QUICK else 5, iterations=1, warmup_rounds=1)
     record(SUITE, implementation="ours-stored-build", n=4096, m=4096, d=64,
            seconds_min=benchmark.stats.stats.min, seconds_median=benchmark.stats.stats.median,
            pairs_per_s=4096 * 4096 / benchmark.stats.stats.min, max_abs_error_vs_float64=None, precision="float32")

@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Runs the pytest-benchmark suites of the source checkout's bench/ folder (each writes bench/results/"
         "<suite>.md and .json), then collects every speed-up ratio of those reports into one markdown table."))
     p.add_argument("--quick", action="store_true",
-                   help="a few minutes: no million-point suites, smaller shapes (LOSSVAL_FAST_BENCH_QUICK=1)")
+                   help="about 2 minutes on 2 cores: every suite with its peers, smaller shapes and fewer rounds, "
+                        "no million-point cases (LOSSVAL_FAST_BENCH_QUICK=1)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="DIR", help=f"where the reports and {RATIO_FILE} go (default: a new folder "
                                                     "bench/runs/<date-time>)")

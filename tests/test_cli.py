@@ -460,6 +460,48 @@ def test_bench_conftest_writes_each_suite_as_it_finishes_and_quick_leaves_out_th
     assert json.loads((out / "a_cpu.json").read_text())["rows"] == [{"n": 1000}]
 
 
+def _collect_bench(tmp_path, quick: bool) -> list[str]:
+    """The node ids the checkout's bench/ runs (pytest --collect-only, after the conftest's selection)."""
+    pytest.importorskip("pytest_benchmark")
+    env = {**os.environ, "LOSSVAL_FAST_BENCH_OUT": str(tmp_path / "out"), "LOSSVAL_FAST_BENCH_THREADS": "2"}
+    env.pop("LOSSVAL_FAST_BENCH_QUICK", None)
+    if quick:
+        env["LOSSVAL_FAST_BENCH_QUICK"] = "1"
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                            cwd=ROOT / "bench", env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [line.strip().removeprefix("bench/") for line in result.stdout.splitlines() if "::" in line]
+
+
+def test_bench_quick_runs_every_suite_with_its_peers_and_leaves_out_the_long_cases(tmp_path):
+    """`bench --quick` (<= 3 minutes on 2 cores): every suite with ours and the peers side by side, smaller;
+    without the 1,000,000-point cases and the quality harness' own run. The full bench keeps them."""
+    quick, full = _collect_bench(tmp_path, quick=True), _collect_bench(tmp_path, quick=False)
+    files = {node.split("::")[0] for node in quick}
+    assert files == {node.split("::")[0] for node in full} - {"test_scale.py"}
+    assert not any("1000000" in node or node.startswith("test_scale.py") for node in quick)
+    assert "test_ecoval_quality.py::test_quick_configuration_writes_the_report" not in quick
+    assert "test_ecoval_quality.py::test_quick_configuration_writes_the_report" in full
+    assert any("1000000" in node for node in full) and any(node.startswith("test_scale.py") for node in full)
+    for suite, cases in {  # ours and the peers, in the same run
+            "test_ecoval.py": ["lbfgs-batched-2thr", "lbfgs-loop-2thr", "newton-batched-2thr", "newton-loop-2thr",
+                               "test_sklearn_loop_context", "test_solver_accuracy"],
+            "test_kmeans.py": ["100000x32-K64-ours-cpp", "100000x32-K64-sklearn-lloyd", "paired_ratio[100000x32"],
+            "test_lazy_adam.py": ["lazy (ours)-100000", "dense fused Adam (torch)-100000"],
+            "test_lossval.py": ["epoch[ours]", "epoch[reference-geomloss]"],
+            "test_sinkhorn.py": ["2048x2048x32-ours-fwd+bwd", "2048x2048x32-geomloss-fwd+bwd",
+                                 "2048x2048x32-naive-torch-fwd+bwd", "128x2000x32-pot-fwd"],
+            "test_softmin.py": ["4096x4096-d64-ours-online", "4096x4096-d64-torch-logsumexp-stored"]}.items():
+        for case in cases:
+            assert any(node.startswith(suite) and case in node for node in quick), (suite, case)
+        assert f"{suite}::test_report" in quick
+    # smaller: one thread setting for EcoVal, no 4096 x 4096 Sinkhorn, POT not at 2048 x 2048 (17 s a call)
+    assert not any("1thr" in node or "4096x4096" in node and "sinkhorn" in node or "2048x2048x32-pot" in node
+                   for node in quick)
+    assert all(any(case in node for node in full) for case in ("lbfgs-loop-1thr", "4096x4096x64-ours-fwd",
+                                                               "2048x2048x32-pot-fwd", "16384x16384x64"))
+
+
 def test_bench_with_a_selection_that_matches_nothing(fake_bench, capfd):
     code = cli.main(["bench", "--bench-dir", str(fake_bench), "--select", "no_such_benchmark"])
     err = capfd.readouterr().err
