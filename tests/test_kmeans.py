@@ -206,6 +206,25 @@ def test_groups_with_seeded_initialisation(init):
     assert torch.equal(torch.bincount(first.labels, minlength=8) > 0, torch.ones(8, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_groups_made_on_demand_equal_the_grouped_op(init):
+    """kmeans_groups (each group's rows made by a callable, one group at a time: EcoVal's standardised rows of one
+    class) gives the grouped op's centroids, inertia and iterations bit for bit, and its labels in group order."""
+    x = blobs(3000, 4, 8, seed=4).double()
+    groups = torch.randint(0, 3, (3000,), generator=torch.Generator().manual_seed(1))
+    whole = ops.kmeans(x, [2, 3, 3], init=init, groups=groups, random_state=5, n_init=3)
+    members = [torch.nonzero(groups == g).flatten() for g in range(3)]
+    made = []
+    parts = ops.kmeans_groups(lambda g: made.append(g) or x[members[g]], [len(r) for r in members], [2, 3, 3],
+                              init=init, random_state=5, n_init=3)
+    assert made == [0, 1, 2]   # each group's rows made once
+    assert torch.equal(parts.centroids, whole.centroids) and torch.equal(parts.centroid_groups, whole.centroid_groups)
+    assert parts.inertia == whole.inertia and parts.n_iter == whole.n_iter
+    assert torch.equal(parts.labels, torch.cat([whole.labels[rows] for rows in members]))
+    with pytest.raises(ValueError, match="one row count per group"):
+        ops.kmeans_groups(lambda g: x[members[g]], [len(members[0])], [2, 3, 3])
+
+
 # ------------------------------------------------------------------------------------------------ initialisation
 @needs_sklearn
 @pytest.mark.parametrize("init", ["k-means++", "k-means||"])

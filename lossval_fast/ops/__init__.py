@@ -10,6 +10,6 @@ __all__ = ["pairwise_softmin", "softmin_barycenter", "plan_colsum", "softmin_sto
            "SinkhornCache", "epsilon_schedule", "max_diameter",
            "weighted_cross_entropy", "weighted_mse"]
 
-from .kmeans import KMeans, KMeansResult, kmeans  # noqa: E402
+from .kmeans import KMeans, KMeansResult, kmeans, kmeans_groups  # noqa: E402
 
-__all__ += ["kmeans", "KMeans", "KMeansResult"]
+__all__ += ["kmeans", "kmeans_groups", "KMeans", "KMeansResult"]

@@ -47,15 +47,17 @@ import numpy as np
 import torch
 
 from . import _dispatch, _validate
+from .memory import release_freed_memory
 from .nearest import nearest
 
-__all__ = ["kmeans", "KMeans", "KMeansResult", "INIT_METHODS"]
+__all__ = ["kmeans", "kmeans_groups", "KMeans", "KMeansResult", "INIT_METHODS"]
 
 INIT_METHODS = ("k-means++", "k-means||", "random")
 _PLUSPLUS_SAMPLE = 256  # k-means++ runs on min(n, 256 k) rows
 _PARALLEL_ROUNDS = 5  # Bahmani et al.: about 5 rounds with oversampling 2k suffice in practice
 _PARALLEL_OVERSAMPLING = 2.0
 _PARALLEL_LLOYD_STEPS = 30  # weighted Lloyd on the candidates (as Spark MLlib's LocalKMeans)
+_TRIM_ELEMENTS = 1 << 22  # from this size of x (32 MiB float64), freed heap memory is given back after each run
 
 
 class KMeansResult(NamedTuple):
@@ -404,6 +406,9 @@ def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend):
         run = _lloyd(x, start, max_iter, threshold, backend)
         if best is None or run[2] < best[2]:
             best, best_run = run, r
+        del run
+        if x.device.type == "cpu" and x.numel() >= _TRIM_ELEMENTS:
+            release_freed_memory()   # the run's per-iteration outputs, kept in the heap by glibc
     if split is not None:
         best = split[2](best, best_run)
     return best
@@ -448,27 +453,76 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
 
     g = _groups_arg(groups, n, len(counts_per_group), x.device)
     sizes = torch.bincount(g, minlength=len(counts_per_group)).tolist()
+    order = torch.argsort(g, stable=True)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    result = _fit_groups(lambda gid: x[order[starts[gid]:starts[gid + 1]]], sizes, counts_per_group, init, n_init,
+                         generators, max_iter, tol, be, d, x.dtype, x.device)
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    labels[order] = result.labels
+    return result._replace(labels=labels)
+
+
+def _fit_groups(part, sizes, counts_per_group, init, n_init, generators, max_iter, tol, backend, d, dtype, device,
+                validate=False) -> KMeansResult:
+    """Every group's k-means, one group's rows part(gid) at a time (only one group's rows need exist at once);
+    labels in the order of the groups' rows, concatenated."""
     for gid, (size, kg) in enumerate(zip(sizes, counts_per_group)):
         if kg > size:
             raise ValueError(f"k[{gid}] = {kg} exceeds the {size} row(s) of group {gid}; k per group must be <= "
                              "its number of rows")
-    order = torch.argsort(g, stable=True)
-    centroids = torch.empty((sum(counts_per_group), d), dtype=x.dtype, device=x.device)
-    labels = torch.empty(n, dtype=torch.int64, device=x.device)
-    owner = torch.repeat_interleave(torch.arange(len(counts_per_group), device=x.device),
-                                    torch.tensor(counts_per_group, device=x.device))
+    centroids = torch.empty((sum(counts_per_group), d), dtype=dtype, device=device)
+    labels = torch.empty(sum(sizes), dtype=torch.int64, device=device)
+    owner = torch.repeat_interleave(torch.arange(len(counts_per_group), device=device),
+                                    torch.tensor(counts_per_group, device=device))
     inertia, n_iter, row0, col0 = 0.0, 0, 0, 0
     for gid, (size, kg) in enumerate(zip(sizes, counts_per_group)):
-        rows = order[row0:row0 + size]
+        xg = part(gid)
+        if validate:
+            _validate.finite(xg, "x")
         start = init[col0:col0 + kg] if isinstance(init, torch.Tensor) else init
-        c, lab, part, it = _fit_group(x[rows], kg, start, n_init, generators, max_iter, tol, be)
+        c, lab, piece, it = _fit_group(xg.contiguous(), kg, start, n_init, generators, max_iter, tol, backend)
+        del xg
         centroids[col0:col0 + kg] = c
-        labels[rows] = lab + col0
-        inertia += part
+        labels[row0:row0 + size] = lab + col0
+        inertia += piece
         n_iter = max(n_iter, it)
         row0 += size
         col0 += kg
     return KMeansResult(centroids, labels, inertia, n_iter, owner)
+
+
+@torch.no_grad()
+def kmeans_groups(part, sizes, k, *, max_iter: int = 100, tol: float = 1e-4, init="k-means++", n_init: int = 1,
+                  random_state=None, backend: str = "auto", validate: bool = True) -> KMeansResult:
+    """``kmeans(x, k, groups=g)`` with the rows of each group made on demand: part(gid) returns group gid's rows
+    (sizes[gid] of them, (sizes[gid], d) float32/float64 on one device; the rows x[g == gid] in order, for the same
+    result), called once per group, so only one group's rows need exist at a time (e.g. a float64 transform of a
+    float32 input). Labels are in the order of the groups' rows, group after group."""
+    counts_per_group = _counts_arg(k, True)
+    sizes = [int(s) for s in sizes]
+    if len(sizes) != len(counts_per_group):
+        raise ValueError(f"sizes must give one row count per group ({len(counts_per_group)}), got {len(sizes)}")
+    first = _validate.points(part(0), "part(0)")
+    d, dtype, device = first.shape[1], first.dtype, first.device
+    max_iter = _integer(max_iter, "max_iter", 1)
+    tol = _tolerance_arg(tol)
+    n_init = _integer(n_init, "n_init", 1)
+    init = _init_arg(init, sum(counts_per_group), first, validate)
+    be = _dispatch.resolve(backend, "nearest", device)
+    base = _base_generator(random_state)
+    runs = 1 if isinstance(init, torch.Tensor) else n_init
+    generators = [_child(base) for _ in range(runs)]
+    made = [first]   # group 0's rows, handed over (and dropped here) when its turn comes
+    del first
+
+    def rows_of(gid):
+        xg = made.pop() if gid == 0 and made else _validate.points(part(gid), f"part({gid})")
+        if xg.shape != (sizes[gid], d) or xg.dtype != dtype or xg.device != device:
+            raise ValueError(f"part({gid}) must return ({sizes[gid]}, {d}) {dtype} rows on {device} like part(0), "
+                             f"got {tuple(xg.shape)} {xg.dtype} on {xg.device}")
+        return xg
+    return _fit_groups(rows_of, sizes, counts_per_group, init, n_init, generators, max_iter, tol, be, d, dtype,
+                       device, validate=validate)
 
 
 # ------------------------------------------------------------------------------------------------ estimator

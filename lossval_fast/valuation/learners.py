@@ -13,7 +13,8 @@ fly) and minimises exactly the objective of fitting those rows alone:
   problems get one weight vector). Two solvers, each with an Armijo line search per model and each model frozen
   (and dropped from the working set) once ||grad_W||_inf <= tol:
   - "lbfgs" (the batched default): an iteration costs two GEMMs over all models, the predictors of the
-    directions D F^T and the gradients R F, plus a few elementwise passes over (T, n); the two-loop recursion,
+    directions D F^T and the gradients R F at the unit step, in one pass over F's row blocks (made from X per
+    block on the CPU, never stored), plus a few elementwise passes over (T, n); the two-loop recursion,
     the backtracking and the stopping test run on (T, ·) arrays (``_LogRegObjective`` has the layout; more than
     two classes iterate on W itself, which stays sum-zero). tol 1e-8: L-BFGS stops just below tol, and the
     parameters then lie within about ||grad|| / l2 of the optimum.
@@ -55,6 +56,7 @@ LBFGS_TOL = 1e-8
 LBFGS_MAX_ITER = 1000
 # pairs kept: on pol (p = 20) 10 take 78 iterations on average, 30 take 49, 60 take 43; the two-loop grows with it
 LBFGS_MEMORY = 30
+FEATURE_BLOCK = 8192        # L-BFGS on the CPU: rows of F made at a time for a GEMM (~2 MiB at d = 32: in cache)
 SOLVERS = ("lbfgs", "newton")
 
 
@@ -325,8 +327,10 @@ class _LogRegObjective:
     model is T = 1, so the single and the batched solver evaluate the same formulas).
 
     Model axis first: parameters V (T, K, D1), linear predictors A (T, K, n), row weights coef (T, n) = mask / n_s.
-    A = V F^T is one GEMM over all models, the gradient one more, R F (F stored once, as F^T); dropping models
-    from the working set is a row gather.
+    A = V F^T is one GEMM over all models, the gradient one more, R F; on the CPU both run over F's row blocks,
+    made from X when needed (``trial`` does the direction's predictors, the objective and the gradient at the unit
+    step in one pass), so the memory is X itself plus about two (T, K, n) float64 arrays (A and the direction's
+    AD) and a (T, n) mask; on a GPU F^T is stored once. Dropping models from the working set is a row gather.
     - Two classes, K = 1: V is the sum-zero coordinate (W = Q V) and F = -sign * sqrt 2 * Xbar (sign +1 for class
       0), so A is minus the margin of the true class, the cross-entropy softplus(A), its derivative sigmoid(A):
       one transcendental pass each, accurate in both tails.
@@ -334,56 +338,146 @@ class _LogRegObjective:
       cross-entropy gradient sums to zero over them, and L-BFGS combines gradients), which is the Q-basis
       iteration in other coordinates (Q is orthonormal), without rotating (T, C, n) arrays."""
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, block: int = 1 << 15,
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, block: int | None = None,
                  transform=None):
         """transform: applied to each row block of X (e.g. standardisation of raw features), so that no
-        transformed copy of the whole X is needed; None: X as float64."""
+        transformed copy of the whole X is needed (one with a method into(out, rows) writes the float64 block into
+        out in place); None: X as float64. On the CPU F is never stored: every GEMM
+        makes F's rows block by block from X (a float32 X: no float64 copy of it at all; the blocks stay in cache,
+        so this costs about what streaming a stored float64 F^T from memory does); on a GPU F^T (D1, n) is stored
+        once, filled in row blocks."""
         n, d = X.shape
-        rows = transform if transform is not None else (lambda b: b.to(torch.float64))
+        self._transform = transform
         self.C, self.l2 = n_classes, float(l2)
         self.K = 1 if n_classes == 2 else n_classes
         self.n, self.D1 = n, d + 1
-        # only F^T (D1, n) is stored (the gradient multiplies by its transposed view), filled in row blocks: no
-        # temporary of X's size
-        dtype = torch.float64
-        self.FT = torch.empty(d + 1, n, dtype=dtype, device=X.device)
+        self.dtype, self.device = torch.float64, X.device
+        self.block = int(block) if block is not None else (FEATURE_BLOCK if X.device.type == "cpu" else 1 << 15)
         if self.K == 1:
-            sign = 1.0 - 2.0 * (y == 1).to(dtype)                            # +1 for class 0, -1 for class 1
-            scale = (-math.sqrt(2.0)) * sign
-            for lo in range(0, n, block):
-                self.FT[:d, lo:lo + block] = (scale[lo:lo + block, None] * rows(X[lo:lo + block])).T
-            self.FT[d] = scale
-            self.Q = sum_zero_basis(2, dtype, X.device)
+            sign = 1.0 - 2.0 * (y == 1).to(self.dtype)                       # +1 for class 0, -1 for class 1
+            self._scale = (-math.sqrt(2.0)) * sign
+            self.Q = sum_zero_basis(2, self.dtype, X.device)
         else:
-            for lo in range(0, n, block):
-                self.FT[:d, lo:lo + block] = rows(X[lo:lo + block]).T
-            self.FT[d] = 1.0
+            self._scale = None
             self.y = y.long()
-            self.Y = torch.nn.functional.one_hot(self.y, n_classes).T.to(dtype)[None].contiguous()  # (1, C, n)
+            self.Y = torch.nn.functional.one_hot(self.y, n_classes).T.to(self.dtype)[None].contiguous()  # (1, C, n)
+        self.X, self.FT = X, None
+        if X.device.type != "cpu":
+            FT = torch.empty(self.D1, n, dtype=self.dtype, device=X.device)
+            for lo, hi in self._ranges():
+                FT[:, lo:hi] = self._features(lo, hi).T
+            self.FT, self.X = FT, None
 
-    def predictor(self, V: torch.Tensor) -> torch.Tensor:
-        """V (T, K, D1) -> A (T, K, n)."""
-        T = V.shape[0]
-        return (V.reshape(T * self.K, self.D1) @ self.FT).view(T, self.K, self.n)
+    def _ranges(self):
+        return [(lo, min(self.n, lo + self.block)) for lo in range(0, self.n, self.block)]
 
-    def objective(self, A: torch.Tensor, V: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """(T,): sum_k coef[s, k] CE_k + (l2/2)||V_s||^2."""
+    def _features(self, lo: int, hi: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """F's rows lo:hi (hi - lo, D1) float64: the transformed X rows (times -sqrt 2 sign, two classes) and the
+        intercept column."""
+        d = self.D1 - 1
+        F = torch.empty(hi - lo, self.D1, dtype=self.dtype, device=self.device) if out is None else out[:hi - lo]
+        Fd, rows = F[:, :d], self.X[lo:hi]
+        if self._transform is None:
+            Fd.copy_(rows)
+        elif hasattr(self._transform, "into"):   # in place: no temporaries per block
+            self._transform.into(Fd, rows)
+        else:
+            Fd.copy_(self._transform(rows))
+        if self._scale is None:
+            F[:, d] = 1.0
+        else:
+            scale = self._scale[lo:hi]
+            Fd.mul_(scale[:, None])
+            F[:, d] = scale
+        return F
+
+    def _blocks(self):
+        """(lo, hi, F^T's columns lo:hi (D1, hi - lo)): the stored F^T, or blocks made from X in one buffer."""
+        if self.FT is not None:
+            yield 0, self.n, self.FT
+            return
+        buffer = torch.empty(min(self.block, self.n), self.D1, dtype=self.dtype, device=self.device)
+        for lo, hi in self._ranges():
+            yield lo, hi, self._features(lo, hi, buffer).T
+
+    def _ranges_of_work(self):
+        """Row ranges of the elementwise passes: F's blocks on the CPU (no (T, n) temporary), all rows on a GPU."""
+        return self._ranges() if self.FT is None else [(0, self.n)]
+
+    @staticmethod
+    def _at(A, AD, t, lo, hi, rows=None):
+        """Columns lo:hi of the predictors A + t AD (AD None: A; t None: 1) of the models `rows` (None: all), made
+        per block as a new contiguous array (A(t) is not stored; every model's elementwise passes then see the same
+        layout, whichever path made its block)."""
+        Ab = A[..., lo:hi] if rows is None else A[..., lo:hi].index_select(0, rows)
+        if AD is None:
+            return Ab.contiguous() if rows is None else Ab
+        ADb = AD[..., lo:hi] if rows is None else AD[..., lo:hi].index_select(0, rows)
+        return Ab + ADb if t is None else Ab + ADb * t[:, None, None]
+
+    def step(self, A: torch.Tensor, AD: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """A + t AD in place, block by block (t = 1: A + AD; t = 0: A): no (T, K, n) temporary."""
+        for lo, hi in self._ranges_of_work():
+            A[..., lo:hi].add_(AD[..., lo:hi] * t[:, None, None])
+        return A
+
+    def _cross_entropy(self, Ab: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """(T, hi - lo) cross-entropies of a block of predictors (T, K, hi - lo)."""
         if self.K == 1:
             # threshold 40: above it softplus(a) = a to within exp(-40) relative, below it log1p(exp(a))
-            ce = torch.nn.functional.softplus(A[:, 0], threshold=40.0)
-        else:
-            ce = torch.logsumexp(A, 1) - A.gather(1, self.y.expand(A.shape[0], 1, -1))[:, 0]
-        Vm = V.reshape(V.shape[0], -1)
-        return torch.linalg.vecdot(coef, ce, dim=-1) + (0.5 * self.l2) * torch.linalg.vecdot(Vm, Vm, dim=-1)
+            return torch.nn.functional.softplus(Ab[:, 0], threshold=40.0)
+        return torch.logsumexp(Ab, 1) - Ab.gather(1, self.y[lo:hi].expand(Ab.shape[0], 1, -1))[:, 0]
 
-    def gradient(self, A: torch.Tensor, V: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """(T, K, D1) gradient in V."""
-        T = A.shape[0]
+    def _residuals(self, Ab: torch.Tensor, coef_b: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """(T K, hi - lo) weighted residuals of a block: the cross-entropy's derivative in the predictors."""
         if self.K == 1:
-            R = torch.sigmoid(A[:, 0]).mul_(coef)                               # (T, n), one array
-        else:
-            R = torch.softmax(A, 1).sub_(self.Y).mul_(coef[:, None, :])        # (T, C, n), one array
-        return (R.reshape(T * self.K, self.n) @ self.FT.T).view(T, self.K, self.D1) + self.l2 * V
+            return torch.sigmoid(Ab[:, 0]).mul_(coef_b)                                  # (T, hi - lo)
+        R = torch.softmax(Ab, 1).sub_(self.Y[..., lo:hi]).mul_(coef_b[:, None])           # (T, C, hi - lo)
+        return R.reshape(-1, hi - lo)
+
+    def objective(self, A: torch.Tensor, V: torch.Tensor, coef: torch.Tensor, AD: torch.Tensor | None = None,
+                  t: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(T,): sum_k coef[s, k] CE_k + (l2/2)||V_s||^2 at the predictors A + t AD of the models `rows` (see
+        ``_at``; V and coef: those models' already)."""
+        total = None
+        for lo, hi in self._ranges_of_work():
+            part = torch.linalg.vecdot(coef.block(lo, hi), self._cross_entropy(self._at(A, AD, t, lo, hi, rows), lo,
+                                                                                hi), dim=-1)
+            total = part if total is None else total.add_(part)
+        return total + self._penalty(V)
+
+    def _penalty(self, V: torch.Tensor) -> torch.Tensor:
+        Vm = V.reshape(V.shape[0], -1)
+        return (0.5 * self.l2) * torch.linalg.vecdot(Vm, Vm, dim=-1)
+
+    def gradient(self, A: torch.Tensor, V: torch.Tensor, coef: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, K, D1) gradient in V at the predictors A of the models `rows` (None: all; V and coef: theirs); the
+        residuals are made per block of F (no (T, K, n) temporary on the CPU)."""
+        T = V.shape[0]
+        G = torch.zeros(T * self.K, self.D1, dtype=self.dtype, device=self.device)
+        for lo, hi, FTb in self._blocks():
+            G.addmm_(self._residuals(self._at(A, None, None, lo, hi, rows), coef.block(lo, hi), lo, hi), FTb.T)
+        return G.view(T, self.K, self.D1) + self.l2 * V
+
+    def trial(self, A: torch.Tensor, V1: torch.Tensor, coef: torch.Tensor, D: torch.Tensor):
+        """The unit step of every model along its direction D (T, K, D1), in ONE pass over F: the direction's
+        predictors AD = D F^T (T, K, n), and at A + AD (parameters V1 = V + D) the objective (T,) and the gradient
+        (T, K, D1), which hold once the step is accepted (most iterations); each block of F is made once."""
+        T = D.shape[0]
+        Dm = D.reshape(T * self.K, self.D1)
+        AD = torch.empty(T * self.K, self.n, dtype=self.dtype, device=self.device)
+        AD3 = AD.view(T, self.K, self.n)
+        G = torch.zeros(T * self.K, self.D1, dtype=self.dtype, device=self.device)
+        total = None
+        for lo, hi, FTb in self._blocks():
+            torch.mm(Dm, FTb, out=AD[:, lo:hi])
+            Ab = self._at(A, AD3, None, lo, hi)
+            coef_b = coef.block(lo, hi)
+            part = torch.linalg.vecdot(coef_b, self._cross_entropy(Ab, lo, hi), dim=-1)
+            total = part if total is None else total.add_(part)
+            G.addmm_(self._residuals(Ab, coef_b, lo, hi), FTb.T)
+        return AD3, total + self._penalty(V1), G.view(T, self.K, self.D1) + self.l2 * V1
 
     def sup_norm(self, G: torch.Tensor) -> torch.Tensor:
         """(T,) ||grad_W||_inf, the stopping measure of both solvers (two classes: grad_W = Q grad_V)."""
@@ -394,6 +488,26 @@ class _LogRegObjective:
         if self.K == 1:
             return torch.einsum("ck,tkd->tdc", self.Q, V).contiguous()
         return V.transpose(1, 2).contiguous()
+
+
+class _RowWeights:
+    """The row weights coef (T, n) = mask / n_s of T models, stored as the mask (1 byte a row) and 1 / n_s;
+    block(lo, hi) makes coef's columns lo:hi with the bits of the float64 weights (mask * (1 / n_s))."""
+
+    def __init__(self, keep: torch.Tensor, w: torch.Tensor):
+        self.keep, self.w = keep, w
+
+    @classmethod
+    def of(cls, masks: torch.Tensor) -> "_RowWeights":
+        keep = masks.bool() if masks.dtype != torch.bool else masks
+        counts = keep.sum(1).to(torch.float64)
+        return cls(keep, torch.ones_like(counts).div_(counts))
+
+    def block(self, lo: int, hi: int) -> torch.Tensor:
+        return self.keep[:, lo:hi].to(self.w.dtype).mul_(self.w[:, None])
+
+    def index_select(self, dim: int, index: torch.Tensor) -> "_RowWeights":
+        return _RowWeights(self.keep.index_select(dim, index), self.w.index_select(dim, index))
 
 
 def _two_loop(G: torch.Tensor, S: torch.Tensor, Yh: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor,
@@ -420,24 +534,25 @@ def _two_loop(G: torch.Tensor, S: torch.Tensor, Yh: torch.Tensor, rho: torch.Ten
 ARMIJO_C, MAX_BACKTRACKS = 1e-4, 60
 
 
-def _backtrack(obj: _LogRegObjective, A, AD, V, D, coef, f, slope, f1):
+def _backtrack(obj: _LogRegObjective, A, AD, V, D, coef, f, slope, f1, rows=None):
     """Armijo backtracking for the models (first axis) whose unit step failed, f1 = f(1) > f + c slope. Each next
     trial minimises the quadratic through f, the slope and the model's last trial, kept within [0.1 t, 0.5 t];
     a model keeps its step once f(t) <= f + c t slope. One code path for one model and for many, so the single and
-    the batched solver take the same steps. -> A(t), V(t), f(t), found (False: no decrease within 60 trials)."""
+    the batched solver take the same steps. rows: the models of A and AD that backtrack (None: all; V, D, coef, f,
+    slope and f1 are theirs already); the trial predictors A + t AD are made per block inside the objective, never
+    stored. -> t, V(t), f(t), found (False: no decrease within 60 trials)."""
     t = torch.ones_like(f)
     ft = f1
     found = torch.zeros_like(f, dtype=torch.bool)
     for _ in range(MAX_BACKTRACKS):
         quad = (-slope) * t * t / (2.0 * (ft - f - slope * t))
         t = torch.where(found, t, torch.minimum(torch.maximum(quad, 0.1 * t), 0.5 * t))
-        At = A + AD * t[:, None, None]
         Vt = V + D * t[:, None, None]
-        ft = obj.objective(At, Vt, coef)   # models already placed recompute the same value at the same t
+        ft = obj.objective(A, Vt, coef, AD, t, rows)   # models already placed recompute the same value at the same t
         found = ft <= f + ARMIJO_C * t * slope
         if bool(found.all()):
             break
-    return At, Vt, ft, found
+    return t, Vt, ft, found
 
 
 def _secant_update(S, Yh, rho, gamma, newest, count, s, yv):
@@ -457,7 +572,8 @@ class _LbfgsLogReg:
     """Batched L-BFGS for T logistic regressions on one feature matrix (see the module doc).
 
     Every iteration of the working set costs two GEMMs over all its models (the direction's predictor D F^T and
-    the gradient R F) and a few elementwise passes over (T, n); the two-loop recursion, the line search and the
+    the gradient R F at the unit step, one pass over F; models that backtrack get their gradient from one more)
+    and a few elementwise passes over (T, n); the two-loop recursion, the line search and the
     stopping test are per model but vectorised over the models. The rules (also ``LogReg(solver="lbfgs")``'s):
     start at 0 with H_0 = I; each iteration takes the two-loop direction d and the unit step when
     f(1) <= f + 1e-4 g.d, else backtracks (``_backtrack``; a model without decrease stops, not converged); the
@@ -470,14 +586,14 @@ class _LbfgsLogReg:
         self.tol, self.max_iter, self.memory = float(tol), int(max_iter), int(memory)
 
     def fit(self, masks: torch.Tensor):
-        """masks (T, n) 0/1 (float64, normalised in place into the row weights) -> W (T, D1, C), V (T, K, D1),
+        """masks (T, n) 0/1 (bool or float; kept as bool with the weights 1/n_s) -> W (T, D1, C), V (T, K, D1),
         iterations (T,), converged (T,)."""
         obj = self.obj
         T, n = masks.shape
         D1, K, m = obj.D1, obj.K, self.memory
-        dev, dtype = obj.FT.device, obj.FT.dtype
+        dev, dtype = obj.device, obj.dtype
         P = K * D1
-        coef = masks.div_(masks.sum(1, keepdim=True)).to(dtype).contiguous()   # (T, n): 1/n_s on the kept rows
+        coef = _RowWeights.of(masks)                                          # (T, n): 1/n_s on the kept rows
         V_out = torch.zeros(T, K, D1, dtype=dtype, device=dev)
         steps = torch.zeros(T, dtype=torch.long)
         converged = torch.zeros(T, dtype=torch.bool)
@@ -512,23 +628,27 @@ class _LbfgsLogReg:
             Gm = G.view(Ta, P)
             D = _two_loop(Gm, S, Yh, rho, gamma, count, newest).neg_().view(Ta, K, D1)
             slope = torch.linalg.vecdot(Gm, D.view(Ta, P), dim=-1)
-            AD = obj.predictor(D)
-            A_new, V_new = A + AD, V + D
-            f_new = obj.objective(A_new, V_new, coef)
+            V_new = V + D
+            AD, f_new, G_new = obj.trial(A, V_new, coef, D)   # the unit step: objective and gradient, one pass
             ok = f_new <= f + ARMIJO_C * slope
+            t = torch.ones_like(f)
+            pend = None
             if not bool(ok.all()):
                 pend = (~ok).nonzero()[:, 0]
-                A_p, V_p, f_p = A.index_select(0, pend), V.index_select(0, pend), f.index_select(0, pend)
-                At, Vt, ft, found = _backtrack(obj, A_p, AD.index_select(0, pend), V_p, D.index_select(0, pend),
-                                               coef.index_select(0, pend), f_p, slope.index_select(0, pend),
-                                               f_new.index_select(0, pend))
-                # a model without decrease (rounding level) stays where it is and leaves, not converged
-                A_new.index_copy_(0, pend, torch.where(found[:, None, None], At, A_p))
+                V_p, f_p = V.index_select(0, pend), f.index_select(0, pend)
+                tp, Vt, ft, found = _backtrack(obj, A, AD, V_p, D.index_select(0, pend), coef.index_select(0, pend),
+                                               f_p, slope.index_select(0, pend), f_new.index_select(0, pend), pend)
+                # a model without decrease (rounding level) stays where it is (t = 0) and leaves, not converged
+                t.index_copy_(0, pend, torch.where(found, tp, 0.0))
                 V_new.index_copy_(0, pend, torch.where(found[:, None, None], Vt, V_p))
                 f_new.index_copy_(0, pend, torch.where(found, ft, f_p))
                 stalled.index_copy_(0, pend, ~found)
-            del AD   # the direction's predictor is done with after the line search: freed before the gradient
-            G_new = obj.gradient(A_new, V_new, coef)
+            # A + t AD in place (the old predictors are not needed again): no third (T, K, n) array
+            A_new = obj.step(A, AD, t)
+            del AD
+            if pend is not None:   # the backtracked models' gradients, at their step
+                G_new.index_copy_(0, pend, obj.gradient(A_new, V_new.index_select(0, pend),
+                                                        coef.index_select(0, pend), pend))
             newest, count, gamma = _secant_update(S, Yh, rho, gamma, newest, count, (V_new - V).view(Ta, P),
                                                   (G_new - G).view(Ta, P))
             A, V, f, G = A_new, V_new, f_new, G_new
@@ -539,9 +659,10 @@ def _lbfgs_single(obj: _LogRegObjective, tol: float, max_iter: int, memory: int)
     """``_LbfgsLogReg``'s iterations for one model (obj built on that model's rows): the same code on T = 1, the
     decisions taken on the host. -> V (1, K, D1), iterations, converged."""
     n, D1, K, m = obj.n, obj.D1, obj.K, int(memory)
-    dev, dtype = obj.FT.device, obj.FT.dtype
+    dev, dtype = obj.device, obj.dtype
     P = K * D1
-    coef = torch.full((1, n), 1.0 / n, dtype=dtype, device=dev)
+    coef = _RowWeights(torch.ones(1, n, dtype=torch.bool, device=dev), torch.full((1,), 1.0 / n, dtype=dtype,
+                                                                                 device=dev))
     V = torch.zeros(1, K, D1, dtype=dtype, device=dev)
     A = torch.zeros(1, K, n, dtype=dtype, device=dev)
     f = obj.objective(A, V, coef)
@@ -559,14 +680,18 @@ def _lbfgs_single(obj: _LogRegObjective, tol: float, max_iter: int, memory: int)
         Gm = G.view(1, P)
         D = _two_loop(Gm, S, Yh, rho, gamma, count, newest).neg_().view(1, K, D1)
         slope = torch.linalg.vecdot(Gm, D.view(1, P), dim=-1)
-        AD = obj.predictor(D)
-        A_new, V_new = A + AD, V + D
-        f_new = obj.objective(A_new, V_new, coef)
-        if not bool(f_new <= f + ARMIJO_C * slope):
-            A_new, V_new, f_new, found = _backtrack(obj, A, AD, V, D, coef, f, slope, f_new)
+        V_new = V + D
+        AD, f_new, G_new = obj.trial(A, V_new, coef, D)       # the unit step: objective and gradient, one pass
+        t = torch.ones_like(f)
+        backtracked = not bool(f_new <= f + ARMIJO_C * slope)
+        if backtracked:
+            t, V_new, f_new, found = _backtrack(obj, A, AD, V, D, coef, f, slope, f_new)
             if not bool(found):
                 return V, it, False  # no decrease left at rounding level
-        G_new = obj.gradient(A_new, V_new, coef)
+        A_new = obj.step(A, AD, t)   # in place: the old predictors are not needed again
+        del AD
+        if backtracked:
+            G_new = obj.gradient(A_new, V_new, coef, torch.zeros(1, dtype=torch.long, device=dev))
         newest, count, gamma = _secant_update(S, Yh, rho, gamma, newest, count, (V_new - V).view(1, P),
                                               (G_new - G).view(1, P))
         A, V, f, G = A_new, V_new, f_new, G_new
@@ -736,15 +861,16 @@ class BatchedLogReg:
         E = Cp * n_classes // 2
         newton = n * (6 * n_classes + 3 * E + 4) + 4 * (D1 * Cp) ** 2 + D1 * (D1 + 1) // 2 * E
         K = 1 if n_classes == 2 else n_classes                           # L-BFGS predictors per model
-        lbfgs = n * (7 * K + 2) + (2 * LBFGS_MEMORY + 10) * D1 * K
+        # A and the direction's AD (T, K, n) float64, the mask 1 byte a row (F's blocks are shared by the models)
+        lbfgs = n * (2 * K + 1) + (2 * LBFGS_MEMORY + 10) * D1 * K
         return 8 * (max(newton, lbfgs) + 3 * m_val * n_classes)
 
     def fit(self, removed: torch.Tensor, seeds) -> dict:
         """removed (T, p) bool -> {"W": (T, d+1, C), "steps": (T,), "converged": (T,)}. Every model starts from
         zero, like a separate fit, and the repeat seeds are not used (a convex problem has one answer): the
         iterates are those of ``LogReg`` (same solver) on the model's rows, up to rounding."""
-        masks = (~removed.to(self.cluster_of.device))[:, self.cluster_of].to(torch.float64)
-        W, _, steps, converged = self.optimizer.fit(masks)
+        masks = (~removed.to(self.cluster_of.device))[:, self.cluster_of]   # (T, n) bool
+        W, _, steps, converged = self.optimizer.fit(masks if self.solver == "lbfgs" else masks.to(torch.float64))
         return {"W": W, "steps": steps, "converged": converged}
 
     @staticmethod

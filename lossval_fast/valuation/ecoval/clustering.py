@@ -43,9 +43,34 @@ def embed(embed_fn, X, Xs, name) -> np.ndarray:
     return Z
 
 
+class Space:
+    """The clustering space, row subsets on demand: a materialised (n, d_z) float64 array, or (data given) the
+    standardised X made for the rows asked (``Data.standardized``: the same bits as those rows of the whole), so
+    that a stratified k-means holds one class's rows in float64 at a time, not a float64 copy of all of X."""
+
+    def __init__(self, array=None, data=None):
+        self.array, self.data = array, data
+        self.shape = array.shape if array is not None else data.X.shape
+
+    def __len__(self):
+        return self.shape[0]
+
+    def rows(self, idx=None) -> np.ndarray:
+        """The rows idx (None: all) in float64."""
+        if self.array is not None:
+            return self.array if idx is None else self.array[idx]
+        return self.data.standardized(idx)
+
+
+def _space(Z) -> Space:
+    return Z if isinstance(Z, Space) else Space(np.asarray(Z))
+
+
 def cluster(Z, y_code, classes, *, n_clusters, stratify, n_init, random_state, cluster_labels=None):
-    """-> labels (n,) int64 numbered 0..p-1, centroids (p, d_z). cluster_labels fixes the clusters; otherwise
-    k-means, per class with quotas when stratify and y_code (classification) are given."""
+    """-> labels (n,) int64 numbered 0..p-1, centroids (p, d_z). Z: the clustering space (an (n, d_z) array or a
+    Space). cluster_labels fixes the clusters; otherwise k-means, per class with quotas when stratify and y_code
+    (classification) are given."""
+    Z = _space(Z)
     n = Z.shape[0]
     if cluster_labels is not None:
         return fixed_clusters(cluster_labels, Z, n)
@@ -65,7 +90,7 @@ def fixed_clusters(cluster_labels, Z, n):
     if len(ids) < 2:
         raise ValueError(f"cluster_labels must name at least 2 clusters, got {len(ids)}")
     labels = labels.astype(np.int64)
-    centroids = np.stack([Z[labels == i].mean(0) for i in range(len(ids))])
+    centroids = np.stack([_space(Z).rows(np.flatnonzero(labels == i)).mean(0) for i in range(len(ids))])
     return labels, centroids
 
 
@@ -106,13 +131,18 @@ def kmeans(Z, y_code, classes, p, n_init, random_state):
 
 def run_kmeans(Z, groups, quotas, n_init, random_state):
     """Centroids (k, d_z) numbered group by group, and each centroid's group: one call of the k-means op with
-    the groups (stratified) and n_init restarts, lowest inertia kept."""
+    the groups (stratified: one group's rows made at a time, ``ops.kmeans_groups``) and n_init restarts, lowest
+    inertia kept."""
+    Z = _space(Z)
     seed = _seed(random_state, 0)
-    x = torch.as_tensor(Z, dtype=torch.float64)
-    g = torch.as_tensor(groups, dtype=torch.int64)
-    k = quotas if len(quotas) > 1 else quotas[0]
-    result = ops.kmeans(x, k, init="k-means++", n_init=n_init, random_state=seed,
-                        groups=g if len(quotas) > 1 else None)
+    if len(quotas) > 1:
+        members = [np.flatnonzero(groups == gid) for gid in range(len(quotas))]
+        result = ops.kmeans_groups(lambda gid: torch.from_numpy(Z.rows(members[gid])),
+                                   [len(rows) for rows in members], quotas, init="k-means++", n_init=n_init,
+                                   random_state=seed)
+    else:
+        result = ops.kmeans(torch.as_tensor(Z.rows(), dtype=torch.float64), quotas[0], init="k-means++",
+                            n_init=n_init, random_state=seed)
     centroids = result.centroids.detach().cpu().to(torch.float64).numpy()
     if len(quotas) > 1:
         centroid_groups = result.centroid_groups.detach().cpu().numpy().astype(np.int64)
@@ -123,13 +153,15 @@ def run_kmeans(Z, groups, quotas, n_init, random_state):
 
 def assign(Z, groups, centroids, centroid_groups):
     """Nearest centroid within the point's group, ties to the lower index (the op's rule)."""
+    Z = _space(Z)
     labels = np.empty(len(Z), dtype=np.int64)
-    x = torch.as_tensor(Z, dtype=torch.float64)
     c = torch.as_tensor(centroids, dtype=torch.float64)
     for gid in np.unique(groups):
         rows = np.flatnonzero(groups == gid)
         cands = np.flatnonzero(centroid_groups == gid)
-        found = ops.nearest(x[rows], c[cands]).index.numpy()
+        x = Z.rows() if len(rows) == len(Z) else Z.rows(rows)
+        found = ops.nearest(torch.as_tensor(x, dtype=torch.float64), c[cands]).index.numpy()
+        del x
         labels[rows] = cands[found]
     return labels
 

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from ...ops.memory import release_freed_memory
 from . import checkpoint, clustering, inputs, out_of_sample, subsets
 from .cluster_values import cluster_value_se, cluster_values
 from .propagation import propagate, propagate_additive
@@ -123,19 +124,21 @@ class EcoVal:
         self.random_state_ = (self.random_state if self.random_state is not None
                               else int(np.random.SeedSequence().entropy % (2**63)))
         self._data = data = inputs.prepare(data, self.metric_)
+        release_freed_memory()   # the row chunks of the checks and moments (glibc keeps them in the heap)
         self.classes_, self._y_code = data.classes, data.y_code
         self._utility = _Utility(self.metric_, data.classification, data.y_val, data.y_val_code)
 
         # clusters, in standardised X (or embed(X)), and in regression the standardised target too
         began = time.perf_counter()
-        Z = self._clustering_space(data)
+        Z = self._clustering_space(data, lazy=True)
         labels, centroids = clustering.cluster(Z, data.y_code, data.classes, n_clusters=self.n_clusters,
                                                stratify=self.stratify_by_label, n_init=self.n_init,
                                                random_state=self.random_state_, cluster_labels=cluster_labels)
         p = centroids.shape[0]
         self.cluster_labels_, self.centroids_, self.n_clusters_ = labels, centroids, p
-        self._Z = Z if self.embed is not None else None   # standardised X: computed again for the values
+        self._Z = Z.array if self.embed is not None else None   # standardised X: made again if the values need it
         del Z
+        release_freed_memory()
         self.timings_ = {"clustering": time.perf_counter() - began}
         self._members = members = [np.flatnonzero(labels == i) for i in range(p)]
         self._cluster_classes = clustering.cluster_classes(labels, data.y_code, p, data.C) \
@@ -159,7 +162,7 @@ class EcoVal:
 
         # values
         began = time.perf_counter()
-        if self._Z is None:
+        if self._Z is None and self._needs_space():
             self._Z = self._clustering_space(data)
         self._collect(state, skip)
         self.backend_ = self._trainings.describe()
@@ -174,11 +177,23 @@ class EcoVal:
             propagate(self, labels, members, data.y_code, data.y)
         if self.embed is None and self.intrinsic_kind_ != "knn_agreement":
             self._Z = None   # only the multiplicative kNN agreement searches all training points in value()
+        release_freed_memory()
         self.timings_["values"] = time.perf_counter() - began
         return self
 
-    def _clustering_space(self, data):
-        """Z: standardised X (or embed(X)), and in regression the standardised target as a last column."""
+    def _needs_space(self) -> bool:
+        """Whether the values search the clustering space of all training points: the additive propagation's kNN
+        expert and validation votes, or the kNN agreement; the multiplicative LCO agreement needs only the
+        held-out outputs (no (n, d) float64 array in the values phase)."""
+        return self.propagation == "additive" or self.intrinsic_kind_ == "knn_agreement"
+
+    def _clustering_space(self, data, lazy=False):
+        """Z: standardised X (or embed(X)), and in regression the standardised target as a last column. lazy: a
+        clustering.Space, whose standardised rows (classification without embed) are made only when asked for."""
+        if lazy:
+            if self.embed is None and data.classification:
+                return clustering.Space(data=data)
+            return clustering.Space(self._clustering_space(data))
         if self.embed is not None:
             Z = clustering.embed(self.embed, data.raw(), None, "X")
             if data.classification:

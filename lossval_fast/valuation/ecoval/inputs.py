@@ -213,14 +213,17 @@ class Data:
         return np.asarray(self.X if rows is None else self.X[rows], dtype=np.float64)
 
     def standardized(self, rows=None, dtype=np.float64, extra=None) -> np.ndarray:
-        """(X - mu) / sigma of the rows (None: all, computed in row chunks), cast to dtype; extra (n,): one more
-        column (all rows only)."""
+        """(X - mu) / sigma of the rows (None: all), computed in row chunks (no temporary of the result's size),
+        cast to dtype; extra (n,): one more column (all rows only)."""
+        d = self.X.shape[1]
         if rows is not None:
-            return self.standardize(self.raw(rows)).astype(dtype, copy=False)
-        n, d = self.X.shape
-        out = np.empty((n, d + (extra is not None)), dtype=dtype)
-        for lo, hi in _row_chunks(n, d):
-            out[lo:hi, :d] = self.standardize(self.X[lo:hi].astype(np.float64))
+            rows = np.asarray(rows)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+        m = self.X.shape[0] if rows is None else len(rows)
+        out = np.empty((m, d + (extra is not None)), dtype=dtype)
+        for lo, hi in _row_chunks(m, d):
+            block = self.X[lo:hi] if rows is None else self.X[rows[lo:hi]]
+            out[lo:hi, :d] = self.standardize(block.astype(np.float64))
         if extra is not None:
             out[:, d] = extra
         return out

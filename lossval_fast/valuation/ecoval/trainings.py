@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from ...ops.memory import default_memory_budget
+from ...ops.memory import default_memory_budget, release_freed_memory
 from ...progress import progress
 from .. import learners as _learners
 
@@ -109,6 +109,20 @@ def resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
+class _Standardize:
+    """data.standardize's operations on torch row blocks, (rows - mu) / sigma in float64: the same bits; into()
+    writes them into a float64 block in place."""
+
+    def __init__(self, mu: torch.Tensor, sigma: torch.Tensor):
+        self.mu, self.sigma = mu, sigma
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return (rows.to(torch.float64) - self.mu) / self.sigma
+
+    def into(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return out.copy_(rows).sub_(self.mu).div_(self.sigma)
+
+
 class Trainings:
     """The subset models of one fit. entry: the built-in learner (registry entry), or None for the learner object
     ``learner``; path "batched" (built-in learners unless backend="loop") or "loop". A training task is
@@ -200,11 +214,8 @@ class Trainings:
         with warnings.catch_warnings():   # a read-only input (np.load(mmap_mode="r")) is only read here
             warnings.simplefilter("ignore", UserWarning)
             X = torch.from_numpy(np.ascontiguousarray(data.X)).to(dev)   # the input itself on the CPU (no copy)
-        mu = torch.as_tensor(data.mu, dtype=torch.float64, device=dev)
-        sigma = torch.as_tensor(data.sigma, dtype=torch.float64, device=dev)
-
-        def standardize(rows):   # data.standardize's operations: the same bits
-            return (rows.to(torch.float64) - mu) / sigma
+        standardize = _Standardize(torch.as_tensor(data.mu, dtype=torch.float64, device=dev),
+                                   torch.as_tensor(data.sigma, dtype=torch.float64, device=dev))
         cl = torch.as_tensor(self.labels, device=dev)
         if self.classification:
             y = torch.as_tensor(data.y_code, device=dev)
@@ -254,6 +265,8 @@ class Trainings:
                         state["Uv"][r, j] = Uv[t]
                     state["done"][r, j] = True
                 self.count += len(part)
+                del params, out
+                release_freed_memory()   # this chunk's temporaries, before the next chunk's (T, n) arrays
                 save(state, force=True)
                 if bar is not None:
                     bar.update(len(part))
