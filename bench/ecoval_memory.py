@@ -3,8 +3,10 @@ level with the input loaded, sampled every 2 ms by a thread, split by the fit's 
 phase, the trainings and the values; also what stays after the fit, and the times. 1 thread. Data: n x 32 float32
 standard normal features, y = x_0 + 0.3 noise > 0, 10,000 validation points (the scale benchmark's recipe).
 
-    python bench/ecoval_memory.py 1000000 [values.npz]     (one JSON line; values.npz: values_, cluster_values_,
-                                                            cluster_labels_ and utilities_, to compare two versions)
+    python bench/ecoval_memory.py 1000000 [values.npz] [--propagation additive]
+        one JSON line; values.npz: values_, cluster_values_, cluster_labels_ and utilities_, to compare two
+        versions; --propagation: the values' rule (default multiplicative, as the scale benchmark; EcoVal's own
+        default, additive, searches all training points in the values phase and holds their standardised copy)
 
 docs/large_scale.md §6 has its numbers at 1,000,000 points.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 
@@ -38,7 +39,7 @@ def data(n: int, d: int = 32, m: int = 10_000):
     return X, y, Xv, yv
 
 
-def main(n: int, out: str | None = None) -> dict:
+def main(n: int, out: str | None = None, propagation: str = "multiplicative") -> dict:
     from lossval_fast._io import atomic_write
     from lossval_fast.valuation.ecoval import EcoVal
 
@@ -52,7 +53,7 @@ def main(n: int, out: str | None = None) -> dict:
             samples.append((time.perf_counter(), anon()))
             time.sleep(0.002)
 
-    est = EcoVal(20, propagation="multiplicative", verbose=False)
+    est = EcoVal(20, propagation=propagation, verbose=False)
     before = anon()
     thread = threading.Thread(target=sample)
     start = time.perf_counter()
@@ -73,7 +74,7 @@ def main(n: int, out: str | None = None) -> dict:
     result = {"n": n, "input_mib": mib, "peak_mib": peak(start, end + 1), "kmeans_mib": peak(start, clustered),
               "trainings_mib": peak(clustered, trained), "values_mib": peak(trained, end + 1),
               "held_mib": (after - before) / 2**20, "timings_s": est.timings_, "wall_s": end - start,
-              "load": os.getloadavg()}
+              "propagation": propagation, "load": os.getloadavg()}
     result["peak_x_input"] = result["peak_mib"] / mib
     if out:
         with atomic_write(out, "wb") as f:
@@ -83,5 +84,10 @@ def main(n: int, out: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000,
-                          sys.argv[2] if len(sys.argv) > 2 else None)))
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", type=int, nargs="?", default=1_000_000, help="training points (default 1,000,000)")
+    parser.add_argument("out", nargs="?", default=None, help="values.npz to write (optional)")
+    parser.add_argument("--propagation", choices=("multiplicative", "additive"), default="multiplicative")
+    args = parser.parse_args()
+    print(json.dumps(main(args.n, args.out, args.propagation)))
