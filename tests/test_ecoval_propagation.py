@@ -9,9 +9,10 @@ import pytest
 from lossval_fast.valuation.ecoval import EcoVal
 from problems import gaussians
 from lossval_fast.valuation.ecoval.cluster_values import cluster_value_se
-from lossval_fast.valuation.ecoval.propagation import (class_evidence, knn_class_proba, neighbours, new_votes,
-                                                       regression_evidence, robust_scale, shrink,
-                                                       validation_votes)
+from lossval_fast.valuation.ecoval import propagation
+from lossval_fast.valuation.ecoval.propagation import (TrainingRows, class_evidence, knn_class_proba, neighbours,
+                                                       neighbours_in_blocks, new_votes, regression_evidence,
+                                                       robust_scale, shrink, validation_votes)
 
 
 def auc(values, positive):
@@ -47,6 +48,55 @@ def test_neighbours_match_a_brute_force_search(n, m, k, block):
     assert idx.shape == (m, kk)
     np.testing.assert_allclose(np.take_along_axis(d2, idx, 1), np.take_along_axis(d2, expected, 1), rtol=1e-12)
     assert not np.any(idx[: m // 2] == np.arange(m // 2)[:, None])   # a point is not its own neighbour
+
+
+@pytest.mark.parametrize("n,m,k,ref_block", [(57, 23, 5, 8), (130, 41, 10, 3), (9, 4, 20, 4), (40, 7, 3, 1000)])
+def test_neighbours_in_blocks_match_a_brute_force_search(n, m, k, ref_block):
+    """The reference made block by block (a running top-k): the k smallest distances, ties to the lower index
+    across blocks (exact duplicates of reference rows sit in different blocks)."""
+    rng = np.random.default_rng(n + ref_block)
+    ref = rng.normal(size=(n, 3))
+    ref[n - 1] = ref[0]                                   # a duplicate in the last block of the first row
+    query = np.concatenate([ref[:1] + 1e-9, rng.normal(size=(m - 1, 3))])
+    idx, d2 = neighbours_in_blocks(query, TrainingRows(array=ref), k, ref_block=ref_block)
+    full = ((query[:, None] - ref[None]) ** 2).sum(-1)
+    kk = min(k, n)
+    expected = np.argsort(full, axis=1, kind="stable")[:, :kk]
+    assert idx.shape == d2.shape == (m, kk)
+    np.testing.assert_allclose(d2, np.take_along_axis(full, expected, 1), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.take_along_axis(full, idx, 1), np.take_along_axis(full, expected, 1),
+                               rtol=1e-9, atol=1e-12)
+    assert idx[0, 0] == 0 and (kk < 2 or idx[0, 1] == n - 1)   # the tie: the lower index first
+
+
+def test_validation_votes_made_in_row_blocks_equal_the_whole_search():
+    X, y, Xv, yv, _ = gaussians(6, n=150, n_val=40)
+    est = EcoVal(n_clusters=6, random_state=0, verbose=False).fit(X, y, Xv, yv)
+    data = est._data
+    whole = validation_votes(data.standardized(), est._y_code, data.Xs_val, data.y_val_code, 10)
+    blocks = validation_votes(TrainingRows(data=data), est._y_code, data.Xs_val, data.y_val_code, 10, ref_block=17)
+    np.testing.assert_array_equal(blocks[0], whole[0])
+    np.testing.assert_array_equal(blocks[1], whole[1])
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_additive_values_do_not_depend_on_the_row_blocks(task, monkeypatch):
+    """The values phase makes the training rows it searches a block at a time (no (n, d) float64 copy is held):
+    blocks of 7 rows and a tiny work matrix give the bits of the default blocks."""
+    if task == "classification":
+        X, y, Xv, yv, _ = gaussians(7, n=200, n_val=60)
+    else:
+        rng = np.random.default_rng(7)
+        X = rng.normal(size=(260, 4))
+        y = np.sin(X[:, 0]) + X[:, 1] ** 2 + 0.1 * rng.normal(size=260)
+        X, y, Xv, yv = X[:200], y[:200], X[200:], y[200:]
+    default = EcoVal(n_clusters=6, task=task, random_state=0, verbose=False).fit(X, y, Xv, yv)
+    assert default._Z is None
+    monkeypatch.setattr(propagation, "ROW_BLOCK", 7)
+    monkeypatch.setattr(propagation, "NEIGHBOUR_BLOCK_BYTES", 8 * 7 * 50)
+    small = EcoVal(n_clusters=6, task=task, random_state=0, verbose=False).fit(X, y, Xv, yv)
+    np.testing.assert_array_equal(small.values_, default.values_)
+    np.testing.assert_array_equal(small.value(Xv, yv), default.value(Xv, yv))
 
 
 def test_knn_class_proba_is_smoothed_frequencies():

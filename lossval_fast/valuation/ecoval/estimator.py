@@ -182,10 +182,11 @@ class EcoVal:
         return self
 
     def _needs_space(self) -> bool:
-        """Whether the values search the clustering space of all training points: the additive propagation's kNN
-        expert and validation votes, or the kNN agreement; the multiplicative LCO agreement needs only the
-        held-out outputs (no (n, d) float64 array in the values phase)."""
-        return self.propagation == "additive" or self.intrinsic_kind_ == "knn_agreement"
+        """Whether the values need the clustering space of all training points held at once: only the
+        multiplicative kNN agreement (its search, also in value()); the additive propagation's kNN expert and
+        validation votes make the rows they search block by block (propagation.TrainingRows), and the
+        multiplicative LCO agreement needs only the held-out outputs."""
+        return self.propagation == "multiplicative" and self.intrinsic_kind_ == "knn_agreement"
 
     def _clustering_space(self, data, lazy=False):
         """Z: standardised X (or embed(X)), and in regression the standardised target as a last column. lazy: a

@@ -101,6 +101,8 @@ def propagate(est, labels, members, y_code, y):
 # V~ the cluster values shrunk by their standard error over the validation points, rho_k the point's votes on the
 # validation points it is a nearest training point of (classification), delta_k <= 0 the evidence
 # (in nats) that the held-out experts (the LCO models, the k nearest other training points) hold against k's label.
+ROW_BLOCK = 1 << 16           # training rows made at a time for a search (8 MiB at d = 16 in float64)
+NEIGHBOUR_BLOCK_BYTES = 1 << 25   # the (queries, reference rows) work matrix of one search step
 SMOOTHING = 0.5        # kNN class frequencies: (count + 1/2) / (K + C/2), so that no class has probability 0
 MAD_SCALE = 1.4826     # MAD -> standard deviation of a normal
 
@@ -119,7 +121,8 @@ def shrink(values: np.ndarray, se: np.ndarray) -> np.ndarray:
     return out
 
 
-def neighbours(Z_query: np.ndarray, Z_ref: np.ndarray, k: int, self_rows=None, block_bytes: int = 1 << 25):
+def neighbours(Z_query: np.ndarray, Z_ref: np.ndarray, k: int, self_rows=None,
+               block_bytes: int = NEIGHBOUR_BLOCK_BYTES):
     """Indices (m, k) into Z_ref of each query row's k nearest reference rows (squared Euclidean distance, ties to
     the lower index); self_rows (m,) names the reference row that IS the query (excluded; -1: none). Blocked so
     that no (m, n_ref) matrix is held: one work buffer of block_bytes, reused by every block (a fresh one per block
@@ -213,31 +216,73 @@ def knn_reference(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-def evidence(est, experts, *, Zk, codes, y, held, self_rows, fit_scales: bool) -> np.ndarray:
-    """delta (m,) for m rows: held (m, C) held-out class probabilities or (m,) predictions of the LCO models of
-    their clusters (repeats averaged), Zk (m, d) their kNN coordinates, self_rows their positions in the kNN
-    reference (-1: not in it; None: new points). fit_scales: estimate the regression experts' robust scales on
-    these rows (in-sample) and keep them for new points."""
-    if not experts:
-        return np.zeros(len(Zk))
-    classification = est.task_ == "classification"
+def knn_expert(est, Zk: np.ndarray, self_rows) -> np.ndarray:
+    """The K-NN expert's outputs for the query rows Zk (m, d) in the kNN space: class probabilities (m, C) or mean
+    targets (m,) of their K nearest reference rows; self_rows as in ``neighbours``."""
     ref = est._knn_ref
-    idx = neighbours(Zk, est._knn_Z, est.knn_k, self_rows) if "knn" in experts else None
-    if classification:
+    idx = neighbours(Zk, est._knn_Z, est.knn_k, self_rows)
+    if est.task_ == "classification":
+        return knn_class_proba(idx, est._y_code[ref], est._data.C)
+    return est._data.y[ref][idx].mean(1)
+
+
+def knn_expert_in_blocks(est, rows: "TrainingRows", self_rows) -> np.ndarray:
+    """knn_expert for all n training rows, made block by block from ``rows`` (no (n, d) float64 copy). The blocks
+    are whole multiples of neighbours' own query blocks, so every row meets the same arithmetic as in one call."""
+    n = rows.n
+    inner = max(1, min(n, NEIGHBOUR_BLOCK_BYTES // (8 * max(len(est._knn_Z), 1))))
+    step = inner * max(1, ROW_BLOCK // inner)
+    parts = [knn_expert(est, rows.block(lo, min(n, lo + step)), self_rows[lo:lo + step])
+             for lo in range(0, n, step)]
+    return np.concatenate(parts) if parts else knn_expert(est, rows.block(0, 0), self_rows[:0])
+
+
+def evidence(est, experts, *, knn_out, codes, y, held, fit_scales: bool) -> np.ndarray:
+    """delta (m,) for m rows: held (m, C) held-out class probabilities or (m,) predictions of the LCO models of
+    their clusters (repeats averaged), knn_out the K-NN expert's outputs for them (``knn_expert``; None when it is
+    not an expert). fit_scales: estimate the regression experts' robust scales on these rows (in-sample) and keep
+    them for new points."""
+    if not experts:
+        return np.zeros(len(codes) if codes is not None else len(y))
+    if est.task_ == "classification":
         probas = []
         if "lco" in experts:
             probas.append(held)
         if "knn" in experts:
-            probas.append(knn_class_proba(idx, est._y_code[ref], est._data.C))
+            probas.append(knn_out)
         return class_evidence(probas, codes)
     residuals = []
     if "lco" in experts:
         residuals.append(y - held)
     if "knn" in experts:
-        residuals.append(y - est._data.y[ref][idx].mean(1))
+        residuals.append(y - knn_out)
     if fit_scales:
         est._evidence_scales = [robust_scale(r) for r in residuals]
     return regression_evidence(residuals, est._evidence_scales)
+
+
+class TrainingRows:
+    """The training points' rows in the kNN space, a block at a time: slices of a held array (an embedding, or the
+    clustering space without the regression target), or the standardised X made for the rows asked
+    (``Data.standardized``: the same bits as those rows of the whole, no (n, d) float64 copy)."""
+
+    def __init__(self, array=None, data=None):
+        self.array, self.data = array, data
+        self.n = len(array) if array is not None else data.X.shape[0]
+
+    def block(self, lo: int, hi: int) -> np.ndarray:
+        if self.array is not None:
+            return self.array[lo:hi]
+        return self.data.standardized(np.arange(lo, hi))
+
+    def take(self, rows) -> np.ndarray:
+        if self.array is not None:
+            return self.array[rows]
+        return self.data.standardized(np.asarray(rows))
+
+
+def training_rows(est) -> TrainingRows:
+    return TrainingRows(array=knn_space(est, est._Z)) if est._Z is not None else TrainingRows(data=est._data)
 
 
 def squared_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -246,16 +291,53 @@ def squared_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
 
 
-def validation_votes(Z_train, codes, Z_val, val_codes, k: int):
+def neighbours_in_blocks(Z_query: np.ndarray, rows: TrainingRows, k: int, ref_block: int = None):
+    """(idx (m, k), d2 (m, k)): each query row's k nearest training rows, the reference made block by block from
+    ``rows`` (no (n, d) copy, no (m, n) matrix): a running top-k merged with each block's, ties to the lower index
+    (among the candidates a block's top-k keeps)."""
+    n = rows.n
+    k = int(min(k, n))
+    q = torch.as_tensor(np.asarray(Z_query, np.float64))
+    m = q.shape[0]
+    best_d = torch.full((m, k), float("inf"), dtype=torch.float64)
+    best_i = torch.zeros((m, k), dtype=torch.int64)
+    if k < 1 or m == 0:
+        return best_i.numpy(), best_d.numpy()
+    qn = (q * q).sum(1)[:, None]
+    step = ref_block or max(k, ROW_BLOCK)
+    # queries in blocks too, so that one (queries, step) work matrix stays within NEIGHBOUR_BLOCK_BYTES
+    q_step = max(1, min(m, NEIGHBOUR_BLOCK_BYTES // (8 * step)))
+    for lo in range(0, n, step):
+        ref = torch.as_tensor(rows.block(lo, min(n, lo + step)), dtype=torch.float64)
+        rn, ref_t = (ref * ref).sum(1), ref.T
+        kk = min(k, ref.shape[0])
+        for qs in range(0, m, q_step):
+            qb = q[qs:qs + q_step]
+            d2 = torch.addmm(rn[None, :], qb, ref_t, beta=1.0, alpha=-2.0)        # |r|^2 - 2 q.r
+            d2 += qn[qs:qs + q_step]
+            top = torch.topk(d2, kk, dim=1, largest=False, sorted=True)
+            cand_d = torch.cat([best_d[qs:qs + q_step], top.values], 1)
+            cand_i = torch.cat([best_i[qs:qs + q_step], top.indices + lo], 1)
+            by_index = torch.sort(cand_i, dim=1, stable=True).indices         # then a stable sort by distance:
+            cand_d, cand_i = cand_d.gather(1, by_index), cand_i.gather(1, by_index)   # ties to the lower index
+            order = torch.sort(cand_d, dim=1, stable=True).indices[:, :k]
+            best_d[qs:qs + q_step] = cand_d.gather(1, order)
+            best_i[qs:qs + q_step] = cand_i.gather(1, order)
+    return best_i.numpy(), best_d.numpy()
+
+
+def validation_votes(Z_train, codes, Z_val, val_codes, k: int, ref_block: int = None):
     """Each validation point v's k nearest training points N_k(v) (squared Euclidean distance, ties to the lower
     index). Returns (votes (n,), kth (m,)): votes[j] = sum over the v with j in N_k(v) of +1 where y_j = y_v and -1
     otherwise (what j does for a k-NN vote on the validation set); kth[v] the squared distance of v's k-th nearest
-    training point, which decides whether a new point would enter N_k(v)."""
-    k = int(min(k, len(Z_train)))
-    idx = neighbours(Z_val, Z_train, k)
+    training point, which decides whether a new point would enter N_k(v). Z_train: an (n, d) array or the
+    TrainingRows, searched block by block."""
+    rows = Z_train if isinstance(Z_train, TrainingRows) else TrainingRows(array=np.asarray(Z_train, np.float64))
+    k = int(min(k, rows.n))
+    idx, _ = neighbours_in_blocks(Z_val, rows, k, ref_block)
     agree = codes[idx] == np.asarray(val_codes)[:, None]
-    votes = np.bincount(idx.ravel(), weights=np.where(agree, 1.0, -1.0).ravel(), minlength=len(Z_train))
-    kth = ((Z_val - Z_train[idx[:, -1]]) ** 2).sum(-1)
+    votes = np.bincount(idx.ravel(), weights=np.where(agree, 1.0, -1.0).ravel(), minlength=rows.n)
+    kth = ((Z_val - rows.take(idx[:, -1])) ** 2).sum(-1)
     return votes, kth
 
 
@@ -274,18 +356,18 @@ def new_votes(Z_new, codes_new, Z_val, val_codes, kth, block_bytes: int = 1 << 2
     return out
 
 
-def relevance(est, Zk) -> np.ndarray:
+def relevance(est, rows: TrainingRows) -> np.ndarray:
     """rho (n,) = relevance_weight / (K m) * votes (classification; 0 in regression or with relevance_weight 0).
     One vote moves a K-NN classifier's validation accuracy by at most 1 / (K m); relevance_weight converts that
     into the units of U like intrinsic_weight does for nats. Keeps what value() needs for new points."""
     data = est._data
-    n = len(Zk)
+    n = rows.n
     est._relevance_unit = 0.0
     if not data.classification or est.relevance_weight == 0:
         est._val_Z = None
         return np.zeros(n)
     Z_val = embed(est.embed, data.X_val, data.Xs_val, "X_val")
-    votes, kth = validation_votes(Zk, est._y_code, Z_val, data.y_val_code, est.knn_k)
+    votes, kth = validation_votes(rows, est._y_code, Z_val, data.y_val_code, est.knn_k)
     est._val_Z, est._val_kth = Z_val, kth
     est._relevance_unit = est.relevance_weight / (min(est.knn_k, n) * len(Z_val))
     return est._relevance_unit * votes
@@ -303,19 +385,19 @@ def propagate_additive(est, labels, members, se):
     sizes = np.array([len(rows) for rows in members], dtype=np.float64)
     experts = EXPERTS[est.intrinsic_kind_]
     est._knn_ref = knn_reference(n, est.knn_reference, est.random_state_)
-    Zk = knn_space(est, est._Z)
-    est._knn_Z = Zk[est._knn_ref]
+    rows = training_rows(est)
+    est._knn_Z = rows.take(est._knn_ref)
     self_rows = np.full(n, -1, dtype=np.int64)
     self_rows[est._knn_ref] = np.arange(len(est._knn_ref))
     held = heldout_mean(est) if "lco" in experts else None
-    delta = evidence(est, experts, Zk=Zk, codes=est._y_code, y=data.y, held=held, self_rows=self_rows,
-                     fit_scales=True)
+    knn_out = knn_expert_in_blocks(est, rows, self_rows) if "knn" in experts else None
+    delta = evidence(est, experts, knn_out=knn_out, codes=est._y_code, y=data.y, held=held, fit_scales=True)
     est.cluster_value_se_ = se
     est.cluster_shares_ = shrink(est.cluster_values_, se) if est.shrinkage else est.cluster_values_.copy()
     est.evidence_ = delta
     est._intrinsic_unit = est.intrinsic_weight / n
     est.intrinsic_ = est._intrinsic_unit * delta
-    est.relevance_ = relevance(est, Zk)
+    est.relevance_ = relevance(est, rows)
     est.weights_ = 1.0 / sizes[labels]
     est._sizes = sizes
     est.values_ = est.cluster_shares_[labels] / sizes[labels] + est.relevance_ + est.intrinsic_
@@ -326,8 +408,9 @@ def value_new_additive(est, clusters, Z, codes, y_new, held) -> np.ndarray:
     would cast on the validation set, and their own intrinsic part, from the stored LCO models (held) and their K
     nearest training points (itself excluded for none: a new point is not in the reference)."""
     Zk = knn_space(est, Z)
-    delta = evidence(est, EXPERTS[est.intrinsic_kind_], Zk=Zk, codes=codes, y=y_new, held=held,
-                     self_rows=None, fit_scales=False)
+    experts = EXPERTS[est.intrinsic_kind_]
+    knn_out = knn_expert(est, Zk, None) if "knn" in experts else None
+    delta = evidence(est, experts, knn_out=knn_out, codes=codes, y=y_new, held=held, fit_scales=False)
     rho = 0.0
     if est._relevance_unit:
         rho = est._relevance_unit * new_votes(Zk, codes, est._val_Z, est._data.y_val_code, est._val_kth)
