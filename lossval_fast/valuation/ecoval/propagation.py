@@ -220,7 +220,7 @@ def knn_expert(est, Zk: np.ndarray, self_rows) -> np.ndarray:
     """The K-NN expert's outputs for the query rows Zk (m, d) in the kNN space: class probabilities (m, C) or mean
     targets (m,) of their K nearest reference rows; self_rows as in ``neighbours``."""
     ref = est._knn_ref
-    idx = neighbours(Zk, est._knn_Z, est.knn_k, self_rows)
+    idx = neighbours(Zk, est._knn_Z, est.knn_k, self_rows, block_bytes=NEIGHBOUR_BLOCK_BYTES)
     if est.task_ == "classification":
         return knn_class_proba(idx, est._y_code[ref], est._data.C)
     return est._data.y[ref][idx].mean(1)
