@@ -212,9 +212,11 @@ def _agreement(task, x, y, xv, yv, mask, seed, config, say) -> dict:
         clustering = "EcoVal's own clustering"
     eco_seconds = time.perf_counter() - began
     began = time.perf_counter()
-    exact, U = exact_cluster_shapley(x, y, xv, yv, eco.cluster_labels_, task=task)
+    # the same game as EcoVal's: its learner and its utility (expected accuracy / R^2 by default)
+    metric = eco.metric_ if eco.metric_ in ("log_likelihood", "expected_accuracy", "r2") else None
+    exact, U = exact_cluster_shapley(x, y, xv, yv, eco.cluster_labels_, task=task, metric=metric)
     exact_seconds = time.perf_counter() - began
-    out["cluster"] = {"p": int(eco.n_clusters_), "clustering": clustering,
+    out["cluster"] = {"p": int(eco.n_clusters_), "clustering": clustering, "metric": str(eco.metric_),
                       "spearman": spearman(eco.cluster_values_, exact),
                       "pearson": float(np.corrcoef(eco.cluster_values_, exact)[0, 1]),
                       "ecoval_cluster_values": np.asarray(eco.cluster_values_, float).tolist(),
@@ -243,7 +245,7 @@ def _agreement(task, x, y, xv, yv, mask, seed, config, say) -> dict:
                 break
         todo = min(todo, config.tmc_permutations - done)
         result = tmc_shapley(xs, ys, xv, yv, task=task, permutations=todo, truncation=config.tmc_truncation,
-                             random_state=rng)
+                             random_state=rng, metric=metric)
         done += todo
         marginals.append(result.marginals)
         truncated.append(result.truncated_at)
@@ -490,7 +492,8 @@ def markdown(payload: dict) -> str:
     if agreeing:
         lines += ["", "## Agreement with Shapley values", "",
                   "Cluster values: EcoVal with p clusters against the exact Shapley values of the same clusters "
-                  "(all 2^p subsets trained with the same learner and utility: validation log-likelihood / R², "
+                  "(all 2^p subsets trained with the same learner and utility as EcoVal's: validation expected accuracy "
+                  "(the mean probability of the validation labels) / R², "
                   "lossval_fast.valuation.shapley.exact_cluster_shapley). Point values: the first n noisy training "
                   "points valued by each method and by TMC Data Shapley (Ghorbani & Zou 2019) with the same "
                   f"learner, truncation tolerance {config['tmc_truncation']:g}; TMC's split-half is the Spearman of "

@@ -277,7 +277,7 @@ def test_T8_dummy_cluster_gets_zero():
 
 def test_T9_cobb_douglas_without_pairs():
     X, y, Xv, yv = small()
-    est = EcoVal(6, cluster_value="cobb_douglas", pairs=0, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(6, cluster_value="cobb_douglas", pairs=0, metric="log_likelihood", verbose=False).fit(X, y, Xv, yv)
     U = est.utilities_[0]
     np.testing.assert_allclose(est.beta_star_, U[0] - U[1:7], rtol=0, atol=1e-12)   # log-likelihood: g = U
     np.testing.assert_allclose(est.cluster_values_.sum(), est.utility_full_ - est.u0_, rtol=1e-12)

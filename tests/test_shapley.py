@@ -95,6 +95,33 @@ def test_exact_cluster_shapley_classification_matches_single_fits():
     assert np.isfinite(U).all()
 
 
+def test_expected_accuracy_game_matches_single_fits_and_ecoval():
+    """metric="expected_accuracy": U = mean probability of the validation labels, u0 = mean training frequency of
+    them; the same numbers as one LogReg fit per subset, and EcoVal's default utility is this game's."""
+    from lossval_fast.valuation import EcoVal
+    X, y, Xv, yv = _classification(n=48, seed=3)
+    labels = np.arange(len(X)) % 4
+    values, U = exact_cluster_shapley(X, y, Xv, yv, labels, task="classification", metric="expected_accuracy")
+    assert values.sum() == pytest.approx(U[-1] - U[0], abs=1e-12)
+    freq = np.bincount(y, minlength=2) / len(y)
+    assert U[0] == pytest.approx(np.mean(freq[yv]), abs=1e-12)
+    mu, sd = X.mean(0), X.std(0)
+    for mask in (0b0011, 0b1010, 0b1111):
+        rows = np.isin(labels, _subset(mask, 4))
+        model = learners.LogReg(n_classes=2).fit((X[rows] - mu) / sd, y[rows])
+        proba = model.predict_proba((Xv - mu) / sd)
+        assert U[mask] == pytest.approx(np.mean(proba[np.arange(len(yv)), yv]), abs=1e-6)
+    log_values, log_U = exact_cluster_shapley(X, y, Xv, yv, labels, task="classification")
+    assert not np.allclose(log_U, U)                      # the default game is still the log-likelihood one
+    est = EcoVal(4, task="classification", random_state=0, verbose=False).fit(X, y, Xv, yv, cluster_labels=labels)
+    assert est.metric_ == "expected_accuracy"
+    assert est.utility_full_ == pytest.approx(U[-1], abs=1e-6)
+    assert est.u0_ == pytest.approx(U[0], abs=1e-12)
+    # all pairs, lambda = 1: EcoVal's cluster values are the Shapley values of the pairwise-truncated game, which
+    # at p = 4 differs from U only on the subsets of 0 and 1 clusters
+    assert np.corrcoef(est.cluster_values_, values)[0, 1] > 0.5
+
+
 def test_exact_cluster_shapley_regression_matches_single_fits_and_chunking():
     X, y, Xv, yv = _regression()
     labels = np.random.default_rng(0).integers(0, 5, size=len(X))
@@ -233,6 +260,10 @@ def test_bad_inputs_name_the_argument():
         exact_cluster_shapley(X, X[:, 0], Xv, np.ones(len(Xv)), np.arange(30) % 3, task="regression")
     with pytest.raises(ValueError, match="solver"):
         exact_cluster_shapley(X, y, Xv, yv, np.arange(30) % 3, task="classification", solver="sgd")
+    with pytest.raises(ValueError, match="metric must be None or one of log_likelihood, expected_accuracy"):
+        exact_cluster_shapley(X, y, Xv, yv, np.arange(30) % 3, task="classification", metric="r2")
+    with pytest.raises(ValueError, match="metric.*for regression, got 'expected_accuracy'"):
+        tmc_shapley(X, X[:, 0], Xv, Xv[:, 0], task="regression", metric="expected_accuracy")
     with pytest.raises(ValueError, match="permutations"):
         tmc_shapley(X, y, Xv, yv, task="classification", permutations=0)
     with pytest.raises(ValueError, match="truncation"):
@@ -260,7 +291,8 @@ def test_subsets_with_one_class_score_like_the_empty_one_as_in_ecoval():
     yv = np.arange(60) % 2
     Xv = rng.normal(size=(60, 3)) + 1.5 * yv[:, None]
     est = EcoVal(4, pairs="all", random_state=0, verbose=False).fit(X, y, Xv, yv)
-    values, table = exact_cluster_shapley(X, y, Xv, yv, est.cluster_labels_, task="classification", solver="lbfgs")
+    values, table = exact_cluster_shapley(X, y, Xv, yv, est.cluster_labels_, task="classification", solver="lbfgs",
+                                          metric=est.metric_)
     p = est.n_clusters_
     full = (1 << p) - 1
     for j, removed in enumerate(est.subsets_):
@@ -270,7 +302,8 @@ def test_subsets_with_one_class_score_like_the_empty_one_as_in_ecoval():
                                                          .nonzero()[1])) < 2]
     assert one_class and all(table[m] == table[0] for m in one_class)
     assert table[0] == pytest.approx(est.u0_, abs=1e-12)
-    _, fitted = exact_cluster_shapley(X, y, Xv, yv, est.cluster_labels_, task="classification", min_classes=1)
+    _, fitted = exact_cluster_shapley(X, y, Xv, yv, est.cluster_labels_, task="classification", min_classes=1,
+                                      metric=est.metric_)
     assert all(fitted[m] != table[0] for m in one_class)
     with pytest.raises(ValueError, match="min_classes"):
         exact_cluster_shapley(X, y, Xv, yv, est.cluster_labels_, task="classification", min_classes=0)

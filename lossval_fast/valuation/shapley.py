@@ -4,8 +4,9 @@ both with the batched learners of ``lossval_fast.valuation.learners`` (many subs
 The game (``SubsetGame``): the players are groups of training points (clusters, or single points), and
 U(S) is the validation score of the learner trained on the points of the groups in S:
 
-- classification ("logreg"): the validation mean log-likelihood, mean_v log max(p(y_v | x_v), 1e-12); a validation
-  label absent from the training labels has probability 0 (EcoVal's rule). A subset with fewer than
+- classification ("logreg"): ``metric="log_likelihood"`` (default), the validation mean log-likelihood,
+  mean_v log max(p(y_v | x_v), 1e-12), or ``metric="expected_accuracy"``, mean_v p(y_v | x_v) (EcoVal's default
+  utility, docs/ecoval.md §2); a validation label absent from the training labels has probability 0 (EcoVal's rule). A subset with fewer than
   ``min_classes`` (default 2) classes is not fitted and scores like the empty one, the constant predictor: EcoVal's
   rule (docs/ecoval.md §2), and that of Ghorbani & Zou's TMC code, which scores a prefix missing classes at the
   random score. min_classes=1 fits every non-empty subset (the L2-regularised logreg has a finite optimum for each).
@@ -46,6 +47,7 @@ __all__ = ["SubsetGame", "TMCResult", "exact_cluster_shapley", "shapley_from_uti
            "split_half_correlation", "tmc_shapley", "MAX_EXACT_CLUSTERS"]
 
 TASKS = ("classification", "regression")
+METRICS = {"classification": ("log_likelihood", "expected_accuracy"), "regression": ("r2",)}
 LEARNERS = ("logreg", "ridge")
 MAX_EXACT_CLUSTERS = 14          # 2^14 = 16384 subset trainings
 MAX_TABLE_PLAYERS = 26           # shapley_from_utilities: 2^26 utilities (512 MiB) at most
@@ -65,6 +67,15 @@ _array, _features, _targets = _checks.array, _checks.features, _checks.targets
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_metric(task, metric) -> str:
+    """None picks the task's first metric (log-likelihood / R^2)."""
+    if metric is None:
+        return METRICS[task][0]
+    if metric not in METRICS[task]:
+        raise ValueError(f"metric must be None or one of {', '.join(METRICS[task])} for {task}, got {metric!r}")
+    return metric
 
 
 def _check_task_learner(task, learner) -> str:
@@ -92,8 +103,9 @@ class SubsetGame:
 
     def __init__(self, X, y, X_val, y_val, groups, *, task: str, learner: str | None = None, solver=None,
                  tol=None, max_models_per_batch: int | None = None, memory_budget: int = MEMORY_BUDGET,
-                 device="cpu", min_classes: int = 2):
+                 device="cpu", min_classes: int = 2, metric: str | None = None):
         self.learner = _check_task_learner(task, learner)
+        self.metric = _check_metric(task, metric)
         if not _is_int(min_classes) or min_classes < 1:
             raise ValueError(f"min_classes must be an int >= 1, got {min_classes!r}")
         self.min_classes = int(min_classes)
@@ -150,7 +162,7 @@ class SubsetGame:
             self._group_classes = np.zeros((p, C), dtype=np.int64)      # which classes each group holds
             self._group_classes[groups, codes] = 1
             p_true = np.where(known, freq[np.where(known, position, 0)], 0.0)
-            self.empty_utility = float(np.mean(np.log(np.maximum(p_true, LOG_FLOOR))))
+            self.empty_utility = float(np.mean(self._point_utility(p_true)))
         else:
             y, y_val = _checks.regression_targets(y, y_val)
             ss = float(np.sum((y_val - y_val.mean()) ** 2))
@@ -173,13 +185,20 @@ class SubsetGame:
         self.n_trainings = 0
         self.converged = True
 
+    def _point_utility(self, p_true):
+        """Per validation point from the probability of its label (numpy or torch)."""
+        if self.metric == "expected_accuracy":
+            return p_true
+        return np.log(np.maximum(p_true, LOG_FLOOR)) if isinstance(p_true, np.ndarray) else \
+            torch.log(p_true.clamp(min=LOG_FLOOR))
+
     def _score(self, params) -> np.ndarray:
         out = self._model.predict(params, self._Xv)
         if self.task == "classification":
             T = out.shape[0]
             p = out.gather(2, self._index[None, :, None].expand(T, -1, 1))[..., 0]
             p = torch.where(self._known, p, torch.zeros((), dtype=p.dtype, device=p.device))
-            return torch.log(p.clamp(min=LOG_FLOOR)).mean(1).cpu().numpy()
+            return self._point_utility(p).mean(1).cpu().numpy()
         pred = out * self._y_sd + self._y_mu
         return (1.0 - ((self._y_val - pred) ** 2).sum(1) / self._ss_tot).cpu().numpy()
 
@@ -233,13 +252,15 @@ def shapley_from_utilities(utilities) -> np.ndarray:
 
 def exact_cluster_shapley(X, y, X_val, y_val, cluster_labels, *, task: str, learner: str | None = None,
                           solver=None, tol=None, max_models_per_batch: int | None = None,
-                          memory_budget: int = MEMORY_BUDGET, device="cpu", min_classes: int = 2):
+                          memory_budget: int = MEMORY_BUDGET, device="cpu", min_classes: int = 2,
+                          metric: str | None = None):
     """Exact Shapley values of the clusters of the training set: trains all 2^p subsets of the p clusters.
 
     X (n, d), y (n,) class labels or regression targets, X_val (m, d), y_val (m,); cluster_labels (n,) integers
     (or any sortable labels) naming p <= 14 clusters; value i belongs to the i-th smallest label (for labels
     0..p-1, to cluster i, as EcoVal's ``cluster_labels_``). task: "classification" (learner "logreg", U = validation
-    mean log-likelihood) or "regression" ("ridge", U = R^2); learner None picks by task. The empty subset is the
+    mean log-likelihood, or with metric="expected_accuracy" the mean probability of the validation labels) or
+    "regression" ("ridge", U = R^2); learner and metric None pick by task. The empty subset is the
     constant predictor. Returns (values (p,), utilities (2^p,)) with utilities[m] = U of the clusters {i : bit i of
     m is set}; the values sum to utilities[-1] - utilities[0]. solver, tol: the logreg solver ("newton" or
     "lbfgs"; None: Newton for at most 128 parameters per model, else L-BFGS) and its tolerance (None: the solver's
@@ -259,7 +280,7 @@ def exact_cluster_shapley(X, y, X_val, y_val, cluster_labels, *, task: str, lear
                          f"allows p <= {MAX_EXACT_CLUSTERS}")
     game = SubsetGame(X, y, X_val, y_val, groups.reshape(-1).astype(np.int64), task=task, learner=learner,
                       solver=solver, tol=tol, max_models_per_batch=max_models_per_batch,
-                      memory_budget=memory_budget, device=device, min_classes=min_classes)
+                      memory_budget=memory_budget, device=device, min_classes=min_classes, metric=metric)
     masks = np.arange(1 << p, dtype=np.int64)
     kept = ((masks[:, None] >> np.arange(p)[None, :]) & 1).astype(bool)
     utilities = game.utilities(kept)
@@ -339,10 +360,11 @@ class TMCResult:
 def tmc_shapley(X, y, X_val, y_val, *, task: str, learner: str | None = None, permutations: int = 100,
                 truncation: Optional[float] = 0.01, patience: int = 1, random_state=0, solver=None, tol=None,
                 max_models_per_batch: int | None = None, memory_budget: int = MEMORY_BUDGET, device="cpu",
-                progress: Optional[Callable[[int, int], None]] = None, min_classes: int = 2) -> TMCResult:
+                progress: Optional[Callable[[int, int], None]] = None, min_classes: int = 2,
+                metric: str | None = None) -> TMCResult:
     """Truncated Monte Carlo Data Shapley (Ghorbani & Zou 2019) of every training point, trainings batched.
 
-    X, y, X_val, y_val, task, learner: as in ``exact_cluster_shapley`` (each point is its own player).
+    X, y, X_val, y_val, task, learner, metric: as in ``exact_cluster_shapley`` (each point is its own player).
     permutations: P >= 1 random orders (numpy default_rng(random_state)). truncation: None (every prefix is
     trained: the plain Monte Carlo permutation estimate, unbiased) or a tolerance t > 0: a permutation stops after
     ``patience`` consecutive prefixes with |U(D) - U(prefix)| < t * |U(D)|, and the points after the stopping prefix
@@ -366,7 +388,7 @@ def tmc_shapley(X, y, X_val, y_val, *, task: str, learner: str | None = None, pe
     n = X.shape[0]
     game = SubsetGame(X, y, X_val, y_val, np.arange(n, dtype=np.int64), task=task, learner=learner,
                       solver=solver, tol=tol, max_models_per_batch=max_models_per_batch,
-                      memory_budget=memory_budget, device=device, min_classes=min_classes)
+                      memory_budget=memory_budget, device=device, min_classes=min_classes, metric=metric)
     rng = np.random.default_rng(random_state)
     perms = np.stack([rng.permutation(n) for _ in range(permutations)])
     u_full = float(game.utilities(np.ones((1, n), dtype=bool))[0])

@@ -2,7 +2,7 @@
 similar points with leave-cluster-out (LCO) and pair-removal trainings, then hand each cluster's value to its
 members and add each point's own (intrinsic) part.
 
-    U(S)   learner trained on the clusters S, scored on the validation set (log-likelihood / R^2 by default)
+    U(S)   learner trained on the clusters S, scored on the validation set (expected accuracy / R^2 by default)
     a_i  = U(N) - U(N\\{i})                       lco_
     e_ij = U(N) - U(N\\{i,j}) - a_i - a_j         interactions_
     V_i  = a_i + lam * 1/2 sum_j e_ij             (Variant A; Variant B fits a Cobb-Douglas g = log A + sum b_i s_i)

@@ -42,7 +42,8 @@ class EcoVal:
     gamma, eps : multiplicative scores s = max(g, eps)^gamma.   knn_k : neighbours of the kNN expert.
     knn_reference : the kNN expert searches at most this many training rows (a seeded sample beyond it).
     efficiency : None or "global" (Variant A: rescale so that sum of cluster values = U(N) - u0).
-    metric : None (log-likelihood / R^2), "accuracy", "expected_accuracy", "log_likelihood", "r2", or a callable
+    metric : None (classification: "expected_accuracy", the mean probability of the validation labels; regression:
+        "r2"; docs/ecoval.md §2), "accuracy", "expected_accuracy", "log_likelihood", "r2", or a callable
         metric(y_true, proba_or_pred) -> float (y_true as given; proba columns in the order of classes_).
     keep_models : keep the R*p LCO models for value() (else refit once per cluster value() needs).
     n_init : k-means restarts (lowest inertia kept).
@@ -119,7 +120,7 @@ class EcoVal:
         data = inputs.check_data(X, y, X_val, y_val, self.task)
         entry = inputs.check_task_params(self, data.classification)
         self.task_ = data.task
-        self.metric_ = self.metric if self.metric is not None else ("log_likelihood" if data.classification else "r2")
+        self.metric_ = self.metric if self.metric is not None else ("expected_accuracy" if data.classification else "r2")
         self.intrinsic_kind_ = inputs.resolve_intrinsic(self)
         self.random_state_ = (self.random_state if self.random_state is not None
                               else int(np.random.SeedSequence().entropy % (2**63)))
