@@ -162,8 +162,18 @@ def test_T2_copies_give_lco_over_size(config):
     groups = np.repeat(np.arange(8), sizes)
     assert len({(g, c) for g, c in zip(groups, est.cluster_labels_)}) == 8   # one cluster per copied point
     n_i = np.bincount(est.cluster_labels_)
-    np.testing.assert_allclose(est.values_, est.lco_[est.cluster_labels_] / n_i[est.cluster_labels_],
+    np.testing.assert_allclose(est.values_, est.cluster_values_[est.cluster_labels_] / n_i[est.cluster_labels_],
                                rtol=1e-12, atol=1e-16)
+    # without interactions the game is additive in the LCO values, with the one-class rule (label-pure clusters):
+    # V = the Shapley value of q1(S) = u0 on one-class S, else U(N) - sum of a over the clusters not in S
+    classes = est._cluster_classes.argmax(1)
+
+    def q1(mask):
+        kept = [i for i in range(8) if mask >> i & 1]
+        if len({classes[i] for i in kept}) < 2:
+            return est.u0_
+        return est.utility_full_ - sum(est.lco_[i] for i in range(8) if i not in kept)
+    np.testing.assert_allclose(est.cluster_values_, shapley(q1, 8), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("p", [3, 5, 8])
@@ -177,6 +187,68 @@ def test_T3_pairwise_value_is_shapley_of_q(p):
     N = full_mask(p)
     for i, j in itertools.combinations(range(p), 2):
         assert abs(q(N ^ (1 << i) ^ (1 << j)) - table[N ^ (1 << i) ^ (1 << j)]) < 1e-12
+
+
+def pure_mock_fit(table, p, n_classes, **kwargs):
+    """mock_fit with label-pure clusters (cluster i holds class i % n_classes): subsets with fewer than two classes
+    are not fitted and score u0 = table[0]."""
+    X, _, _, _, ids = mock_data(p)
+    y = ids % n_classes
+    kwargs.setdefault("intrinsic", "uniform")
+    est = EcoVal(p, TableLearner(), metric=table_metric(table), verbose=False, **kwargs)
+    return est.fit(X, y, X[:4], y[:4], cluster_labels=ids)
+
+
+@pytest.mark.parametrize("p,n_classes", [(4, 2), (6, 2), (7, 3), (8, 2)])
+def test_T3b_pairwise_value_is_shapley_of_q_with_the_one_class_rule(p, n_classes):
+    """docs/ecoval.md §3: with label-pure clusters, V is the Shapley value of q1 = q on the subsets holding two
+    classes or more and u0 on the others (the rule the utility obeys), and the values sum to U(N) - u0."""
+    table = np.random.default_rng(10 * p + n_classes).normal(size=1 << p)
+    est = pure_mock_fit(table, p, n_classes)
+    classes = np.arange(p) % n_classes
+
+    def one_class(mask):
+        return len({classes[i] for i in range(p) if mask >> i & 1}) < 2
+
+    seen = np.array([table[0] if one_class(m) else table[m] for m in range(1 << p)])   # what EcoVal trains
+    q = q_game(seen, p)
+
+    def q1(mask):
+        return table[0] if one_class(mask) else q(mask)
+    np.testing.assert_allclose(est.cluster_values_, shapley(q1, p), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(est.cluster_values_.sum(), table[-1] - table[0], atol=1e-10)
+    assert est.u0_ == table[0]
+    # lam scales the interactions of the game whose Shapley value it is
+    half = pure_mock_fit(table, p, n_classes, lam=0.5)
+    N = full_mask(p)
+    a = [seen[N] - seen[N ^ (1 << i)] for i in range(p)]
+
+    def q_half(mask):
+        gone = [i for i in range(p) if not mask >> i & 1]
+        pairs = sum(seen[N] - seen[N ^ (1 << i) ^ (1 << j)] - a[i] - a[j] for i, j in itertools.combinations(gone, 2))
+        return table[0] if one_class(mask) else seen[N] - sum(a[i] for i in gone) - 0.5 * pairs
+    np.testing.assert_allclose(half.cluster_values_, shapley(q_half, p), rtol=0, atol=1e-10)
+
+
+def test_T3c_one_class_rule_with_sampled_pairs_and_mixed_clusters():
+    """Sampled pairs: the sums over unsampled partners are estimated (finite values, efficiency to U(N) - u0 up to
+    the estimate); a cluster holding both classes ends every one-class subset: it gets the rule's whole jump."""
+    p = 6
+    table = np.random.default_rng(4).normal(size=1 << p)
+    est = pure_mock_fit(table, p, 2, pairs=2)
+    assert np.isfinite(est.cluster_values_).all()
+    X, y, _, _, ids = mock_data(p)
+    y = np.where(ids < 4, ids % 2, y)                      # clusters 4, 5 hold both classes (mock_data's labels)
+    mixed = EcoVal(p, TableLearner(), metric=table_metric(table), intrinsic="uniform", verbose=False).fit(
+        X, y, X[:4], y[:4], cluster_labels=ids)
+    classes = [{0}, {1}, {0}, {1}, {0, 1}, {0, 1}]
+
+    def one_class(mask):
+        return len(set().union(*[classes[i] for i in range(p) if mask >> i & 1])) < 2
+    seen = np.array([table[0] if one_class(m) else table[m] for m in range(1 << p)])
+    q = q_game(seen, p)
+    np.testing.assert_allclose(mixed.cluster_values_, shapley(lambda m: table[0] if one_class(m) else q(m), p),
+                               rtol=0, atol=1e-10)
 
 
 def test_T4_additive_utility():

@@ -8,7 +8,7 @@ import pytest
 
 from lossval_fast.valuation.ecoval import EcoVal
 from problems import gaussians
-from lossval_fast.valuation.ecoval.cluster_values import cluster_value_se
+from lossval_fast.valuation.ecoval.cluster_values import cluster_value_se, pure_groups
 from lossval_fast.valuation.ecoval import propagation
 from lossval_fast.valuation.ecoval.propagation import (TrainingRows, class_evidence, knn_class_proba, neighbours,
                                                        neighbours_in_blocks, new_votes, regression_evidence,
@@ -159,20 +159,32 @@ def test_additive_values_are_cluster_shares_plus_intrinsic(noisy_gaussians):
 
 
 def test_cluster_value_se_is_over_per_point_values_whose_mean_is_the_value(noisy_gaussians):
+    """V_i(v): the Shapley value of the pairwise-truncated game with the one-class rule, built from validation point
+    v's utilities alone (brute force over the 2^p subsets); their mean is V_i, their spread over v the se."""
+    from lossval_fast.valuation.shapley import shapley_from_utilities
     est = noisy_gaussians[0]
     p = est.n_clusters_
-    se = cluster_value_se(est.utility_points_, [tuple(q) for q in est.pairs_], p, lam=est.lam)
+    groups = pure_groups(est._cluster_classes)
+    assert groups is not None and (groups >= 0).all()          # label-stratified: every cluster holds one class
+    u0_points = est._trainings.constant_points(est._utility)
+    se = cluster_value_se(est.utility_points_, [tuple(q) for q in est.pairs_], p, lam=est.lam, groups=groups,
+                          u0_points=u0_points)
     np.testing.assert_allclose(se, est.cluster_value_se_, rtol=1e-12)
-    # the per-point cluster values average to the cluster values (V is linear in U)
-    u = est.utility_points_.mean(0)
+    u = est.utility_points_.mean(0)                             # (S, m)
     a = u[0][None] - u[1:1 + p]
-    x = np.zeros_like(a)
+    e = np.zeros((p, p, u.shape[1]))
     for q, (i, j) in enumerate(est.pairs_):
-        e = u[0] - u[1 + p + q] - a[i] - a[j]
-        x[i] += 0.5 * e
-        x[j] += 0.5 * e
-    np.testing.assert_allclose((a + x).mean(1), est.cluster_values_, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose((a + x).std(1, ddof=1) / math.sqrt(u.shape[1]), se, rtol=1e-12)
+        e[i, j] = e[j, i] = u[0] - u[1 + p + q] - a[i] - a[j]
+    masks = np.arange(1 << p)
+    kept = (masks[:, None] >> np.arange(p)) & 1
+    removed = 1.0 - kept
+    one_class = np.array([len(set(groups[kept[t] == 1])) < 2 for t in masks])
+    V = np.empty((p, u.shape[1]))
+    for v in range(u.shape[1]):
+        q_v = u[0, v] - removed @ a[:, v] - 0.5 * np.einsum("ti,ij,tj->t", removed, e[:, :, v], removed)
+        V[:, v] = shapley_from_utilities(np.where(one_class, u0_points[v], q_v))
+    np.testing.assert_allclose(V.mean(1), est.cluster_values_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(V.std(1, ddof=1) / math.sqrt(u.shape[1]), se, rtol=1e-9)
 
 
 def test_validation_votes_against_a_plain_search():

@@ -2,7 +2,10 @@
 
     a_i  = U(N) - U(N\\{i})                       lco_
     e_ij = U(N) - U(N\\{i,j}) - a_i - a_j         interactions_
-    V_i  = a_i + lam * 1/2 sum_j e_ij             (Variant A; Variant B fits a Cobb-Douglas g = log A + sum b_i s_i)
+    V_i  = a_i + lam * 1/2 sum_j e_ij + k_i      (Variant A; Variant B fits a Cobb-Douglas g = log A + sum b_i s_i)
+
+k_i (classification) is the Shapley value of the one-class rule the utility obeys (a subset with fewer than two
+classes scores u0): V is the Shapley value of the pairwise-truncated game with that rule (docs/ecoval.md §3, §3.2).
 """
 from __future__ import annotations
 
@@ -17,25 +20,107 @@ from .propagation import _mean_rows
 CLIP = 1e-6            # Variant B: U <= 0 of a positive metric is clipped here before the log
 
 
-def cluster_values(utilities, removed, pair_list, p, *, u0, lam, cluster_value, efficiency, metric) -> dict:
+def pure_groups(cluster_classes) -> np.ndarray | None:
+    """(p,) the class of each cluster that holds a single class, -1 for clusters holding several; None when no
+    subset can hold fewer than two classes (regression, or every cluster mixed)."""
+    if cluster_classes is None:
+        return None
+    one = cluster_classes.sum(1) == 1
+    if not one.any():
+        return None
+    return np.where(one, cluster_classes.argmax(1), -1)
+
+
+def interaction_sums(e_pairs, pair_list, p, groups):
+    """From the interactions of the trained pairs e_pairs (P, *t): rowsum (p, *t) = the estimate of sum_{j != i}
+    e_ij, (p - 1) times the mean over i's trained partners (0 without partners), and ingroup (p, *t) = the same over
+    the partners j in i's single-class group (groups[j] == groups[i] >= 0; the mean of all i's partners stands in
+    when none of them is), times |group| - 1. With all pairs both are exact sums."""
+    shape = (p,) + e_pairs.shape[1:]
+    total, count = np.zeros(shape), np.zeros(p)
+    same_total, same_count = np.zeros(shape), np.zeros(p)
+    for q, (i, j) in enumerate(pair_list):
+        total[i] += e_pairs[q]
+        total[j] += e_pairs[q]
+        count[i] += 1
+        count[j] += 1
+        if groups is not None and groups[i] >= 0 and groups[i] == groups[j]:
+            same_total[i] += e_pairs[q]
+            same_total[j] += e_pairs[q]
+            same_count[i] += 1
+            same_count[j] += 1
+    extra = (slice(None),) + (None,) * (len(shape) - 1)
+    mean = np.where(count[extra] > 0, total / np.maximum(count, 1)[extra], 0.0)
+    rowsum = (p - 1) * mean
+    if groups is None:
+        return rowsum, None
+    size = np.array([np.sum(groups == g) if g >= 0 else 1 for g in groups])
+    same_mean = np.where(same_count[extra] > 0, same_total / np.maximum(same_count, 1)[extra], mean)
+    ingroup = np.where((groups >= 0)[extra], (size - 1)[extra] * same_mean, 0.0)
+    return rowsum, ingroup
+
+
+def one_class_correction(a, rowsum, ingroup, UN, u0, groups) -> np.ndarray:
+    """k (p, *t): the Shapley values of g(S) = (u0 - q(S)) [S holds fewer than 2 classes], so that V + k is the
+    Shapley value of q1 = q with the one-class rule (docs/ecoval.md §3). In presence form q(S) = c0 + sum_S c_i +
+    sum_{i<j in S} c_ij with c_i = a_i + rowsum_i, c_ij = -e_ij, c0 = U(N) - sum a - 1/2 sum rowsum; g is nonzero
+    only on the empty set and the subsets of one single-class group A (m clusters), where sum_{S in A, |S| = s} q(S)
+    = C(m, s) c0 + C(m-1, s-1) sum_A c_i + C(m-2, s-2) sum_{i<j in A} c_ij: closed forms, no enumeration.
+    a, rowsum, ingroup (p, *t) (lam already applied to the interactions), UN, u0 scalars or (*t)."""
+    p = len(groups)
+    c = a + rowsum
+    c0 = UN - a.sum(0) - 0.5 * rowsum.sum(0)
+    base = u0 - c0                                                  # g(empty set)
+
+    def w(s):                                                       # the Shapley weight of a coalition of s
+        return 1.0 / (p * math.comb(p - 1, s))
+
+    def comb(n, k):
+        return math.comb(n, k) if 0 <= k <= n else 0
+
+    # G_A = sum over the non-empty subsets S of group A of w(|S|) g(S)
+    G = {}
+    for g in np.unique(groups[groups >= 0]):
+        members = groups == g
+        m = int(members.sum())
+        s1 = c[members].sum(0)
+        s2 = 0.5 * ingroup[members].sum(0) * -1.0                   # sum_{i<j in A} c_ij = -sum_{i<j in A} e_ij
+        G[g] = sum(w(s) * (comb(m, s) * base - comb(m - 1, s - 1) * s1 - comb(m - 2, s - 2) * s2)
+                   for s in range(1, m + 1))
+    outside_all = w(0) * base + sum(G.values())
+    k = np.empty_like(a)
+    for i in range(p):
+        g = groups[i]
+        if g < 0:                                   # g(S + i) = 0: only -g(S) of every S it can follow
+            k[i] = -outside_all
+            continue
+        m = int(np.sum(groups == g))
+        # S in A \ {i} (the empty set too): g(S + i) - g(S) = -(c_i + sum_{j in S} c_ij)
+        inside = sum(w(s) * (comb(m - 1, s) * c[i] + comb(m - 2, s - 1) * -ingroup[i]) for s in range(m))
+        k[i] = -inside - (sum(G.values()) - G[g])  # S in another group: g(S + i) = 0
+    return k
+
+
+def cluster_values(utilities, removed, pair_list, p, *, u0, lam, cluster_value, efficiency, metric,
+                   groups=None) -> dict:
     """utilities (R, S), removal masks (S, p), the pairs -> the fitted attributes utility_full_, lco_,
-    interactions_, cluster_values_, extrinsic_, beta_star_, gamma_beta_star_ (a dict by attribute name)."""
+    interactions_, cluster_values_, extrinsic_, beta_star_, gamma_beta_star_ (a dict by attribute name).
+    groups: ``pure_groups`` of the clusters (None: no one-class rule)."""
     U = _mean_rows(utilities)
     UN = float(U[0])
     a = UN - U[1:1 + p]
     e = np.full((p, p), np.nan)
     np.fill_diagonal(e, 0.0)
-    partners = [[] for _ in range(p)]
+    e_pairs = np.empty(len(pair_list))
     for q, (i, j) in enumerate(pair_list):
-        e[i, j] = e[j, i] = UN - U[1 + p + q] - a[i] - a[j]
-        partners[i].append(j)
-        partners[j].append(i)
-    x = np.array([0.5 * (p - 1) * float(np.mean([e[i, j] for j in partners[i]])) if partners[i] else 0.0
-                  for i in range(p)])
+        e[i, j] = e[j, i] = e_pairs[q] = UN - U[1 + p + q] - a[i] - a[j]
     out = {"utility_full_": UN, "lco_": a, "interactions_": e}
     target = UN - u0
     if cluster_value == "pairwise_shapley":
-        extrinsic = lam * x
+        rowsum, ingroup = interaction_sums(lam * e_pairs, pair_list, p, groups)
+        extrinsic = 0.5 * rowsum
+        if groups is not None:
+            extrinsic = extrinsic + one_class_correction(a, rowsum, ingroup, UN, u0, groups)
         V = a + extrinsic
         gamma = 1.0
         if efficiency == "global":
@@ -76,25 +161,24 @@ def cluster_values(utilities, removed, pair_list, p, *, u0, lam, cluster_value, 
     return out
 
 
-def cluster_value_se(utility_points, pair_list, p, *, lam, scale=1.0) -> np.ndarray:
+def cluster_value_se(utility_points, pair_list, p, *, lam, scale=1.0, groups=None, u0_points=None) -> np.ndarray:
     """Standard errors (p,) of Variant A's cluster values over the validation points: U is a mean over the m
     validation points, and V_i is linear in U, so V_i is the mean over v of the same formula applied to the
     per-point utilities u_v (R, S, m) (repeats averaged first); se_i = std_v V_i(v) / sqrt(m). scale is the
     efficiency factor Gamma_beta applied to the values. NaN for all when the utilities are not per point
-    (a callable metric) or there is only one validation point."""
+    (a callable metric) or there is only one validation point. groups, u0_points (m,): the one-class rule's
+    groups and u0's per-point utilities (its correction is linear in them too)."""
     if utility_points is None or utility_points.shape[-1] < 2:
         return np.full(p, np.nan)
     u = _mean_rows(np.asarray(utility_points, dtype=np.float64))           # (S, m)
     m = u.shape[1]
     a = u[0][None, :] - u[1:1 + p]                                          # (p, m)
-    total = np.zeros_like(a)
-    count = np.zeros(p)
+    e_pairs = np.empty((len(pair_list), m))
     for q, (i, j) in enumerate(pair_list):
-        e = u[0] - u[1 + p + q] - a[i] - a[j]
-        total[i] += e
-        total[j] += e
-        count[i] += 1
-        count[j] += 1
-    x = np.where(count[:, None] > 0, 0.5 * (p - 1) * total / np.maximum(count, 1)[:, None], 0.0)
-    V = scale * (a + lam * x)
+        e_pairs[q] = u[0] - u[1 + p + q] - a[i] - a[j]
+    rowsum, ingroup = interaction_sums(lam * e_pairs, pair_list, p, groups)
+    V = a + 0.5 * rowsum
+    if groups is not None:
+        V = V + one_class_correction(a, rowsum, ingroup, u[0], np.asarray(u0_points, np.float64), groups)
+    V = scale * V
     return V.std(1, ddof=1) / math.sqrt(m)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...ops.memory import release_freed_memory
 from . import checkpoint, clustering, inputs, out_of_sample, subsets
-from .cluster_values import cluster_value_se, cluster_values
+from .cluster_values import cluster_value_se, cluster_values, pure_groups
 from .propagation import propagate, propagate_additive
 from .trainings import Trainings, _Utility
 
@@ -167,11 +167,14 @@ class EcoVal:
             self._Z = self._clustering_space(data)
         self._collect(state, skip)
         self.backend_ = self._trainings.describe()
+        groups = pure_groups(self._cluster_classes)     # the one-class rule (docs/ecoval.md §3)
         vars(self).update(cluster_values(self.utilities_, removed, pair_list, p, u0=self.u0_, lam=self.lam,
                                          cluster_value=self.cluster_value, efficiency=self.efficiency,
-                                         metric=self.metric_))
+                                         metric=self.metric_, groups=groups))
         if self.propagation == "additive":
-            se = cluster_value_se(self.utility_points_, pair_list, p, lam=self.lam, scale=self.gamma_beta_star_) \
+            se = cluster_value_se(self.utility_points_, pair_list, p, lam=self.lam, scale=self.gamma_beta_star_,
+                                  groups=groups, u0_points=self._trainings.constant_points(self._utility)
+                                  if self.utility_points_ is not None else None) \
                 if self.cluster_value == "pairwise_shapley" else np.full(p, np.nan)
             propagate_additive(self, labels, members, se)
         else:
