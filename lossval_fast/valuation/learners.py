@@ -152,6 +152,7 @@ class _NewtonLogReg:
                  memory_budget: int = 256 << 20):
         self.Xbar = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1).contiguous()
         self.XbarT = self.Xbar.T.contiguous()
+        y = y.long()
         self.y, self.C, self.l2, self.tol, self.max_iter = y, n_classes, float(l2), float(tol), int(max_iter)
         n, D1 = self.Xbar.shape
         self.Q = sum_zero_basis(n_classes, X.dtype, X.device)
@@ -388,7 +389,7 @@ class _LogRegObjective:
         if self._scale is None:
             F[:, d] = 1.0
         else:
-            scale = self._scale[self._class1[lo:hi].long()]
+            scale = self._scale.index_select(0, self._class1[lo:hi].long())
             Fd.mul_(scale[:, None])
             F[:, d] = scale
         return F
@@ -516,24 +517,26 @@ class _ClusterRowWeights(_RowWeights):
     """_RowWeights of models that keep whole clusters: the mask of a row is its cluster's, made per block from the
     (T, p) kept clusters and the rows' clusters (no (T, n) mask), with the same n_s and the same bits."""
 
-    def __init__(self, kept: torch.Tensor, cluster_of: torch.Tensor, w: torch.Tensor):
-        self.kept, self.cluster_of, self.w = kept, cluster_of, w
+    def __init__(self, weights: torch.Tensor, cluster_of: torch.Tensor, w: torch.Tensor):
+        self.weights, self.cluster_of, self.w = weights, cluster_of, w   # weights (T, p): mask * (1 / n_s)
 
     @classmethod
     def of_clusters(cls, kept: torch.Tensor, cluster_of: torch.Tensor) -> "_ClusterRowWeights":
         sizes = torch.bincount(cluster_of, minlength=kept.shape[1])
         counts = (kept.long() * sizes).sum(1).to(torch.float64)
-        return cls(kept, cluster_of, torch.ones_like(counts).div_(counts))
+        w = torch.ones_like(counts).div_(counts)
+        return cls(kept.to(w.dtype).mul_(w[:, None]), cluster_of, w)
 
     @property
     def shape(self):
-        return (self.kept.shape[0], self.cluster_of.shape[0])
+        return (self.weights.shape[0], self.cluster_of.shape[0])
 
     def block(self, lo: int, hi: int) -> torch.Tensor:
-        return self.kept[:, self.cluster_of[lo:hi]].to(self.w.dtype).mul_(self.w[:, None])
+        return self.weights.index_select(1, self.cluster_of[lo:hi])
 
     def index_select(self, dim: int, index: torch.Tensor) -> "_ClusterRowWeights":
-        return _ClusterRowWeights(self.kept.index_select(dim, index), self.cluster_of, self.w.index_select(dim, index))
+        return _ClusterRowWeights(self.weights.index_select(dim, index), self.cluster_of,
+                                  self.w.index_select(dim, index))
 
 
 def _two_loop(G: torch.Tensor, S: torch.Tensor, Yh: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor,
@@ -1098,7 +1101,7 @@ class BatchedMLP:
             self.X = torch.empty(X.shape, dtype=torch.float32, device=X.device)
             for lo in range(0, X.shape[0], block):
                 self.X[lo:lo + block] = transform(X[lo:lo + block])
-        self.y = y.to(X.device) if classification else y.to(device=X.device, dtype=torch.float32).reshape(-1)
+        self.y = y.to(X.device).long() if classification else y.to(device=X.device, dtype=torch.float32).reshape(-1)
         self.cluster_of = cluster_of.to(X.device)
         self.outputs, self.classification = outputs, classification
         self.hidden, self.lr, self.batch_size, self.epochs = hidden, lr, batch_size, epochs
