@@ -185,7 +185,8 @@ def test_memory_mapped_fit_allocates_far_less_than_the_file(tmp_path):
 def test_ecoval_fit_memory_stays_near_the_input():
     """EcoVal (stratified k-means with restarts, the batched L-BFGS logreg, 4 models at a time, multiplicative values)
     on 300,000 x 32 float32 points (37 MiB): the anonymous memory the fit adds (RssAnon sampled every ms) stays
-    below 3.5x the input's bytes (measured: 2.5x). Every float64 copy of X adds 2x (issue 14: the k-means'
+    below 3x the input's bytes (measured: 2.37x; 2.57x before the trainer's (n,) float64 row signs, the (T, n)
+    masks, the int64 class codes and the k-means' held row indices went). Every float64 copy of X adds 2x (issue 14: the k-means'
     standardised features and the logreg's F^T were two of them, and the growth was 5.9x); now k-means holds one
     class's standardised rows, the logreg makes F's rows per block, and the values phase needs no standardised
     copy."""
@@ -215,7 +216,7 @@ def test_ecoval_fit_memory_stays_near_the_input():
     """)
     assert result.returncode == 0, result.stderr
     growth, size = map(int, result.stdout.split())
-    assert growth < 3.5 * size, (growth / 2**20, size / 2**20)
+    assert growth < 3.0 * size, (growth / 2**20, size / 2**20)
 
 
 # ---------------------------------------------------------------------------------------------- resumable runs

@@ -324,6 +324,7 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int, threshold: f
             if bool((counts == 0).any()):  # relocation needs every row's distance: this pass again, plainly
                 bounds = None
         if bounds is None:
+            step = None   # the last pass's outputs go before this pass makes its own (labels_old keeps its index)
             step = nearest(x, c, accumulate=True, backend=backend, validate=False)
             index, counts, sums_t = step.index, step.counts, step.sums
         sums = sums_t.double()
@@ -352,6 +353,8 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, max_iter: int, threshold: f
         if (may_bound and bounds is None and labels_old is not None
                 and int((index != labels_old).sum()) < _BOUNDED_SWITCH * x.shape[0]):
             bounds = _Bounds(index)
+        if bounds is not None:
+            step = index = None   # the bounded passes need neither (a plain pass makes its own again)
         labels_old, counts_old = (None, None) if bounds is not None else (index, counts)
     if strict and bounds is None:
         labels = step.index

@@ -152,6 +152,7 @@ class _NewtonLogReg:
                  memory_budget: int = 256 << 20):
         self.Xbar = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1).contiguous()
         self.XbarT = self.Xbar.T.contiguous()
+        y = y.long()
         self.y, self.C, self.l2, self.tol, self.max_iter = y, n_classes, float(l2), float(tol), int(max_iter)
         n, D1 = self.Xbar.shape
         self.Q = sum_zero_basis(n_classes, X.dtype, X.device)
@@ -330,7 +331,8 @@ class _LogRegObjective:
     A = V F^T is one GEMM over all models, the gradient one more, R F; on the CPU both run over F's row blocks,
     made from X when needed (``trial`` does the direction's predictors, the objective and the gradient at the unit
     step in one pass), so the memory is X itself plus about two (T, K, n) float64 arrays (A and the direction's
-    AD) and a (T, n) mask; on a GPU F^T is stored once. Dropping models from the working set is a row gather.
+    AD), the class of each row (1 byte) and the row weights (BatchedLogReg on the CPU: made per block from the kept
+    clusters, no (T, n) mask); on a GPU F^T is stored once. Dropping models from the working set is a row gather.
     - Two classes, K = 1: V is the sum-zero coordinate (W = Q V) and F = -sign * sqrt 2 * Xbar (sign +1 for class
       0), so A is minus the margin of the true class, the cross-entropy softplus(A), its derivative sigmoid(A):
       one transcendental pass each, accurate in both tails.
@@ -354,8 +356,9 @@ class _LogRegObjective:
         self.dtype, self.device = torch.float64, X.device
         self.block = int(block) if block is not None else (FEATURE_BLOCK if X.device.type == "cpu" else 1 << 15)
         if self.K == 1:
-            sign = 1.0 - 2.0 * (y == 1).to(self.dtype)                       # +1 for class 0, -1 for class 1
-            self._scale = (-math.sqrt(2.0)) * sign
+            # F's row scale -sqrt 2 * sign (sign +1 for class 0, -1 for class 1), made per block from a byte a row
+            self._class1 = (y == 1)
+            self._scale = torch.tensor([-math.sqrt(2.0), math.sqrt(2.0)], dtype=self.dtype, device=X.device)
             self.Q = sum_zero_basis(2, self.dtype, X.device)
         else:
             self._scale = None
@@ -386,7 +389,7 @@ class _LogRegObjective:
         if self._scale is None:
             F[:, d] = 1.0
         else:
-            scale = self._scale[lo:hi]
+            scale = self._scale.index_select(0, self._class1[lo:hi].long())
             Fd.mul_(scale[:, None])
             F[:, d] = scale
         return F
@@ -510,6 +513,32 @@ class _RowWeights:
         return _RowWeights(self.keep.index_select(dim, index), self.w.index_select(dim, index))
 
 
+class _ClusterRowWeights(_RowWeights):
+    """_RowWeights of models that keep whole clusters: the mask of a row is its cluster's, made per block from the
+    (T, p) kept clusters and the rows' clusters (no (T, n) mask), with the same n_s and the same bits."""
+
+    def __init__(self, weights: torch.Tensor, cluster_of: torch.Tensor, w: torch.Tensor):
+        self.weights, self.cluster_of, self.w = weights, cluster_of, w   # weights (T, p): mask * (1 / n_s)
+
+    @classmethod
+    def of_clusters(cls, kept: torch.Tensor, cluster_of: torch.Tensor) -> "_ClusterRowWeights":
+        sizes = torch.bincount(cluster_of, minlength=kept.shape[1])
+        counts = (kept.long() * sizes).sum(1).to(torch.float64)
+        w = torch.ones_like(counts).div_(counts)
+        return cls(kept.to(w.dtype).mul_(w[:, None]), cluster_of, w)
+
+    @property
+    def shape(self):
+        return (self.weights.shape[0], self.cluster_of.shape[0])
+
+    def block(self, lo: int, hi: int) -> torch.Tensor:
+        return self.weights.index_select(1, self.cluster_of[lo:hi])
+
+    def index_select(self, dim: int, index: torch.Tensor) -> "_ClusterRowWeights":
+        return _ClusterRowWeights(self.weights.index_select(dim, index), self.cluster_of,
+                                  self.w.index_select(dim, index))
+
+
 def _two_loop(G: torch.Tensor, S: torch.Tensor, Yh: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor,
               count: int, newest: int) -> torch.Tensor:
     """L-BFGS two-loop recursion for every model at once: H G, with G (T, P), the ring buffers S, Yh (m, T, P) and
@@ -586,14 +615,14 @@ class _LbfgsLogReg:
         self.tol, self.max_iter, self.memory = float(tol), int(max_iter), int(memory)
 
     def fit(self, masks: torch.Tensor):
-        """masks (T, n) 0/1 (bool or float; kept as bool with the weights 1/n_s) -> W (T, D1, C), V (T, K, D1),
-        iterations (T,), converged (T,)."""
+        """masks (T, n) 0/1 (bool or float; kept as bool with the weights 1/n_s), or the row weights themselves
+        (a _RowWeights) -> W (T, D1, C), V (T, K, D1), iterations (T,), converged (T,)."""
         obj = self.obj
         T, n = masks.shape
         D1, K, m = obj.D1, obj.K, self.memory
         dev, dtype = obj.device, obj.dtype
         P = K * D1
-        coef = _RowWeights.of(masks)                                          # (T, n): 1/n_s on the kept rows
+        coef = masks if isinstance(masks, _RowWeights) else _RowWeights.of(masks)   # (T, n): 1/n_s on kept rows
         V_out = torch.zeros(T, K, D1, dtype=dtype, device=dev)
         steps = torch.zeros(T, dtype=torch.long)
         converged = torch.zeros(T, dtype=torch.bool)
@@ -869,7 +898,11 @@ class BatchedLogReg:
         """removed (T, p) bool -> {"W": (T, d+1, C), "steps": (T,), "converged": (T,)}. Every model starts from
         zero, like a separate fit, and the repeat seeds are not used (a convex problem has one answer): the
         iterates are those of ``LogReg`` (same solver) on the model's rows, up to rounding."""
-        masks = (~removed.to(self.cluster_of.device))[:, self.cluster_of]   # (T, n) bool
+        kept = ~removed.to(self.cluster_of.device)
+        if self.solver == "lbfgs" and self.cluster_of.device.type == "cpu":   # row blocks: no (T, n) mask
+            W, _, steps, converged = self.optimizer.fit(_ClusterRowWeights.of_clusters(kept, self.cluster_of))
+            return {"W": W, "steps": steps, "converged": converged}
+        masks = kept[:, self.cluster_of]   # (T, n) bool
         W, _, steps, converged = self.optimizer.fit(masks if self.solver == "lbfgs" else masks.to(torch.float64))
         return {"W": W, "steps": steps, "converged": converged}
 
@@ -1068,7 +1101,7 @@ class BatchedMLP:
             self.X = torch.empty(X.shape, dtype=torch.float32, device=X.device)
             for lo in range(0, X.shape[0], block):
                 self.X[lo:lo + block] = transform(X[lo:lo + block])
-        self.y = y.to(X.device) if classification else y.to(device=X.device, dtype=torch.float32).reshape(-1)
+        self.y = y.to(X.device).long() if classification else y.to(device=X.device, dtype=torch.float32).reshape(-1)
         self.cluster_of = cluster_of.to(X.device)
         self.outputs, self.classification = outputs, classification
         self.hidden, self.lr, self.batch_size, self.epochs = hidden, lr, batch_size, epochs

@@ -135,11 +135,10 @@ def run_kmeans(Z, groups, quotas, n_init, random_state):
     inertia kept."""
     Z = _space(Z)
     seed = _seed(random_state, 0)
-    if len(quotas) > 1:
-        members = [np.flatnonzero(groups == gid) for gid in range(len(quotas))]
-        result = ops.kmeans_groups(lambda gid: torch.from_numpy(Z.rows(members[gid])),
-                                   [len(rows) for rows in members], quotas, init="k-means++", n_init=n_init,
-                                   random_state=seed)
+    if len(quotas) > 1:   # a group's row indices are made when its rows are (not all groups' held through the fit)
+        sizes = np.bincount(groups, minlength=len(quotas)).tolist()
+        result = ops.kmeans_groups(lambda gid: torch.from_numpy(Z.rows(_rows_of(groups, gid))), sizes, quotas,
+                                   init="k-means++", n_init=n_init, random_state=seed)
     else:
         result = ops.kmeans(torch.as_tensor(Z.rows(), dtype=torch.float64), quotas[0], init="k-means++",
                             n_init=n_init, random_state=seed)
@@ -151,13 +150,19 @@ def run_kmeans(Z, groups, quotas, n_init, random_state):
     return centroids, centroid_groups
 
 
+def _rows_of(groups, gid) -> np.ndarray:
+    """The indices of group gid's rows, int32 where they fit (half the bytes of int64; the same rows)."""
+    rows = np.flatnonzero(groups == gid)
+    return rows.astype(np.int32) if len(groups) <= np.iinfo(np.int32).max else rows
+
+
 def assign(Z, groups, centroids, centroid_groups):
     """Nearest centroid within the point's group, ties to the lower index (the op's rule)."""
     Z = _space(Z)
     labels = np.empty(len(Z), dtype=np.int64)
     c = torch.as_tensor(centroids, dtype=torch.float64)
     for gid in np.unique(groups):
-        rows = np.flatnonzero(groups == gid)
+        rows = _rows_of(groups, gid)
         cands = np.flatnonzero(centroid_groups == gid)
         x = Z.rows() if len(rows) == len(Z) else Z.rows(rows)
         found = ops.nearest(torch.as_tensor(x, dtype=torch.float64), c[cands]).index.numpy()

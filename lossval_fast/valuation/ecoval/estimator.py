@@ -141,7 +141,7 @@ class EcoVal:
         del Z
         release_freed_memory()
         self.timings_ = {"clustering": time.perf_counter() - began}
-        self._members = members = [np.flatnonzero(labels == i) for i in range(p)]
+        self._members = members = [clustering._rows_of(labels, i) for i in range(p)]   # int32 where n fits
         self._cluster_classes = clustering.cluster_classes(labels, data.y_code, p, data.C) \
             if data.classification else None
         self._stratified = bool(data.classification and self.stratify_by_label)

@@ -182,8 +182,8 @@ def _column_sums(X, mu=None) -> np.ndarray:
 class Data:
     """The checked data of one fit. X as given when float32 or float64 (else a float64 copy): EcoVal keeps no
     float64 copy of it; standardized() computes the built-in learners' features (X - mu) / sigma (rows or all)
-    from it, bit for bit the same every time. Classification: classes (sorted), y_code (n,) codes, y_val_code (m,)
-    codes (-1: a label absent from y), C classes. Regression: y, y_val float64, C = 1, and the learners see the
+    from it, bit for bit the same every time. Classification: classes (sorted), y_code (n,) codes (int8 below 128
+    classes), y_val_code (m,) codes (-1: a label absent from y), C classes. Regression: y, y_val float64, C = 1, and the learners see the
     targets (y - y_mu) / y_sigma."""
 
     X: np.ndarray
@@ -254,7 +254,8 @@ def prepare(data: Data, metric) -> Data:
         data.classes = np.unique(y)
         if len(data.classes) < 2:
             raise ValueError(f"y holds only one class ({data.classes[0]!r}); EcoVal needs at least 2 classes")
-        data.y_code = np.searchsorted(data.classes, y)
+        # the codes in the smallest integer type that holds them (1 byte a point for < 128 classes, not 8)
+        data.y_code = np.searchsorted(data.classes, y).astype(np.min_scalar_type(-len(data.classes)))
         known = np.isin(y_val, data.classes)
         if not known.all():
             absent = np.unique(y_val[~known])
