@@ -251,6 +251,23 @@ def test_T3c_one_class_rule_with_sampled_pairs_and_mixed_clusters():
                                rtol=0, atol=1e-10)
 
 
+def test_T3d_one_class_correction_is_efficient_for_large_p():
+    """The closed form of docs/ecoval.md §3 at p = 1,500 (C(p-1, s) far beyond float64): finite, and the values of
+    q1 sum to U(N) - u0 (g(N) = 0 when N holds two classes)."""
+    from lossval_fast.valuation.ecoval.cluster_values import interaction_sums, one_class_correction
+    p = 1500
+    rng = np.random.default_rng(0)
+    a = rng.normal(scale=1e-3, size=p)
+    pairs = [(i, j) for i in range(p) for j in rng.choice(np.arange(i + 1, p), size=min(3, p - i - 1), replace=False)]
+    e_pairs = rng.normal(scale=1e-4, size=len(pairs))
+    groups = np.where(np.arange(p) < 1200, 0, 1)
+    groups[:5] = -1                                         # a few clusters hold both classes
+    rowsum, ingroup = interaction_sums(e_pairs, pairs, p, groups)
+    k = one_class_correction(a, rowsum, ingroup, 0.8, 0.6, groups)
+    assert np.isfinite(k).all()
+    np.testing.assert_allclose(np.sum(a + 0.5 * rowsum + k), 0.8 - 0.6, rtol=1e-9)
+
+
 def test_T4_additive_utility():
     p = 6
     c = np.random.default_rng(1).normal(size=p)

@@ -72,32 +72,31 @@ def one_class_correction(a, rowsum, ingroup, UN, u0, groups) -> np.ndarray:
     c0 = UN - a.sum(0) - 0.5 * rowsum.sum(0)
     base = u0 - c0                                                  # g(empty set)
 
-    def w(s):                                                       # the Shapley weight of a coalition of s
-        return 1.0 / (p * math.comb(p - 1, s))
+    def weighted(n, shift, sizes):
+        """sum over s in sizes of w(s) C(n, s - shift), w(s) = 1 / (p C(p-1, s)) the Shapley weight of a coalition
+        of s; exact integer ratios (no overflow for any p)."""
+        return sum(math.comb(n, s - shift) / (p * math.comb(p - 1, s)) for s in sizes if 0 <= s - shift <= n)
 
-    def comb(n, k):
-        return math.comb(n, k) if 0 <= k <= n else 0
-
-    # G_A = sum over the non-empty subsets S of group A of w(|S|) g(S)
-    G = {}
+    # G_A = sum over the non-empty subsets S of group A of w(|S|) g(S); per member i of A the weights of the
+    # subsets S of A \ {i} (the empty set too), where g(S + i) - g(S) = -(c_i + sum_{j in S} c_ij)
+    G, inside = {}, {}
     for g in np.unique(groups[groups >= 0]):
         members = groups == g
         m = int(members.sum())
         s1 = c[members].sum(0)
-        s2 = 0.5 * ingroup[members].sum(0) * -1.0                   # sum_{i<j in A} c_ij = -sum_{i<j in A} e_ij
-        G[g] = sum(w(s) * (comb(m, s) * base - comb(m - 1, s - 1) * s1 - comb(m - 2, s - 2) * s2)
-                   for s in range(1, m + 1))
-    outside_all = w(0) * base + sum(G.values())
+        s2 = -0.5 * ingroup[members].sum(0)                         # sum_{i<j in A} c_ij = -sum_{i<j in A} e_ij
+        sizes = range(1, m + 1)
+        G[g] = weighted(m, 0, sizes) * base - weighted(m - 1, 1, sizes) * s1 - weighted(m - 2, 2, sizes) * s2
+        inside[g] = (weighted(m - 1, 0, range(m)), weighted(m - 2, 1, range(m)))
+    all_groups = sum(G.values())
     k = np.empty_like(a)
     for i in range(p):
         g = groups[i]
         if g < 0:                                   # g(S + i) = 0: only -g(S) of every S it can follow
-            k[i] = -outside_all
+            k[i] = -(base / p + all_groups)         # w(0) = 1 / p
             continue
-        m = int(np.sum(groups == g))
-        # S in A \ {i} (the empty set too): g(S + i) - g(S) = -(c_i + sum_{j in S} c_ij)
-        inside = sum(w(s) * (comb(m - 1, s) * c[i] + comb(m - 2, s - 1) * -ingroup[i]) for s in range(m))
-        k[i] = -inside - (sum(G.values()) - G[g])  # S in another group: g(S + i) = 0
+        own, pairs = inside[g]
+        k[i] = -(own * c[i] - pairs * ingroup[i]) - (all_groups - G[g])   # S in another group: g(S + i) = 0
     return k
 
 
