@@ -153,9 +153,43 @@ def test_additive_values_are_cluster_shares_plus_intrinsic(noisy_gaussians):
                                est.cluster_shares_, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(np.bincount(labels, est.weights_, p), 1.0, rtol=1e-12)
     assert np.all(est.intrinsic_ <= 0) and np.all(est.evidence_ <= 0)
-    np.testing.assert_allclose(est.intrinsic_, est.intrinsic_weight / len(labels) * est.evidence_, rtol=1e-15)
+    assert est.evidence_margin_ == 0.5                       # classification's default margin (docs §4.1)
+    np.testing.assert_allclose(est.intrinsic_, est.intrinsic_weight / len(labels) * np.minimum(0.0, est.evidence_ + 0.5),
+                               rtol=1e-15, atol=0)
+    assert (est.intrinsic_ == 0).sum() > (est.evidence_ == 0).sum()     # the margin forgives some evidence
     assert est.cluster_value_se_.shape == (p,) and np.all(est.cluster_value_se_ > 0)
     np.testing.assert_array_equal(est.cluster_shares_, shrink(est.cluster_values_, est.cluster_value_se_))
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.3, 2.0])
+def test_evidence_margin_forgives_only_the_evidence_within_it(noisy_gaussians, margin):
+    """The margin changes the intrinsic part only: the same evidence, clusters and votes; intrinsic_ is
+    (w / n) * min(0, delta + tau) and values_ move by exactly the change of the intrinsic part; value() of new
+    points uses the same margin (a copy of a training point gets its value with intrinsic="lco_proba")."""
+    est, X, y, Xv, yv, _ = noisy_gaussians
+    other = EcoVal(n_clusters=10, random_state=0, verbose=False, evidence_margin=margin).fit(X, y, Xv, yv)
+    assert other.evidence_margin_ == margin
+    np.testing.assert_array_equal(other.evidence_, est.evidence_)
+    np.testing.assert_array_equal(other.relevance_, est.relevance_)
+    np.testing.assert_array_equal(other.cluster_shares_, est.cluster_shares_)
+    unit = other.intrinsic_weight / len(y)
+    expected = unit * (np.minimum(0.0, est.evidence_ + margin) if margin else est.evidence_)
+    np.testing.assert_array_equal(other.intrinsic_, expected)
+    np.testing.assert_allclose(other.values_ - est.values_, other.intrinsic_ - est.intrinsic_, rtol=0, atol=1e-15)
+    flagged = est.evidence_ < -margin
+    assert np.all(other.intrinsic_[~flagged] == 0) and np.all(other.intrinsic_[flagged] < 0)
+    lco = EcoVal(n_clusters=10, random_state=0, verbose=False, evidence_margin=margin, intrinsic="lco_proba").fit(X, y, Xv, yv)
+    rows = np.arange(0, len(y), 37)
+    np.testing.assert_allclose(lco.value(X[rows], y[rows]), lco.values_[rows], rtol=1e-12, atol=1e-15)
+
+
+def test_regression_has_no_evidence_margin_by_default():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(160, 3))
+    y = X @ np.array([1.0, -0.5, 0.2]) + 0.1 * rng.normal(size=160)
+    est = EcoVal(n_clusters=4, random_state=0, verbose=False).fit(X[:120], y[:120], X[120:], y[120:])
+    assert est.task_ == "regression" and est.evidence_margin_ == 0.0
+    np.testing.assert_array_equal(est.intrinsic_, est.intrinsic_weight / 120 * est.evidence_)
 
 
 def test_cluster_value_se_is_over_per_point_values_whose_mean_is_the_value(noisy_gaussians):
@@ -281,6 +315,9 @@ def test_multiplicative_propagation_is_still_available():
                                           ({"intrinsic_weight": float("nan")}, "intrinsic_weight"),
                                           ({"relevance_weight": -1.0}, "relevance_weight"),
                                           ({"relevance_weight": float("inf")}, "relevance_weight"),
+                                          ({"evidence_margin": -0.1}, "evidence_margin"),
+                                          ({"evidence_margin": float("nan")}, "evidence_margin"),
+                                          ({"evidence_margin": "0.5"}, "evidence_margin"),
                                           ({"shrinkage": "yes"}, "shrinkage"),
                                           ({"knn_reference": 0}, "knn_reference"),
                                           ({"intrinsic": "lco_knn", "propagation": "multiplicative"}, "lco_knn")])

@@ -38,6 +38,10 @@ class EcoVal:
         or "uniform" (none).
     intrinsic_weight : w, utility per nat of evidence against a label is w / n (additive).
     relevance_weight : b, utility per validation vote is b / (knn_k * m) (additive, classification; 0: no votes).
+    evidence_margin : tau >= 0 nats; the intrinsic part counts only the evidence beyond it:
+        intrinsic_ = (w / n) * min(0, evidence_ + tau) (additive; docs/ecoval.md §4.1). None: 0.5 in
+        classification (a label at most e^0.5 times less likely than another is not held against the point), 0 in
+        regression.
     shrinkage : shrink each cluster's share towards 0 by its standard error over the validation points (additive).
     gamma, eps : multiplicative scores s = max(g, eps)^gamma.   knn_k : neighbours of the kNN expert.
     knn_reference : the kNN expert searches at most this many training rows (a seeded sample beyond it).
@@ -61,7 +65,7 @@ class EcoVal:
     ----------------------
     values_, cluster_labels_, centroids_, lco_, extrinsic_, interactions_, cluster_values_, beta_star_,
     intrinsic_ (additive: (w / n) * evidence_; multiplicative: the scores s), weights_ (share of the cluster value),
-    evidence_ (additive: delta <= 0, nats), relevance_ (additive: the validation votes' part, 0 in regression),
+    evidence_ (additive: delta <= 0, nats), evidence_margin_ (tau used), relevance_ (additive: the validation votes' part, 0 in regression),
     cluster_shares_ (additive: shrunk cluster values), cluster_value_se_,
     intrinsic_kind_, utility_full_, u0_, gamma_beta_star_, n_trainings_ (fits run by this call), classes_,
     backend_ (path and device); also n_clusters_, pairs_ (|P|, 2), subsets_ (S, p) removal masks, utilities_
@@ -75,7 +79,7 @@ class EcoVal:
 
     def __init__(self, n_clusters=20, learner=None, *, task="auto", stratify_by_label=True, embed=None, pairs="all",
                  n_repeats=1, lam=1.0, cluster_value="pairwise_shapley", propagation="additive", intrinsic=None,
-                 intrinsic_weight=100.0, relevance_weight=30.0, shrinkage=True, gamma=1.0, eps=1e-3, knn_k=10,
+                 intrinsic_weight=100.0, relevance_weight=30.0, evidence_margin=None, shrinkage=True, gamma=1.0, eps=1e-3, knn_k=10,
                  knn_reference=50_000, efficiency=None, metric=None, keep_models=True, n_init=10, backend="auto",
                  device=None, max_models_per_batch=None, n_jobs=1, checkpoint=None, random_state=0, verbose=True):
         self.n_clusters = n_clusters
@@ -91,6 +95,7 @@ class EcoVal:
         self.intrinsic = intrinsic
         self.intrinsic_weight = intrinsic_weight
         self.relevance_weight = relevance_weight
+        self.evidence_margin = evidence_margin
         self.shrinkage = shrinkage
         self.gamma = gamma
         self.eps = eps
@@ -122,6 +127,7 @@ class EcoVal:
         self.task_ = data.task
         self.metric_ = self.metric if self.metric is not None else ("expected_accuracy" if data.classification else "r2")
         self.intrinsic_kind_ = inputs.resolve_intrinsic(self)
+        self.evidence_margin_ = inputs.resolve_evidence_margin(self, data.classification)
         self.random_state_ = (self.random_state if self.random_state is not None
                               else int(np.random.SeedSequence().entropy % (2**63)))
         self._data = data = inputs.prepare(data, self.metric_)

@@ -79,6 +79,8 @@ def check_params(est) -> None:
         raise ValueError(f"intrinsic_weight must be a finite number >= 0, got {est.intrinsic_weight!r}")
     if not _is_real(est.relevance_weight) or est.relevance_weight < 0:
         raise ValueError(f"relevance_weight must be a finite number >= 0, got {est.relevance_weight!r}")
+    if est.evidence_margin is not None and (not _is_real(est.evidence_margin) or est.evidence_margin < 0):
+        raise ValueError(f"evidence_margin must be a finite number >= 0 (nats), got {est.evidence_margin!r}")
     if not isinstance(est.shrinkage, (bool, np.bool_)):
         raise ValueError(f"shrinkage must be True or False, got {est.shrinkage!r}")
     if not _is_int(est.knn_reference) or est.knn_reference < 2:
@@ -121,6 +123,16 @@ def resolve_intrinsic(est) -> str:
     if est.intrinsic is not None:
         return est.intrinsic
     return "lco_knn" if est.propagation == "additive" else "lco_proba"
+
+
+CLASSIFICATION_EVIDENCE_MARGIN = 0.5   # nats; docs/ecoval.md §4.1 (measured in §7)
+
+
+def resolve_evidence_margin(est, classification: bool) -> float:
+    """evidence_margin=None: 0.5 nats in classification, 0 in regression (where a margin only lost detection)."""
+    if est.evidence_margin is not None:
+        return float(est.evidence_margin)
+    return CLASSIFICATION_EVIDENCE_MARGIN if classification else 0.0
 
 
 def _or(names) -> str:

@@ -373,6 +373,12 @@ def relevance(est, rows: TrainingRows) -> np.ndarray:
     return est._relevance_unit * votes
 
 
+def intrinsic_part(est, delta: np.ndarray) -> np.ndarray:
+    """(w / n) * min(0, delta + tau): only the evidence beyond the margin tau (nats) counts against a label."""
+    tau = est.evidence_margin_
+    return est._intrinsic_unit * (np.minimum(0.0, delta + tau) if tau else delta)
+
+
 def heldout_mean(est) -> np.ndarray:
     """The LCO models' held-out outputs, averaged over the repeats: (n, C) probabilities or (n,) predictions."""
     return _mean_rows(est._heldout)
@@ -396,7 +402,7 @@ def propagate_additive(est, labels, members, se):
     est.cluster_shares_ = shrink(est.cluster_values_, se) if est.shrinkage else est.cluster_values_.copy()
     est.evidence_ = delta
     est._intrinsic_unit = est.intrinsic_weight / n
-    est.intrinsic_ = est._intrinsic_unit * delta
+    est.intrinsic_ = intrinsic_part(est, delta)
     est.relevance_ = relevance(est, rows)
     est.weights_ = 1.0 / sizes[labels]
     est._sizes = sizes
@@ -414,4 +420,4 @@ def value_new_additive(est, clusters, Z, codes, y_new, held) -> np.ndarray:
     rho = 0.0
     if est._relevance_unit:
         rho = est._relevance_unit * new_votes(Zk, codes, est._val_Z, est._data.y_val_code, est._val_kth)
-    return est.cluster_shares_[clusters] / est._sizes[clusters] + rho + est._intrinsic_unit * delta
+    return est.cluster_shares_[clusters] / est._sizes[clusters] + rho + intrinsic_part(est, delta)
