@@ -10,9 +10,9 @@ noisify_split(label, 10 %) on train and valid; every method values the noisy tra
 - detection: 2-means F1 (noisy_detection_f1), AUC of -values against the noisy mask, the discovery curve;
 - removal: test accuracy / R^2 of evaluation.removal_model after dropping the lowest- or highest-valued 5 ... 50 %,
   against dropping a random share (mean of --random-draws random orders per run);
-- agreement (the first --agreement-runs runs of each set): Spearman of EcoVal's cluster_values_ with p = 12 against
-  the exact cluster Shapley values of the same clusters (all 2^12 subsets trained, lossval_fast.valuation.shapley),
-  and of point values at n = 200 (the first 200 noisy training points) against TMC Data Shapley with the same
+- agreement: Spearman of EcoVal's cluster_values_ with p = 12 against the exact cluster Shapley values of the same
+  clusters (all 2^12 subsets trained, lossval_fast.valuation.shapley; the first --cluster-agreement-runs runs, all 5
+  by default), and (the first --agreement-runs runs, 1 by default: TMC is the slow part) of point values at n = 200 (the first 200 noisy training points) against TMC Data Shapley with the same
   learner: EcoVal's, KNN-Shapley's, LossVal's and random values' Spearman with TMC, and TMC's own split-half
   Spearman (means over the even vs the odd permutations). TMC runs --tmc-permutations permutations, or fewer when
   its time budget --tmc-seconds runs out (multi-class image sets: ~0.1 s per model on 2 cores);
@@ -72,7 +72,8 @@ class Config:
     clusters: int = 20
     random_draws: int = 5
     removal_max: float = 0.5
-    agreement_runs: int = 1
+    agreement_runs: int = 1               # runs with the point values against TMC
+    cluster_agreement_runs: int = 5       # runs with the cluster values against the exact cluster Shapley values
     agreement_datasets: tuple = ()        # () = every set; else only these get the agreement part
     exact_clusters: int = 12
     tmc_points: int = 200
@@ -193,11 +194,9 @@ def _ecoval(task, config, seed, n_clusters=None):
                   verbose=False)
 
 
-def _agreement(task, x, y, xv, yv, mask, seed, config, say) -> dict:
-    from lossval_fast.valuation.shapley import exact_cluster_shapley, spearman, split_half_correlation, \
-        tmc_shapley
-    out = {}
-    # --- cluster values against exact cluster Shapley (same clusters)
+def _cluster_agreement(task, x, y, xv, yv, seed, config, say) -> dict:
+    """EcoVal's cluster values with p = exact_clusters against the exact Shapley values of the same clusters."""
+    from lossval_fast.valuation.shapley import exact_cluster_shapley, spearman
     p = config.exact_clusters
     n_classes = len(np.unique(y)) if task == "classification" else 0
     began = time.perf_counter()
@@ -216,16 +215,28 @@ def _agreement(task, x, y, xv, yv, mask, seed, config, say) -> dict:
     metric = eco.metric_ if eco.metric_ in ("log_likelihood", "expected_accuracy", "r2") else None
     exact, U = exact_cluster_shapley(x, y, xv, yv, eco.cluster_labels_, task=task, metric=metric)
     exact_seconds = time.perf_counter() - began
-    out["cluster"] = {"p": int(eco.n_clusters_), "clustering": clustering, "metric": str(eco.metric_),
+    out = {"p": int(eco.n_clusters_), "clustering": clustering, "metric": str(eco.metric_),
                       "spearman": spearman(eco.cluster_values_, exact),
                       "pearson": float(np.corrcoef(eco.cluster_values_, exact)[0, 1]),
                       "ecoval_cluster_values": np.asarray(eco.cluster_values_, float).tolist(),
                       "exact_values": exact.tolist(), "u_full": float(U[-1]), "u_empty": float(U[0]),
                       "trainings": int(U.size - 1), "exact_seconds": exact_seconds, "ecoval_seconds": eco_seconds}
-    say(f"  exact cluster Shapley p = {eco.n_clusters_}: Spearman {out['cluster']['spearman']:.3f} "
-        f"({exact_seconds:.0f} s)")
+    say(f"  exact cluster Shapley p = {eco.n_clusters_}: Spearman {out['spearman']:.3f} ({exact_seconds:.0f} s)")
+    return out
 
-    # --- point values at n = tmc_points against TMC Data Shapley
+
+def _game_metric(task, config, seed):
+    """TMC plays EcoVal's game: its learner and its utility (expected accuracy / R^2 by default)."""
+    metric = _ecoval(task, config, seed).metric
+    if metric is None:
+        metric = "expected_accuracy" if task == "classification" else "r2"
+    return metric if metric in ("log_likelihood", "expected_accuracy", "r2") else None
+
+
+def _point_agreement(task, x, y, xv, yv, mask, seed, config, say) -> dict:
+    """Point values of the first tmc_points training points against TMC Data Shapley with the same learner."""
+    from lossval_fast.valuation.shapley import spearman, split_half_correlation, tmc_shapley
+    metric = _game_metric(task, config, seed)
     m = min(config.tmc_points, len(x))
     xs, ys, ms = x[:m], y[:m], mask[:m]
     began = time.perf_counter()
@@ -270,11 +281,10 @@ def _agreement(task, x, y, xv, yv, mask, seed, config, say) -> dict:
     for method, v in values.items():
         point["spearman"][method] = spearman(v, tmc_values)
     point["tmc_values"] = tmc_values.tolist()
-    out["point"] = point
     say(f"  TMC n = {m}: {M.shape[0]} permutations, {trainings} trainings, {tmc_seconds:.0f} s, split-half "
         f"{point['split_half']:.3f}; Spearman EcoVal {point['spearman']['ecoval']:.3f}"
         + (f", KNN-Shapley {point['spearman']['knn-shapley']:.3f}" if "knn-shapley" in point["spearman"] else ""))
-    return out
+    return point
 
 
 def one_run(name, task, X, y, Z_all, y_all, r, config: Config, say) -> dict:
@@ -364,8 +374,14 @@ def one_run(name, task, X, y, Z_all, y_all, r, config: Config, say) -> dict:
     oos = record["out_of_sample"]
     say(f"{name} run {r + 1}: pool AUC {oos['auc']:.3f}; +top {oos['add_top']:.3f} +bottom {oos['add_bottom']:.3f} "
         f"+random {oos['add_random']:.3f} (train only {baseline:.3f})")
-    if r < config.agreement_runs and (not config.agreement_datasets or name in config.agreement_datasets):
-        record["agreement"] = _agreement(task, x, yt, xv, yv, mask, seed, config, say)
+    if not config.agreement_datasets or name in config.agreement_datasets:
+        agreement = {}
+        if r < config.cluster_agreement_runs:
+            agreement["cluster"] = _cluster_agreement(task, x, yt, xv, yv, seed, config, say)
+        if r < config.agreement_runs:
+            agreement["point"] = _point_agreement(task, x, yt, xv, yv, mask, seed, config, say)
+        if agreement:
+            record["agreement"] = agreement
     return record
 
 
@@ -403,21 +419,25 @@ def summarise(entry: dict) -> dict:
                                 ("auc", "f1", "train_only", "add_top", "add_bottom", "add_random",
                                  "flipped_in_top", "flipped_in_bottom")}
     summary["ecoval"] = {"n_trainings": _stats([r["ecoval"]["n_trainings"] for r in runs])}
-    agreement = [r["agreement"] for r in runs if "agreement" in r]
-    if agreement:
-        summary["agreement"] = {
-            "runs": len(agreement),
-            "cluster_spearman": _stats([a["cluster"]["spearman"] for a in agreement]),
-            "cluster_p": agreement[0]["cluster"]["p"], "clustering": agreement[0]["cluster"]["clustering"],
-            "exact_seconds": _stats([a["cluster"]["exact_seconds"] for a in agreement]),
-            "tmc_split_half": _stats([a["point"]["split_half"] for a in agreement]),
-            "tmc_permutations": _stats([a["point"]["permutations"] for a in agreement]),
-            "tmc_trainings": _stats([a["point"]["trainings"] for a in agreement]),
-            "tmc_seconds": _stats([a["point"]["seconds"] for a in agreement]),
-            "tmc_auc": _stats([a["point"]["tmc_auc"] for a in agreement]),
-            "tmc_n": agreement[0]["point"]["n"],
-            "point_spearman": {m: _stats([a["point"]["spearman"][m] for a in agreement])
-                               for m in agreement[0]["point"]["spearman"]}}
+    cluster = [r["agreement"]["cluster"] for r in runs if "cluster" in r.get("agreement", {})]
+    points = [r["agreement"]["point"] for r in runs if "point" in r.get("agreement", {})]
+    if cluster or points:
+        summary["agreement"] = {"cluster_runs": len(cluster), "runs": len(points)}
+    if cluster:
+        summary["agreement"].update({
+            "cluster_spearman": _stats([c["spearman"] for c in cluster]),
+            "cluster_p": cluster[0]["p"], "clustering": cluster[0]["clustering"],
+            "exact_trainings": cluster[0]["trainings"],
+            "exact_seconds": _stats([c["exact_seconds"] for c in cluster])})
+    if points:
+        summary["agreement"].update({
+            "tmc_split_half": _stats([p["split_half"] for p in points]),
+            "tmc_permutations": _stats([p["permutations"] for p in points]),
+            "tmc_trainings": _stats([p["trainings"] for p in points]),
+            "tmc_seconds": _stats([p["seconds"] for p in points]),
+            "tmc_auc": _stats([p["tmc_auc"] for p in points]),
+            "tmc_n": points[0]["n"], "tmc_solver": points[0]["solver"],
+            "point_spearman": {m: _stats([p["spearman"][m] for p in points]) for m in points[0]["spearman"]}})
     return summary
 
 
@@ -500,24 +520,24 @@ def markdown(payload: dict) -> str:
                   "its means over the even vs the odd permutations (how reproducible the reference is). TMC AUC: "
                   "the reference's own AUC against the noisy mask. Spearman rank correlations, mean over the runs "
                   "with agreement (± std when more than one).", "",
-                  "| data | runs | p | EcoVal clusters vs exact | n | TMC permutations | TMC split-half | TMC AUC | "
-                  "EcoVal vs TMC | KNN-Shapley vs TMC | LossVal vs TMC | random vs TMC |",
+                  "| data | runs: clusters / TMC | p | EcoVal clusters vs exact | n | TMC permutations | TMC split-half | "
+                  "TMC AUC | EcoVal vs TMC | KNN-Shapley vs TMC | LossVal vs TMC | random vs TMC |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in agreeing.items():
             a = e["summary"]["agreement"]
-            ps = a["point_spearman"]
-            lines.append(f"| {name} | {a['runs']} | {a['cluster_p']} | {_pm(a['cluster_spearman'])} | {a['tmc_n']} | "
-                         f"{_pm(a['tmc_permutations'], 0)} | {_pm(a['tmc_split_half'])} | {_pm(a['tmc_auc'])} | "
-                         f"{_pm(ps.get('ecoval'))} | {_pm(ps.get('knn-shapley'))} | {_pm(ps.get('lossval'))} | "
-                         f"{_pm(ps.get('random'))} |")
+            ps = a.get("point_spearman", {})
+            lines.append(f"| {name} | {a['cluster_runs']} / {a['runs']} | {a.get('cluster_p', '–')} | "
+                         f"{_pm(a.get('cluster_spearman'))} | {a.get('tmc_n', '–')} | "
+                         f"{_pm(a.get('tmc_permutations'), 0)} | {_pm(a.get('tmc_split_half'))} | "
+                         f"{_pm(a.get('tmc_auc'))} | {_pm(ps.get('ecoval'))} | {_pm(ps.get('knn-shapley'))} | "
+                         f"{_pm(ps.get('lossval'))} | {_pm(ps.get('random'))} |")
         lines += ["", "| data | clustering for the exact values | exact: trainings, s | TMC: trainings, s, solver |",
                   "|---|---|---|---|"]
         for name, e in agreeing.items():
             a = e["summary"]["agreement"]
-            first = next(r["agreement"] for r in e["runs"] if "agreement" in r)
-            lines.append(f"| {name} | {a['clustering']} | {first['cluster']['trainings']}, "
-                         f"{_pm(a['exact_seconds'], 1)} | {_pm(a['tmc_trainings'], 0)}, {_pm(a['tmc_seconds'], 0)}, "
-                         f"{first['point']['solver']} |")
+            lines.append(f"| {name} | {a.get('clustering', '–')} | {a.get('exact_trainings', '–')}, "
+                         f"{_pm(a.get('exact_seconds'), 1)} | {_pm(a.get('tmc_trainings'), 0)}, "
+                         f"{_pm(a.get('tmc_seconds'), 0)}, {a.get('tmc_solver', '–')} |")
 
     lines += ["", "## Out of sample", "",
               f"A fresh pool of {config['pool']} rows (outside train/valid/test) with {rate:.0%} flipped labels, "
@@ -667,7 +687,10 @@ def parse(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="free text for the report (e.g. which EcoVal formulation)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("LOSSVAL_FAST_BENCH_THREADS", "2")))
-    parser.add_argument("--agreement-runs", type=int, default=None, help="runs per set with the agreement part (1)")
+    parser.add_argument("--agreement-runs", type=int, default=None,
+                        help="runs per set with the point values against TMC (1)")
+    parser.add_argument("--cluster-agreement-runs", type=int, default=None,
+                        help="runs per set with the cluster values against the exact cluster Shapley values (5)")
     parser.add_argument("--tmc-permutations", type=int, default=None, help="TMC permutations at most (2000)")
     parser.add_argument("--tmc-seconds", type=float, default=None, help="TMC time budget per set (900 s)")
     parser.add_argument("--tmc-points", type=int, default=None, help="points valued against TMC (200)")
@@ -685,6 +708,7 @@ def parse(argv=None):
     if args.quick:
         config.runs, config.tmc_permutations, config.tmc_seconds = 2, 100, 120.0
     for field, value in (("runs", args.runs), ("agreement_runs", args.agreement_runs),
+                         ("cluster_agreement_runs", args.cluster_agreement_runs),
                          ("tmc_permutations", args.tmc_permutations), ("tmc_seconds", args.tmc_seconds),
                          ("tmc_points", args.tmc_points), ("exact_clusters", args.exact_clusters),
                          ("clusters", args.clusters), ("n_train", args.n_train), ("n_valid", args.n_valid),
@@ -700,8 +724,10 @@ def parse(argv=None):
     unknown = [d for d in datasets if d not in SHARED_DATASETS]
     if unknown:
         parser.error(f"unknown data set(s) {', '.join(unknown)}; known: {', '.join(SHARED_DATASETS)}")
-    if config.runs < 1 or config.agreement_runs < 0 or config.tmc_permutations < 2:
-        parser.error("--runs must be >= 1, --agreement-runs >= 0 and --tmc-permutations >= 2")
+    if config.runs < 1 or config.agreement_runs < 0 or config.cluster_agreement_runs < 0 \
+            or config.tmc_permutations < 2:
+        parser.error("--runs must be >= 1, --agreement-runs and --cluster-agreement-runs >= 0 and "
+                     "--tmc-permutations >= 2")
     return config, datasets, Path(args.data), Path(args.out), args.note
 
 
@@ -739,6 +765,7 @@ def test_quick_configuration_writes_the_report(tmp_path):
     for key in ("add_top", "add_bottom", "add_random", "train_only", "auc"):
         assert np.isfinite(oos[key])
     agreement = run0["agreement"]
+    assert set(agreement) == {"cluster", "point"}
     assert agreement["cluster"]["p"] == 4 and len(agreement["cluster"]["exact_values"]) == 4
     assert agreement["cluster"]["trainings"] == 15
     assert -1.0 <= agreement["cluster"]["spearman"] <= 1.0
@@ -747,7 +774,7 @@ def test_quick_configuration_writes_the_report(tmp_path):
     assert set(point["spearman"]) == {"ecoval", "lossval", "knn-shapley", "random"}
     summary = entry["summary"]
     assert set(summary["methods"]["ecoval"]) >= {"f1", "auc", "lowest_0.05", "lowest_0.1", "highest_0.2"}
-    assert summary["agreement"]["runs"] == 1
+    assert summary["agreement"]["runs"] == 1 and summary["agreement"]["cluster_runs"] == 1
     text = (tmp_path / f"{NAME}.md").read_text()
     for heading in ("## Noisy-point detection", "## Point removal", "## Agreement with Shapley values",
                     "## Out of sample", "## Timings"):

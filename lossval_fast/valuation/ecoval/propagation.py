@@ -1,9 +1,9 @@
 """EcoVal's propagation of cluster values to points (docs/ecoval.md §4).
 
-Additive (the default, §4.1): phi_k = V~_c(k) / n_c(k) + rho_k + (intrinsic_weight / n) * delta_k, with V~ the
-cluster values shrunk by their standard errors, rho_k the point's votes on the validation points whose nearest training
-points it is among (classification; relevance_weight / (K m) per vote) and delta_k <= 0 the evidence the held-out
-experts hold against k's label.
+Additive (the default, §4.1): phi_k = V~_c(k) / n_c(k) + rho_k + (intrinsic_weight / n) * min(0, delta_k + tau),
+with V~ the cluster values shrunk by their standard errors, rho_k the point's votes on the validation points whose
+nearest training points it is among (classification; relevance_weight / (K m) per vote), delta_k <= 0 the evidence
+the held-out experts hold against k's label and tau the evidence margin (0.5 nats in classification by default).
 
 Multiplicative (EcoVal-R v1, §4.3): phi_k = Gamma_beta * V_c(k) * w_k, w_k = s_k / sum_{l in C_c(k)} s_l,
 s_k = max(g_k, eps)^gamma, with g_k the agreement of the models trained without k's cluster (or of the kNN labels,
@@ -96,11 +96,12 @@ def propagate(est, labels, members, y_code, y):
 # ------------------------------------------------------------------------------------------------ additive
 # propagation="additive" (docs/ecoval.md §4): phi_k = extrinsic share + validation votes + intrinsic part,
 #
-#     phi_k = V~_c(k) / n_c(k)  +  rho_k  +  (intrinsic_weight / n) * delta_k
+#     phi_k = V~_c(k) / n_c(k)  +  rho_k  +  (intrinsic_weight / n) * min(0, delta_k + tau)
 #
 # V~ the cluster values shrunk by their standard error over the validation points, rho_k the point's votes on the
 # validation points it is a nearest training point of (classification), delta_k <= 0 the evidence
-# (in nats) that the held-out experts (the LCO models, the k nearest other training points) hold against k's label.
+# (in nats) that the held-out experts (the LCO models, the k nearest other training points) hold against k's label,
+# counted beyond the margin tau (evidence_margin_).
 ROW_BLOCK = 1 << 16           # training rows made at a time for a search (8 MiB at d = 16 in float64)
 NEIGHBOUR_BLOCK_BYTES = 1 << 25   # the (queries, reference rows) work matrix of one search step
 SMOOTHING = 0.5        # kNN class frequencies: (count + 1/2) / (K + C/2), so that no class has probability 0
