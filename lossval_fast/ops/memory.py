@@ -56,7 +56,9 @@ def lazy_zeros(shape, dtype=np.float64) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
     if count * dtype.itemsize < (1 << 20):
         return np.zeros(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, count * dtype.itemsize), dtype=dtype, count=count).reshape(shape)
+    # private: counted as the process's anonymous memory like any array (mmap's default, MAP_SHARED, is shmem)
+    buffer = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
 def default_memory_budget(device: torch.device) -> int:
