@@ -944,7 +944,8 @@ def test_checkpoint_resume_batched(tmp_path, monkeypatch):
     assert set(torch.load(path, weights_only=True)) >= {"U", "done", "heldout", "models", "fingerprint"}
     resumed = EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, yv)
     assert resumed.n_trainings_ == full.n_trainings_ - 12
-    assert np.array_equal(resumed.values_, full.values_)
+    # with a checkpoint the LCO held-out outputs are made per chunk, without one after the last chunk: same bits
+    assert np.array_equal(resumed._heldout, full._heldout) and np.array_equal(resumed.values_, full.values_)
     assert np.array_equal(resumed.utility_points_, full.utility_points_)
     assert np.array_equal(resumed.value(X, y), full.value(X, y))
     again = EcoVal(6, max_models_per_batch=6, checkpoint=path, verbose=False).fit(X, y, Xv, yv)

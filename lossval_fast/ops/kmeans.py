@@ -482,11 +482,14 @@ def _fit_groups(part, sizes, counts_per_group, init, n_init, generators, max_ite
         xg = part(gid)
         if validate:
             _validate.finite(xg, "x")
+        if xg.device.type == "cpu" and xg.numel() >= _TRIM_ELEMENTS:
+            release_freed_memory()   # the temporaries of making the group's rows, before its runs
         start = init[col0:col0 + kg] if isinstance(init, torch.Tensor) else init
         c, lab, piece, it = _fit_group(xg.contiguous(), kg, start, n_init, generators, max_iter, tol, backend)
         del xg
         centroids[col0:col0 + kg] = c
         labels[row0:row0 + size] = lab + col0
+        del lab   # not held while the next group's rows are made and fitted
         inertia += piece
         n_iter = max(n_iter, it)
         row0 += size

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import sys
+
+import numpy as np
 
 import torch
 
@@ -43,6 +46,19 @@ def release_freed_memory() -> None:
                 pass
     if _TRIM:
         _TRIM(0)
+
+
+def lazy_zeros(shape, dtype=np.float64) -> np.ndarray:
+    """np.zeros(shape, dtype) on its own anonymous mapping (from 1 MiB): the kernel's zero pages, resident only once
+    written, whatever glibc's heap holds (np.zeros' calloc may reuse, and clear, heap memory); freed with the array.
+    For a large array filled late (or partly)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize < (1 << 20):
+        return np.zeros(shape, dtype)
+    # private: counted as the process's anonymous memory like any array (mmap's default, MAP_SHARED, is shmem)
+    buffer = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
 def default_memory_budget(device: torch.device) -> int:

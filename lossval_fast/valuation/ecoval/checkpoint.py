@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from ...ops.memory import lazy_zeros
 from .. import state_file
 
 
@@ -33,9 +34,11 @@ def _digest(*arrays) -> str:
 
 def new_state(R, S, n, m, C=None) -> dict:
     """m: validation points of the per-point record Uv, or None (callable metric: no record); C: classes of the
-    held-out class probabilities (R, n, C), or None (regression: held-out predictions (R, n))."""
+    held-out class probabilities (R, n, C), or None (regression: held-out predictions (R, n)). The held-out table
+    is on fresh zero pages (``ops.memory.lazy_zeros``): resident only where written, so a batched fit without a
+    checkpoint, which fills it after its trainings, does not hold it through them."""
     return {"U": np.full((R, S), np.nan), "Uv": None if m is None else np.full((R, S, m), np.nan),
-            "done": np.zeros((R, S), dtype=bool), "heldout": np.zeros((R, n) if C is None else (R, n, C)),
+            "done": np.zeros((R, S), dtype=bool), "heldout": lazy_zeros((R, n) if C is None else (R, n, C)),
             "models": {}}
 
 

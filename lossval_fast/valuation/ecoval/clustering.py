@@ -126,7 +126,7 @@ def kmeans(Z, y_code, classes, p, n_init, random_state):
         renumber = np.cumsum(keep) - 1
         labels = renumber[labels]
         centroids = centroids[keep]
-    return labels.astype(np.int64), centroids
+    return labels.astype(np.int64, copy=False), centroids   # int64 already: no second (n,) array
 
 
 def run_kmeans(Z, groups, quotas, n_init, random_state):

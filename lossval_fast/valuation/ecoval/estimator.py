@@ -161,7 +161,8 @@ class EcoVal:
         self._trainings = Trainings(data, labels, members, entry, self.learner, self._seeds, device=self.device,
                                     backend=self.backend, keep_models=self.keep_models,
                                     max_models_per_batch=self.max_models_per_batch, n_jobs=self.n_jobs,
-                                    verbose=self.verbose, ranks=self._ranks)
+                                    verbose=self.verbose, ranks=self._ranks,
+                                    checkpointing=self.checkpoint is not None)
         self.u0_ = self._trainings.constant_utility(self._utility)
         began = time.perf_counter()
         state = self._train(removed, skip)

@@ -235,7 +235,12 @@ class Data:
         out = np.empty((m, d + (extra is not None)), dtype=dtype)
         for lo, hi in _row_chunks(m, d):
             block = self.X[lo:hi] if rows is None else self.X[rows[lo:hi]]
-            out[lo:hi, :d] = self.standardize(block.astype(np.float64))
+            if out.dtype == np.float64:   # in place: (block - mu) / sigma in float64, no chunk-sized temporaries
+                part = out[lo:hi, :d]
+                np.subtract(block, self.mu, out=part)   # a float32 block is cast to float64 first: the same bits
+                np.divide(part, self.sigma, out=part)
+            else:
+                out[lo:hi, :d] = self.standardize(block.astype(np.float64))
         if extra is not None:
             out[:, d] = extra
         return out

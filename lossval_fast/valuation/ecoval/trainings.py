@@ -130,8 +130,9 @@ class Trainings:
     Uv[r, j] (built-in metrics), the LCO held-out outputs and models."""
 
     def __init__(self, data, labels, members, entry, learner, seeds, *, device, backend, keep_models,
-                 max_models_per_batch, n_jobs, verbose, ranks=None):
+                 max_models_per_batch, n_jobs, verbose, ranks=None, checkpointing=False):
         self.data, self.labels, self.members = data, labels, members
+        self.checkpointing = checkpointing   # states are saved during the trainings (a checkpoint file)
         self.entry, self.learner, self.seeds = entry, learner, seeds
         self.path = "batched" if entry is not None and backend != "loop" else "loop"
         self.device = resolve_device(device)
@@ -239,6 +240,10 @@ class Trainings:
         chunk = self.chunk_size()
         Xv = torch.as_tensor(self.data.Xs_val, dtype=torch.float64, device=self.device)
         bar = self._progress(len(tasks))
+        # the LCO models' held-out outputs, (R, n, C) float64: made per chunk when a checkpoint saves the state
+        # after each chunk, else once all chunks are trained, so that the table (on lazy zero pages) and the
+        # outputs' temporaries are not held beside the chunks' (T, n) arrays (the same bits either way)
+        deferred = None if self.checkpointing else []
         try:
             for start in range(0, len(tasks), chunk):
                 part = tasks[start:start + chunk]
@@ -255,9 +260,10 @@ class Trainings:
                     if 1 <= j <= p:
                         i = j - 1
                         one = {k: v.detach().cpu() for k, v in trainer.select(params, [t]).items()}
-                        rows = self.members[i]
-                        pred = self.entry.predict(one, 0, self.data.standardized(rows), self.classification)
-                        state["heldout"][r, rows] = self.heldout_of(self.to_output_scale(pred), rows)
+                        if deferred is None:
+                            self._heldout_batched(state, r, i, one)
+                        else:
+                            deferred.append((r, i, one))
                         if self.keep_models:
                             state["models"][(r, i)] = one
                     state["U"][r, j] = U[t]
@@ -270,12 +276,22 @@ class Trainings:
                 save(state, force=True)
                 if bar is not None:
                     bar.update(len(part))
+            del trainer
+            self._trainer = None   # the trainer's layout of X goes before the held-out outputs are made
+            for r, i, one in deferred or ():
+                self._heldout_batched(state, r, i, one)
         finally:
             if bar is not None:
                 bar.close()
         if not self.converged:
             warnings.warn("some built-in subset fits stopped before reaching their tolerance (see converged_)",
                           RuntimeWarning, stacklevel=4)
+
+    def _heldout_batched(self, state, r, i, one):
+        """The held-out outputs of LCO model (r, i) (its parameters `one`) on its cluster's rows, into the state."""
+        rows = self.members[i]
+        pred = self.entry.predict(one, 0, self.data.standardized(rows), self.classification)
+        state["heldout"][r, rows] = self.heldout_of(self.to_output_scale(pred), rows)
 
     # ------------------------------------------------------------------------------------------ loop
     def new_learner(self, r):
