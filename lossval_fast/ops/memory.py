@@ -54,7 +54,7 @@ def lazy_zeros(shape, dtype=np.float64) -> np.ndarray:
     For a large array filled late (or partly)."""
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
-    if count * dtype.itemsize < (1 << 20):
+    if count * dtype.itemsize < (1 << 20) or not hasattr(mmap, "MAP_PRIVATE"):   # MAP_PRIVATE: Unix only
         return np.zeros(shape, dtype)
     # private: counted as the process's anonymous memory like any array (mmap's default, MAP_SHARED, is shmem)
     buffer = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE)
