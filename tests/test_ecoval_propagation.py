@@ -153,8 +153,8 @@ def test_additive_values_are_cluster_shares_plus_intrinsic(noisy_gaussians):
                                est.cluster_shares_, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(np.bincount(labels, est.weights_, p), 1.0, rtol=1e-12)
     assert np.all(est.intrinsic_ <= 0) and np.all(est.evidence_ <= 0)
-    assert est.evidence_margin_ == 0.5                       # classification's default margin (docs §4.1)
-    np.testing.assert_allclose(est.intrinsic_, est.intrinsic_weight / len(labels) * np.minimum(0.0, est.evidence_ + 0.5),
+    assert est.evidence_margin_ == 0.25                      # the default margin for two classes (docs §4.1)
+    np.testing.assert_allclose(est.intrinsic_, est.intrinsic_weight / len(labels) * np.minimum(0.0, est.evidence_ + 0.25),
                                rtol=1e-15, atol=0)
     assert (est.intrinsic_ == 0).sum() > (est.evidence_ == 0).sum()     # the margin forgives some evidence
     assert est.cluster_value_se_.shape == (p,) and np.all(est.cluster_value_se_ > 0)
@@ -181,6 +181,25 @@ def test_evidence_margin_forgives_only_the_evidence_within_it(noisy_gaussians, m
     lco = EcoVal(n_clusters=10, random_state=0, verbose=False, evidence_margin=margin, intrinsic="lco_proba").fit(X, y, Xv, yv)
     rows = np.arange(0, len(y), 37)
     np.testing.assert_allclose(lco.value(X[rows], y[rows]), lco.values_[rows], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("n_classes", [3, 10])
+def test_default_evidence_margin_grows_with_the_number_of_classes(n_classes):
+    """evidence_margin=None is (1/4) log2 C nats (docs/ecoval.md §4.1): C counts the classes of y, and the intrinsic
+    part is (w / n) * min(0, delta + tau) with that tau."""
+    rng = np.random.default_rng(n_classes)
+    centres = 3.0 * rng.normal(size=(n_classes, 2))
+    y = np.arange(40 * n_classes) % n_classes
+    X = centres[y] + rng.normal(size=(len(y), 2))
+    yv = np.arange(10 * n_classes) % n_classes
+    Xv = centres[yv] + rng.normal(size=(len(yv), 2))
+    est = EcoVal(n_clusters=4, random_state=0, verbose=False).fit(X, y, Xv, yv)
+    tau = 0.25 * np.log2(n_classes)
+    assert est.evidence_margin_ == pytest.approx(tau, rel=1e-15)
+    np.testing.assert_allclose(est.intrinsic_, est.intrinsic_weight / len(y) * np.minimum(0.0, est.evidence_ + tau),
+                               rtol=1e-15, atol=0)
+    explicit = EcoVal(n_clusters=4, random_state=0, verbose=False, evidence_margin=tau).fit(X, y, Xv, yv)
+    np.testing.assert_array_equal(explicit.values_, est.values_)
 
 
 def test_regression_has_no_evidence_margin_by_default():

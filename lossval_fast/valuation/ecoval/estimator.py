@@ -39,9 +39,9 @@ class EcoVal:
     intrinsic_weight : w, utility per nat of evidence against a label is w / n (additive).
     relevance_weight : b, utility per validation vote is b / (knn_k * m) (additive, classification; 0: no votes).
     evidence_margin : tau >= 0 nats; the intrinsic part counts only the evidence beyond it:
-        intrinsic_ = (w / n) * min(0, evidence_ + tau) (additive; docs/ecoval.md §4.1). None: 0.5 in
-        classification (a label at most e^0.5 times less likely than another is not held against the point), 0 in
-        regression.
+        intrinsic_ = (w / n) * min(0, evidence_ + tau) (additive; docs/ecoval.md §4.1). None: (1/4) log2 C
+        in classification with C classes (0.25 for two, 0.83 for ten: a label at most e^tau times less likely than
+        another is not held against the point), 0 in regression.
     shrinkage : shrink each cluster's share towards 0 by its standard error over the validation points (additive).
     gamma, eps : multiplicative scores s = max(g, eps)^gamma.   knn_k : neighbours of the kNN expert.
     knn_reference : the kNN expert searches at most this many training rows (a seeded sample beyond it).
@@ -127,10 +127,10 @@ class EcoVal:
         self.task_ = data.task
         self.metric_ = self.metric if self.metric is not None else ("expected_accuracy" if data.classification else "r2")
         self.intrinsic_kind_ = inputs.resolve_intrinsic(self)
-        self.evidence_margin_ = inputs.resolve_evidence_margin(self, data.classification)
         self.random_state_ = (self.random_state if self.random_state is not None
                               else int(np.random.SeedSequence().entropy % (2**63)))
         self._data = data = inputs.prepare(data, self.metric_)
+        self.evidence_margin_ = inputs.resolve_evidence_margin(self, data.classification, data.C)
         release_freed_memory()   # the row chunks of the checks and moments (glibc keeps them in the heap)
         self.classes_, self._y_code = data.classes, data.y_code
         self._utility = _Utility(self.metric_, data.classification, data.y_val, data.y_val_code)

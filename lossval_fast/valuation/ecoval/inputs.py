@@ -125,14 +125,19 @@ def resolve_intrinsic(est) -> str:
     return "lco_knn" if est.propagation == "additive" else "lco_proba"
 
 
-CLASSIFICATION_EVIDENCE_MARGIN = 0.5   # nats; docs/ecoval.md §4.1 (measured in §7)
+def classification_evidence_margin(n_classes: int) -> float:
+    """The default margin in nats, (1/4) log2 C: 0.25 for two classes, 0.83 for ten (docs/ecoval.md §4.1, §7.2).
+    It grows with C because so does the evidence a clean label meets: a ten-class linear expert spreads its
+    probability over more rivals, and the clean points next to a boundary meet more of them."""
+    return 0.25 * math.log2(n_classes)
 
 
-def resolve_evidence_margin(est, classification: bool) -> float:
-    """evidence_margin=None: 0.5 nats in classification, 0 in regression (where a margin only lost detection)."""
+def resolve_evidence_margin(est, classification: bool, n_classes: int) -> float:
+    """evidence_margin=None: (1/4) log2 C nats in classification, 0 in regression (where a margin only lost
+    detection)."""
     if est.evidence_margin is not None:
         return float(est.evidence_margin)
-    return CLASSIFICATION_EVIDENCE_MARGIN if classification else 0.0
+    return classification_evidence_margin(n_classes) if classification else 0.0
 
 
 def _or(names) -> str:

@@ -3,7 +3,7 @@
 Additive (the default, §4.1): phi_k = V~_c(k) / n_c(k) + rho_k + (intrinsic_weight / n) * min(0, delta_k + tau),
 with V~ the cluster values shrunk by their standard errors, rho_k the point's votes on the validation points whose
 nearest training points it is among (classification; relevance_weight / (K m) per vote), delta_k <= 0 the evidence
-the held-out experts hold against k's label and tau the evidence margin (0.5 nats in classification by default).
+the held-out experts hold against k's label and tau the evidence margin ((1/4) log2 C nats in classification by default).
 
 Multiplicative (EcoVal-R v1, §4.3): phi_k = Gamma_beta * V_c(k) * w_k, w_k = s_k / sum_{l in C_c(k)} s_l,
 s_k = max(g_k, eps)^gamma, with g_k the agreement of the models trained without k's cluster (or of the kNN labels,
