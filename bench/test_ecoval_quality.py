@@ -634,12 +634,13 @@ def write_outputs(payload: dict, out: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def run(config: Config, datasets, data_dir: Path, out: Path, command: str, note: str = "", say=_say) -> dict:
+def run(config: Config, datasets, data_dir: Path, out: Path, command: str, note: str = "", say=_say,
+        commit: str | None = None) -> dict:
     from lossval_fast.evaluation import machine_info, removal_fractions, removal_model
     from lossval_fast.valuation import zscore
     torch.set_num_threads(config.threads)
     machine = machine_info("cpu")
-    machine["commit"] = _commit()
+    machine["commit"] = commit or _commit()
     import lossval_fast
     machine["package"] = str(Path(lossval_fast.__file__).parent)
     payload = {"format": "lossval-fast-ecoval-quality/1", "config": dataclasses.asdict(config),
@@ -703,6 +704,9 @@ def parse(argv=None):
     parser.add_argument("--test-cap", type=int, default=None)
     parser.add_argument("--pool", type=int, default=None)
     parser.add_argument("--random-draws", type=int, default=None)
+    parser.add_argument("--commit", default=None,
+                        help="the package's commit for the report, where it is not this checkout's HEAD (a copy of "
+                             "the installed package run from elsewhere)")
     args = parser.parse_args(argv)
     config = Config()
     if args.quick:
@@ -728,13 +732,13 @@ def parse(argv=None):
             or config.tmc_permutations < 2:
         parser.error("--runs must be >= 1, --agreement-runs and --cluster-agreement-runs >= 0 and "
                      "--tmc-permutations >= 2")
-    return config, datasets, Path(args.data), Path(args.out), args.note
+    return config, datasets, Path(args.data), Path(args.out), args.note, args.commit
 
 
 def main(argv=None) -> int:
-    config, datasets, data_dir, out, note = parse(argv)
+    config, datasets, data_dir, out, note, commit = parse(argv)
     command = shlex.join(["python", "bench/test_ecoval_quality.py"] + list(sys.argv[1:] if argv is None else argv))
-    payload = run(config, datasets, data_dir, out, command, note)
+    payload = run(config, datasets, data_dir, out, command, note, commit=commit)
     print((out / f"{NAME}.md").read_text())
     return 0 if payload["datasets"] else 1
 
@@ -747,8 +751,9 @@ TINY = ["--quick", "--runs", "1", "--datasets", "pol", "--n-train", "200", "--n-
 
 def test_quick_configuration_writes_the_report(tmp_path):
     """A tiny configuration (one small set, one run): the output's structure, not its quality."""
-    assert main(TINY + ["--out", str(tmp_path)]) == 0
+    assert main(TINY + ["--out", str(tmp_path), "--commit", "abc1234 (given)"]) == 0
     payload = json.loads((tmp_path / f"{NAME}.json").read_text())
+    assert payload["machine"]["commit"] == "abc1234 (given)"
     assert payload["format"] == "lossval-fast-ecoval-quality/1" and payload["config"]["runs"] == 1
     entry = payload["datasets"]["pol"]
     assert entry["task"] == "classification" and len(entry["runs"]) == 1
