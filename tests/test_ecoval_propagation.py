@@ -125,10 +125,14 @@ def test_regression_evidence_accepts_one_scale_and_discounts_beyond():
     r1 = np.array([0.5, 2.0, 3.0, 0.0])
     r2 = np.array([0.0, 0.5, 4.0, 0.0])
     delta = regression_evidence([r1, r2], [1.0, 2.0])
-    rho1 = np.exp(-0.5 * np.maximum(r1 ** 2 - 1, 0))
-    rho2 = np.exp(-0.5 * np.maximum((r2 / 2) ** 2 - 1, 0))
+    # by hand: rho = 1 within one scale, 1 / z^2 beyond (Cauchy ratio, docs/ecoval.md §4.1)
+    rho1 = np.array([1.0, 1 / 4, 1 / 9, 1.0])
+    rho2 = np.array([1.0, 1.0, 1 / 4, 1.0])
     np.testing.assert_allclose(delta, np.log((rho1 + rho2) / 2), rtol=1e-14)
     assert delta[0] == 0.0 and delta[3] == 0.0
+    # the evidence grows as log z^2: a residual of 100 scales counts 2 log 10 more than one of 10, not 4950 nats
+    far = regression_evidence([np.array([10.0, 100.0])], [1.0])
+    np.testing.assert_allclose(far, [-2 * math.log(10), -4 * math.log(10)], rtol=1e-14)
 
 
 def test_robust_scale_ignores_outliers():
@@ -193,12 +197,12 @@ def test_default_evidence_margin_grows_with_the_number_of_classes(n_classes):
     X = centres[y] + rng.normal(size=(len(y), 2))
     yv = np.arange(10 * n_classes) % n_classes
     Xv = centres[yv] + rng.normal(size=(len(yv), 2))
-    est = EcoVal(n_clusters=4, random_state=0, verbose=False).fit(X, y, Xv, yv)
+    est = EcoVal(n_clusters=2 * n_classes, random_state=0, verbose=False).fit(X, y, Xv, yv)
     tau = 0.25 * np.log2(n_classes)
     assert est.evidence_margin_ == pytest.approx(tau, rel=1e-15)
     np.testing.assert_allclose(est.intrinsic_, est.intrinsic_weight / len(y) * np.minimum(0.0, est.evidence_ + tau),
                                rtol=1e-15, atol=0)
-    explicit = EcoVal(n_clusters=4, random_state=0, verbose=False, evidence_margin=tau).fit(X, y, Xv, yv)
+    explicit = EcoVal(n_clusters=2 * n_classes, random_state=0, verbose=False, evidence_margin=tau).fit(X, y, Xv, yv)
     np.testing.assert_array_equal(explicit.values_, est.values_)
 
 

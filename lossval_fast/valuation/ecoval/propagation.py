@@ -186,15 +186,17 @@ def robust_scale(residuals: np.ndarray) -> float:
 
 
 def regression_evidence(residuals, scales) -> np.ndarray:
-    """delta_k = log mean_e rho_e(k), rho_e = exp(-(z_e^2 - 1)_+ / 2), z_e = r_e / s_e: each expert e accepts a
-    target within one of its robust standard deviations and discounts a farther one like a normal likelihood
-    ratio; an expert with scale 0 accepts only residual 0."""
+    """delta_k = log mean_e rho_e(k), rho_e = min(1, 1 / z_e^2), z_e = r_e / s_e: each expert e accepts a target
+    within one of its robust standard deviations and discounts a farther one like a Cauchy (Student-t, one degree
+    of freedom) likelihood ratio, so that the evidence grows as log z^2, not z^2 (docs/ecoval.md §4.1, §8: with a
+    normal ratio a few residuals of 10-30 scales took the whole range of the values); an expert with scale 0
+    accepts only residual 0."""
     total = np.zeros(len(residuals[0]))
     for r, s in zip(residuals, scales):
         r = np.asarray(r, dtype=np.float64)
         if s > 0:
             z2 = (r / s) ** 2
-            total += np.exp(-0.5 * np.maximum(z2 - 1.0, 0.0))
+            total += 1.0 / np.maximum(z2, 1.0)
         else:
             total += (r == 0).astype(np.float64)
     return np.log(np.maximum(total / len(residuals), 1e-300))
