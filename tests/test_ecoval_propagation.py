@@ -12,7 +12,8 @@ from lossval_fast.valuation.ecoval.cluster_values import cluster_value_se, pure_
 from lossval_fast.valuation.ecoval import propagation
 from lossval_fast.valuation.ecoval.propagation import (TrainingRows, class_evidence, knn_class_proba, neighbours,
                                                        neighbours_in_blocks, new_votes, regression_evidence,
-                                                       robust_scale, shrink, validation_votes)
+                                                       robust_scale, shrink, validation_votes, cluster_scales,
+                                                       MIN_SCALE_POINTS)
 
 
 def auc(values, positive):
@@ -389,3 +390,45 @@ def test_regression_detection_survives_a_valid_far_mode(seed):
     est = EcoVal(n_clusters=8, random_state=0, verbose=False).fit(X[:400], y_noisy, X[400:], y[400:])
     assert noisy_detection_f1(est.values_, noisy) >= 0.25
     assert noisy_detection_auc(est.values_, noisy) >= 0.7
+
+
+def test_cluster_scales_by_hand():
+    """1.4826 * median |r| per cluster (about 0: a biased expert's cluster gets a large scale); the global robust
+    scale for a cluster below MIN_SCALE_POINTS points or with size 0."""
+    assert MIN_SCALE_POINTS == 5
+    biased = np.array([3.0, 3.2, 2.8, 3.1, 2.9, 3.0])          # an expert off by 3 on a mode it cannot fit
+    mixed = np.array([0.1, -0.2, 0.3, -0.1, 2.0, 0.2])
+    small = np.array([5.0, -5.0])
+    zeros = np.zeros(5)
+    r = np.concatenate([biased, mixed, small, zeros])
+    labels = np.repeat([0, 1, 2, 3], [6, 6, 2, 5])
+    scales = cluster_scales(r, labels, 5)                      # cluster 4 has no points
+    assert scales[0] == pytest.approx(1.4826 * 3.0, rel=1e-15)
+    assert scales[1] == pytest.approx(1.4826 * 0.2, rel=1e-15)
+    assert scales[2] == scales[3] == scales[4] == robust_scale(r)
+    delta = regression_evidence([r], [scales[labels]])
+    assert np.all(delta[:6] == 0.0)                             # the biased cluster's points are all accepted
+    assert delta[10] == pytest.approx(math.log(1 / (2.0 / (1.4826 * 0.2)) ** 2), rel=1e-14)
+
+
+def test_regression_evidence_uses_each_experts_cluster_scales():
+    """evidence_ is regression_evidence of the LCO and K-NN residuals with each expert's scale taken on the point's
+    cluster; a copy of a training point valued by value() gets the same intrinsic part with the LCO expert."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 3))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] ** 2 + 0.1 * rng.normal(size=400)
+    y[rng.choice(300, 30, replace=False)] = rng.uniform(y.min(), y.max(), 30)
+    est = EcoVal(n_clusters=6, random_state=0, verbose=False).fit(X[:300], y[:300], X[300:], y[300:])
+    labels = est.cluster_labels_
+    rows = propagation.training_rows(est)
+    self_rows = np.full(300, -1, dtype=np.int64)
+    self_rows[est._knn_ref] = np.arange(len(est._knn_ref))
+    yy = est._data.y
+    residuals = [yy - propagation.heldout_mean(est), yy - propagation.knn_expert_in_blocks(est, rows, self_rows)]
+    scales = [cluster_scales(r, labels, 6)[labels] for r in residuals]
+    np.testing.assert_allclose(est.evidence_, regression_evidence(residuals, scales), rtol=1e-12, atol=1e-15)
+    assert not np.allclose(est.evidence_, regression_evidence(residuals, [robust_scale(r) for r in residuals]))
+    lco = EcoVal(n_clusters=6, random_state=0, verbose=False, intrinsic="lco_proba").fit(X[:300], y[:300],
+                                                                                          X[300:], y[300:])
+    some = np.arange(0, 300, 11)
+    np.testing.assert_allclose(lco.value(X[some], y[some]), lco.values_[some], rtol=1e-12, atol=1e-12)

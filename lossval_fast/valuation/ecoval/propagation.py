@@ -187,19 +187,41 @@ def robust_scale(residuals: np.ndarray) -> float:
 
 def regression_evidence(residuals, scales) -> np.ndarray:
     """delta_k = log mean_e rho_e(k), rho_e = min(1, 1 / z_e^2), z_e = r_e / s_e: each expert e accepts a target
-    within one of its robust standard deviations and discounts a farther one like a Cauchy (Student-t, one degree
-    of freedom) likelihood ratio, so that the evidence grows as log z^2, not z^2 (docs/ecoval.md §4.1, §8: with a
-    normal ratio a few residuals of 10-30 scales took the whole range of the values); an expert with scale 0
-    accepts only residual 0."""
+    within one of its scales and discounts a farther one like a Cauchy (Student-t, one degree of freedom)
+    likelihood ratio, so that the evidence grows as log z^2, not z^2 (docs/ecoval.md §4.1, §8: with a normal ratio
+    a few residuals of 10-30 scales took the whole range of the values). s_e: one scale, or one per row; a row
+    whose scale is 0 accepts only residual 0."""
     total = np.zeros(len(residuals[0]))
     for r, s in zip(residuals, scales):
         r = np.asarray(r, dtype=np.float64)
-        if s > 0:
-            z2 = (r / s) ** 2
-            total += 1.0 / np.maximum(z2, 1.0)
-        else:
-            total += (r == 0).astype(np.float64)
+        s = np.broadcast_to(np.asarray(s, dtype=np.float64), r.shape)
+        positive = s > 0
+        z2 = np.divide(r, s, out=np.zeros_like(r), where=positive) ** 2
+        total += np.where(positive, 1.0 / np.maximum(z2, 1.0), (r == 0).astype(np.float64))
     return np.log(np.maximum(total / len(residuals), 1e-300))
+
+
+MIN_SCALE_POINTS = 5    # a cluster with fewer training points takes the expert's global scale
+
+
+def cluster_scales(residuals: np.ndarray, labels: np.ndarray, p: int) -> np.ndarray:
+    """(p,) the residual size an expert leaves on each cluster's training points: 1.4826 * median |r| (about 0, not
+    about the median: an expert biased on a cluster, e.g. a linear model on a mode it cannot fit, leaves large
+    residuals on all of its points, clean or not). The expert's global robust_scale where a cluster has fewer than
+    MIN_SCALE_POINTS points or a size 0 (docs/ecoval.md §4.1)."""
+    r = np.abs(np.asarray(residuals, dtype=np.float64))
+    labels = np.asarray(labels)
+    fallback = robust_scale(residuals)
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(p + 1))
+    scales = np.full(p, fallback)
+    for c in range(p):
+        part = r[order[starts[c]:starts[c + 1]]]
+        if len(part) >= MIN_SCALE_POINTS:
+            size = MAD_SCALE * float(np.median(part))
+            if size > 0:
+                scales[c] = size
+    return scales
 
 
 EXPERTS = {"lco_knn": ("lco", "knn"), "lco_proba": ("lco",), "knn_agreement": ("knn",), "uniform": ()}
@@ -240,11 +262,11 @@ def knn_expert_in_blocks(est, rows: "TrainingRows", self_rows) -> np.ndarray:
     return np.concatenate(parts) if parts else knn_expert(est, rows.block(0, 0), self_rows[:0])
 
 
-def evidence(est, experts, *, knn_out, codes, y, held, fit_scales: bool) -> np.ndarray:
+def evidence(est, experts, *, knn_out, codes, y, held, clusters, fit_scales: bool) -> np.ndarray:
     """delta (m,) for m rows: held (m, C) held-out class probabilities or (m,) predictions of the LCO models of
     their clusters (repeats averaged), knn_out the K-NN expert's outputs for them (``knn_expert``; None when it is
-    not an expert). fit_scales: estimate the regression experts' robust scales on these rows (in-sample) and keep
-    them for new points."""
+    not an expert), clusters (m,) their clusters. fit_scales: estimate the regression experts' scales per cluster
+    on these rows (in-sample, ``cluster_scales``) and keep them for new points."""
     if not experts:
         return np.zeros(len(codes) if codes is not None else len(y))
     if est.task_ == "classification":
@@ -260,8 +282,8 @@ def evidence(est, experts, *, knn_out, codes, y, held, fit_scales: bool) -> np.n
     if "knn" in experts:
         residuals.append(y - knn_out)
     if fit_scales:
-        est._evidence_scales = [robust_scale(r) for r in residuals]
-    return regression_evidence(residuals, est._evidence_scales)
+        est._evidence_scales = [cluster_scales(r, clusters, len(est.cluster_values_)) for r in residuals]
+    return regression_evidence(residuals, [scales[clusters] for scales in est._evidence_scales])
 
 
 class TrainingRows:
@@ -400,7 +422,8 @@ def propagate_additive(est, labels, members, se):
     self_rows[est._knn_ref] = np.arange(len(est._knn_ref))
     held = heldout_mean(est) if "lco" in experts else None
     knn_out = knn_expert_in_blocks(est, rows, self_rows) if "knn" in experts else None
-    delta = evidence(est, experts, knn_out=knn_out, codes=est._y_code, y=data.y, held=held, fit_scales=True)
+    delta = evidence(est, experts, knn_out=knn_out, codes=est._y_code, y=data.y, held=held, clusters=labels,
+                     fit_scales=True)
     est.cluster_value_se_ = se
     est.cluster_shares_ = shrink(est.cluster_values_, se) if est.shrinkage else est.cluster_values_.copy()
     est.evidence_ = delta
@@ -419,7 +442,8 @@ def value_new_additive(est, clusters, Z, codes, y_new, held) -> np.ndarray:
     Zk = knn_space(est, Z)
     experts = EXPERTS[est.intrinsic_kind_]
     knn_out = knn_expert(est, Zk, None) if "knn" in experts else None
-    delta = evidence(est, experts, knn_out=knn_out, codes=codes, y=y_new, held=held, fit_scales=False)
+    delta = evidence(est, experts, knn_out=knn_out, codes=codes, y=y_new, held=held, clusters=clusters,
+                     fit_scales=False)
     rho = 0.0
     if est._relevance_unit:
         rho = est._relevance_unit * new_votes(Zk, codes, est._val_Z, est._data.y_val_code, est._val_kth)
