@@ -50,7 +50,7 @@ from .data import BatchPrefetcher, open_rows
 from .ops import _backends, _dispatch
 from .ops.kmeans import split_runs as kmeans_split_runs
 from .ops.memory import default_memory_budget
-from .ops.sinkhorn import _cpp_runner, _ops_runner, epsilon_schedule
+from .sinkhorn_loop import epsilon_schedule, log_weights, self_potential, sinkhorn_loop
 from .valuation.chunked import ChunkedStep, SplitAdam
 from .valuation.ecoval import EcoVal
 from .valuation.optim import LAST_STEP
@@ -297,12 +297,6 @@ class _Context:
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-def _log_weights(w: torch.Tensor) -> torch.Tensor:
-    """geomloss' log-weights in double: log(w), -1e5 where w <= 0 (as in the Sinkhorn op)."""
-    w = w.double()
-    return torch.where(w > 0, w.clamp_min(torch.finfo(w.dtype).tiny).log(), torch.full_like(w, -1e5))
-
-
 class _ShardedStep:
     """One data-parallel LossVal step on this rank (see the module docstring).
 
@@ -427,7 +421,7 @@ class _ShardedStep:
 
 class _ShardedSinkhorn:
     """The debiased Sinkhorn divergence S(a, x; b, Y) with Y split over the ranks and GB (the Y-Y potential)
-    cached: the same loop as lossval_fast.ops.sinkhorn (geomloss' symmetric updates, ε schedule and final
+    cached: the package's one loop (lossval_fast.sinkhorn_loop: geomloss' symmetric updates, ε schedule and final
     extrapolation, potentials in double, biases shifted before they are rounded to the kernel's precision), with
     the x-side log-sum-exps over Y combined across ranks by one all-gather per pass. FA, the x-x potential, is
     small (batch x batch) and computed whole on every rank."""
@@ -447,11 +441,10 @@ class _ShardedSinkhorn:
         vlo, vhi = bounds[ctx.rank]
         self.y = X_val[vlo:vhi].contiguous()
         self.b = b[vlo:vhi].double()
-        self.b_log = _log_weights(b[vlo:vhi])
+        self.b_log = log_weights(b[vlo:vhi])
         self.center = X_val.mean(0)
         self.backend = _dispatch.resolve("auto", "softmin", data.device)
         self.kernels = _backends.get(self.backend)
-        self.self_runner = _cpp_runner(1) if self.backend == "cpp" else _ops_runner(self.kernels)
         self.gb = self._validation_potential(b, X_val, bounds)
         itemsize = torch.finfo(data.dtype).bits // 8
         # stored costs (the batch x slice matrix and its transpose) as the op's "auto" picks them on CPU
@@ -464,7 +457,7 @@ class _ShardedSinkhorn:
         assembles the potential."""
         world = self.ctx.world
         vlo, vhi = bounds[self.ctx.rank]
-        rows, b_log = y[vlo:vhi], _log_weights(b)
+        rows, b_log = y[vlo:vhi], log_weights(b)
         longest = max(hi - lo for lo, hi in bounds)
         kernel = self.kernels.softmin
 
@@ -480,11 +473,7 @@ class _ShardedSinkhorn:
             out = out.to(part.device)
             return torch.cat([out[r * longest:r * longest + hi - lo] for r, (lo, hi) in enumerate(bounds)])
 
-        eps = self.eps_list[0]
-        g = assemble(update(b_log, eps))
-        for eps in self.eps_list:
-            g = 0.5 * (g + assemble(update(b_log + g / eps, eps)))
-        return update(b_log + g / eps, eps)
+        return self_potential(lambda h, eps: assemble(update(h, eps)), b_log, self.eps_list, final=update)
 
     def _combine(self, partial: torch.Tensor, eps: float, extra: torch.Tensor | None = None):
         """-eps log Σ_ranks exp(-partial_r / eps): the x <- Y softmin from each rank's x <- slice softmin; `extra`
@@ -504,41 +493,41 @@ class _ShardedSinkhorn:
         return kernel((h - shift).to(self.dtype), eps).double() - eps * shift
 
     def forward(self, a: torch.Tensor, x: torch.Tensor):
-        """(S, dS/da) for the full batch (a, x), identical on every rank."""
+        """(S, dS/da) for the full batch (a, x), identical on every rank: the package's one loop with a sharded
+        softmin (x <- Y combines the ranks' partial log-sum-exps) and the cached GB."""
         k = self.kernels
-        a_log = _log_weights(a)
-        a64, x64 = a.double()[None], x.double()[None]
-        # FA from the op's loop on (a, x, a, x): its Y-Y potential is then the x-x one
-        fa = self.self_runner(a64, x64, a64, x64, self.eps_list, True, False, None)[3][0].double()
         if self.stored:
             cost = ops.half_sqdist(x, self.y, self.center)
             cost_t = cost.T.contiguous()
-
-            def rows(h, eps):
-                return k.softmin_stored(cost, h, eps)
-
-            def cols(h, eps):
-                return k.softmin_stored(cost_t, h, eps)
+            kernels = {"xy": lambda h, eps: k.softmin_stored(cost, h, eps),
+                       "yx": lambda h, eps: k.softmin_stored(cost_t, h, eps)}
         else:
             y = self.y
+            kernels = {"xy": lambda h, eps: k.softmin(x, y, h, eps), "yx": lambda h, eps: k.softmin(y, x, h, eps)}
+        # FA (batch x batch) is small and computed whole on every rank
+        kernels["xx"] = lambda h, eps: k.softmin(x, x, h, eps)
 
-            def rows(h, eps):
-                return k.softmin(x, y, h, eps)
+        def softmin(kind, h, eps):
+            partial = self._softmin(kernels[kind], h, eps)
+            return self._combine(partial, eps) if kind == "xy" else partial
 
-            def cols(h, eps):
-                return k.softmin(y, x, h, eps)
-        eps = self.eps_list[0]
-        g = self._softmin(cols, a_log, eps)
-        f = self._combine(self._softmin(rows, self.b_log, eps), eps)
-        for eps in self.eps_list:
-            ft = self._combine(self._softmin(rows, self.b_log + g / eps, eps), eps)
-            gt = self._softmin(cols, a_log + f / eps, eps)
-            f, g = 0.5 * (f + ft), 0.5 * (g + gt)
-        G = self._softmin(cols, a_log + f / eps, eps)
-        y_term = (self.b * (G - self.gb)).sum()
-        F, y_total = self._combine(self._softmin(rows, self.b_log + g / eps, eps), eps, y_term)
-        dF = F - fa
-        value = (a.double() * dF).sum() + y_total
+        ride = {}
+
+        def final(kind, h, eps):
+            # the loop calls "yx" before "xy": this rank's part of <b, G - GB> rides along F's all-gather
+            if kind == "yx":
+                G = self._softmin(kernels["yx"], h, eps)
+                ride["y_term"] = (self.b * (G - self.gb)).sum()
+                return G
+            if kind == "xy":
+                F, ride["y_total"] = self._combine(self._softmin(kernels["xy"], h, eps), eps, ride["y_term"])
+                return F
+            return softmin(kind, h, eps)
+
+        F, _, FA, _ = sinkhorn_loop(softmin, log_weights(a), self.b_log, self.eps_list, debias=True, gb=self.gb,
+                                    final=final)
+        dF = F - FA
+        value = (a.double() * dF).sum() + ride["y_total"]
         return value.to(self.dtype), dF.to(self.dtype)
 
 

@@ -367,3 +367,72 @@ def test_reused_scratch_buffers_change_no_bit():
         solve(1), solve(2)
         for before, after in zip(first, solve(0)):
             assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("debias", [True, False])
+@pytest.mark.parametrize("barycenters", [False, True])
+def test_compiled_loop_is_the_python_loop(debias, barycenters):
+    """csrc's sinkhorn_one is the package's one loop (lossval_fast.sinkhorn_loop) compiled: the Python loop over the
+    same compiled softmin gives the same value, potentials, GB and barycentres, on ragged sizes with masked
+    (zero-weight) points, with GB computed and with GB given (the cache's path)."""
+    if not _has_cpp():
+        pytest.skip("the C++ extension is not built")
+    from lossval_fast.ops import _backends
+    from lossval_fast.ops.sinkhorn import _cpp_runner, _ops_runner
+    from lossval_fast.sinkhorn_loop import epsilon_schedule, max_diameter
+    python_loop = _ops_runner(_backends.get("cpp"))
+    for n, m, d, seed in ((13, 29, 3, 1), (37, 5, 11, 2)):
+        a, x, b, y = clouds(n, m, d, seed=seed)
+        a[3] = 0.0
+        b[1] = 0.0
+        a, x, b, y = (t[None] for t in (a, x, b, y))
+        eps_list = epsilon_schedule(2, max_diameter(x, y), 0.05, 0.5)
+        compiled = _cpp_runner(0)(a, x, b, y, eps_list, debias, barycenters, None)
+        ours = python_loop(a, x, b, y, eps_list, debias, barycenters, None)
+        names = ["S", "dF", "dG", "GB", "bxy", "byx", "bxx", "byy"]
+        for name, c, p in zip(names, compiled, ours):
+            assert (c.numel() == 0) == (p.numel() == 0), name  # an absent output is empty in both
+            if c.numel() == 0:
+                continue
+            assert c.shape == p.shape, name
+            # barycentres are sums of plan x points: an absolute 1e-10 on values of order 1
+            atol = 1e-10 if name.startswith("b") else 1e-12
+            assert torch.allclose(c, p, rtol=1e-11, atol=atol), (name, n, m, (c - p).abs().max())
+        if debias:  # GB given: the y-y loop is skipped and GB passed through
+            gb = compiled[3]
+            given_c = _cpp_runner(0)(a, x, b, y, eps_list, True, barycenters, gb)
+            given_p = python_loop(a, x, b, y, eps_list, True, barycenters, gb)
+            for name, c, p, full in zip(names[:3], given_c, given_p, compiled):
+                assert torch.allclose(c, p, rtol=1e-11, atol=1e-12), name
+                assert torch.allclose(p, full, rtol=1e-11, atol=1e-12), name
+
+
+def test_reference_runs_the_one_loop():
+    """The reference's potentials are the one loop's on materialised costs, and its schedule, diameter and
+    log-weights are the leaf module's (one home for each)."""
+    from lossval_fast import reference, sinkhorn_loop
+    assert reference.epsilon_schedule is sinkhorn_loop.epsilon_schedule
+    assert reference.max_diameter is sinkhorn_loop.max_diameter
+    assert reference.log_weights is sinkhorn_loop.log_weights
+    assert ops.epsilon_schedule is sinkhorn_loop.epsilon_schedule
+    a, x, b, y = clouds(9, 14, 4, seed=5)
+    a[2] = 0.0
+    F, G, FA, GB, eps_list = reference.sinkhorn_potentials(a, x, b, y)
+    # the loop by hand, written out as geomloss writes it
+    from lossval_fast.reference.pairwise import half_sqdist
+
+    def sm(eps, cost, h):
+        return -eps * (h[None, :] - cost / eps).logsumexp(1)
+    cxy, cyx, cxx, cyy = half_sqdist(x, y), half_sqdist(y, x), half_sqdist(x, x), half_sqdist(y, y)
+    a_log = torch.where(a > 0, a.log(), torch.full_like(a, -1e5))
+    b_log = b.log()
+    eps = eps_list[0]
+    g_ab, f_ba, f_aa, g_bb = sm(eps, cyx, a_log), sm(eps, cxy, b_log), sm(eps, cxx, a_log), sm(eps, cyy, b_log)
+    for eps in eps_list:
+        ft_ba, gt_ab = sm(eps, cxy, b_log + g_ab / eps), sm(eps, cyx, a_log + f_ba / eps)
+        ft_aa, gt_bb = sm(eps, cxx, a_log + f_aa / eps), sm(eps, cyy, b_log + g_bb / eps)
+        f_ba, g_ab, f_aa, g_bb = 0.5 * (f_ba + ft_ba), 0.5 * (g_ab + gt_ab), 0.5 * (f_aa + ft_aa), 0.5 * (g_bb + gt_bb)
+    expected = (sm(eps, cxy, b_log + g_ab / eps), sm(eps, cyx, a_log + f_ba / eps),
+                sm(eps, cxx, a_log + f_aa / eps), sm(eps, cyy, b_log + g_bb / eps))
+    for got, want in zip((F, G, FA, GB), expected):
+        assert torch.equal(got, want)

@@ -1,4 +1,4 @@
-"""The debiased Sinkhorn divergence with geomloss' exact semantics (LOSSVAL_SPEC §2), on the pairwise primitive.
+"""The debiased Sinkhorn divergence with geomloss' exact semantics (docs/algorithms.md §2), on the pairwise primitive.
 
     S(a, x; b, y) = <a, F - FA> + <b, G - GB>        (debias=True; <a, F> + <b, G> without debiasing)
 
@@ -19,31 +19,12 @@ import torch
 
 from . import _backends, _dispatch, _validate
 from .memory import default_memory_budget
+from ..sinkhorn_loop import epsilon_schedule, log_weights, max_diameter, sinkhorn_loop
 
 __all__ = ["sinkhorn_divergence", "SinkhornLoss", "SinkhornCache", "epsilon_schedule", "max_diameter"]
 
 
 MAX_SCALE = 1e150  # blur and diameter enter squared (ε = blur², the first ε = diameter²): both must stay finite
-
-
-def epsilon_schedule(p: int, diameter: float, blur: float, scaling: float) -> list[float]:
-    """geomloss' schedule: [d^p] + [exp(e) for e in arange(p ln d, p ln blur, p ln scaling)] + [blur^p].
-    The first value appears twice (once to initialise, once in the loop); ceil(log(d/blur)/log(1/scaling)) + 2
-    entries in all. numpy.arange's rule (length ceil((stop - start) / step), values start + i * delta with
-    delta = (start + step) - start) is reproduced with math, which is ~20x cheaper per call."""
-    start, stop, step = p * math.log(diameter), p * math.log(blur), p * math.log(scaling)
-    count = max(0, math.ceil((stop - start) / step))
-    delta = (start + step) - start
-    return [diameter**p] + [math.exp(start + i * delta) for i in range(count)] + [blur**p]
-
-
-def max_diameter(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Diagonal of the bounding box of both clouds, over every batch item (geomloss' default diameter)."""
-    d = x.shape[-1]
-    x, y = x.reshape(-1, d), y.reshape(-1, d)
-    mins = torch.minimum(x.min(0).values, y.min(0).values)
-    maxs = torch.maximum(x.max(0).values, y.max(0).values)
-    return float((maxs - mins).norm())
 
 
 class SinkhornCache:
@@ -162,63 +143,46 @@ def _cpp_runner(cost_mode):
 
 
 def _ops_runner(ops):
-    """The same loop in Python over one backend's softmin ops (Triton on GPU or under the interpreter).
+    """The one loop (lossval_fast.sinkhorn_loop) over one backend's softmin ops (Triton on GPU or under the
+    interpreter), returning what the C++ op returns.
 
     As in the C++ loop, the potentials are kept in float64 and each bias is shifted by its largest finite value
     before it is rounded to the kernel's precision (softmin(h) = softmin(h - c) - eps c): a float32 bias of
     size |g| / eps would otherwise lose |g| / eps * 6e-8 in every exponent.
     """
 
-    def log_weights(w):
-        w = w.double()
-        return torch.where(w > 0, w.clamp_min(torch.finfo(w.dtype).tiny).log(), torch.full_like(w, -1e5))
-
     def one(a, x, b, y, eps_list, debias, barycenters, gb):
         """(S, dF, dG, GB, barycentres) for one problem, like the C++ op."""
         dtype = x.dtype
-        a_log, b_log = log_weights(a), log_weights(b)
-        run_yy = debias and gb is None
+        clouds = {"xy": (x, y), "yx": (y, x), "xx": (x, x), "yy": (y, y)}
 
-        def softmin(rows, cols, h, eps, with_barycenter=False):
+        def shifted(h):
             # largest finite entry, computed on the device (no boolean indexing: no host synchronisation)
             shift = torch.where(torch.isfinite(h), h, torch.full_like(h, -math.inf)).max()
             shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-            h = (h - shift).to(dtype)
-            if with_barycenter:
-                f, bary = ops.softmin_barycenter(rows, cols, h, eps)
-                return f.double() - eps * shift, bary
-            return ops.softmin(rows, cols, h, eps).double() - eps * shift
+            return (h - shift).to(dtype), shift
 
-        eps = eps_list[0]
-        g_ab, f_ba = softmin(y, x, a_log, eps), softmin(x, y, b_log, eps)
-        f_aa = softmin(x, x, a_log, eps) if debias else None
-        g_bb = softmin(y, y, b_log, eps) if run_yy else None
-        for eps in eps_list:
-            ft_ba, gt_ab = softmin(x, y, b_log + g_ab / eps, eps), softmin(y, x, a_log + f_ba / eps, eps)
-            if debias:
-                ft_aa = softmin(x, x, a_log + f_aa / eps, eps)
-            if run_yy:
-                gt_bb = softmin(y, y, b_log + g_bb / eps, eps)
-            f_ba, g_ab = 0.5 * (f_ba + ft_ba), 0.5 * (g_ab + gt_ab)
-            if debias:
-                f_aa = 0.5 * (f_aa + ft_aa)
-            if run_yy:
-                g_bb = 0.5 * (g_bb + gt_bb)
+        def softmin(kind, h, eps):
+            h, shift = shifted(h)
+            return ops.softmin(*clouds[kind], h, eps).double() - eps * shift
 
-        def final(rows, cols, h):
-            if barycenters:
-                return softmin(rows, cols, h, eps, with_barycenter=True)
-            return softmin(rows, cols, h, eps), None
+        def final(kind, h, eps):  # (potential, barycentre or None)
+            if not barycenters:
+                return softmin(kind, h, eps), None
+            h, shift = shifted(h)
+            f, bary = ops.softmin_barycenter(*clouds[kind], h, eps)
+            return f.double() - eps * shift, bary
 
-        F, bxy = final(x, y, b_log + g_ab / eps)
-        G, byx = final(y, x, a_log + f_ba / eps)
-        FA, bxx = final(x, x, a_log + f_aa / eps) if debias else (None, None)
-        GB, byy = final(y, y, b_log + g_bb / eps) if run_yy else (gb.double(), None)
-        dF = F - FA if debias else F
-        dG = G - GB if debias else G
+        (F, bxy), (G, byx), fa, gb_out = sinkhorn_loop(softmin, log_weights(a), log_weights(b), eps_list,
+                                                       debias=debias, gb=None if gb is None else (gb.double(), None),
+                                                       final=final)
+        if not debias:
+            value = (a.double() * F).sum() + (b.double() * G).sum()
+            return value.to(dtype), F.to(dtype), G.to(dtype), None, bxy, byx, None, None
+        (FA, bxx), (GB, byy) = fa, gb_out
+        dF, dG = F - FA, G - GB
         value = (a.double() * dF).sum() + (b.double() * dG).sum()
-        return (value.to(dtype), dF.to(dtype), dG.to(dtype), GB.to(dtype) if debias else None, bxy, byx, bxx,
-                byy)
+        return value.to(dtype), dF.to(dtype), dG.to(dtype), GB.to(dtype), bxy, byx, bxx, byy
 
     def run(a, x, b, y, eps_list, debias, barycenters, gb):
         results = [one(a[k], x[k], b[k], y[k], eps_list, debias, barycenters, None if gb is None else gb[k])
