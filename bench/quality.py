@@ -24,7 +24,7 @@ from lossval_fast.evaluation import MethodOptions, describe_machine, evaluate, w
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
 RESULTS = HERE / "results"
-# LossVal paper (LOSSVAL_SPEC §4): mean F1 over 6 classification / 6 regression sets, 25 runs per rate, 30 epochs
+# LossVal paper (docs/algorithms.md §4): mean F1 over 6 classification / 6 regression sets, 25 runs per rate, 30 epochs
 PAPER = {("classification", "label"): 0.544, ("classification", "feature"): 0.204,
          ("classification", "mixed"): 0.371, ("regression", "label"): 0.464, ("regression", "feature"): 0.256,
          ("regression", "mixed"): 0.354}

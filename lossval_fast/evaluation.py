@@ -1,7 +1,7 @@
 """The user-facing workflows behind `lossval-fast value` and `lossval-fast evaluate`, as plain functions.
 
 - `value_rows`: value every row of a table (one value per input row, in input order).
-- `evaluate`: the OpenDataVal / LossVal protocol (shared/docs/LOSSVAL_SPEC.md §4): per run, a random z-scored
+- `evaluate`: the OpenDataVal / LossVal protocol (docs/algorithms.md §4): per run, a random z-scored
   train/valid/test split, noise on train and valid (`noisify_split`), each method values the noisy training set,
   then noisy-point detection F1 (exact 2-means on the values), the noisy-point discovery curve and the point-removal
   curves (remove the lowest- or highest-valued points first, in 5 % steps, retrain a simple model, score the clean

@@ -287,7 +287,7 @@ def test_random_values_f1_band_at_10_percent():
 
 
 def test_random_values_f1_averages_019_over_the_four_rates():
-    """LOSSVAL_SPEC's "random values score about 0.19" is the mean over the rates 5/10/15/20 %: r / (r + 0.5)
+    """The LossVal paper's "random values score about 0.19" (docs/algorithms.md §4) is the mean over the rates 5/10/15/20 %: r / (r + 0.5)
     gives 0.091, 0.167, 0.231, 0.286, mean 0.194. 25 draws per rate: sd of the mean ~0.0017; band ~+-5 sd."""
     mean = np.mean([random_f1(rate, 25, seed=i) for i, rate in enumerate([0.05, 0.1, 0.15, 0.2])])
     assert 0.185 < mean < 0.202

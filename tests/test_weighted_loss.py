@@ -295,7 +295,7 @@ def test_opcheck_triton(name, args):
     op = getattr(weighted_loss_ops(), name)
     a = args()
     a = a[:-2] + a[-1:] if name == "weighted_cross_entropy" else a[:3] + a[-1:]  # the triton ops take no validate
-    # the fake-tensor and AOT tests need a GPU driver (BUILD_NOTES.md): the full opcheck runs on GPU only
+    # the fake-tensor and AOT tests need a GPU driver (docs/build.md): the full opcheck runs on GPU only
     utils = None if torch.cuda.is_available() else ("test_schema", "test_autograd_registration")
     if torch.cuda.is_available():
         a = tuple(t.cuda().detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in a)

@@ -1,4 +1,4 @@
-// The whole Sinkhorn ε loop of geomloss (LOSSVAL_SPEC §2) in one C++ call on CPU.
+// The whole Sinkhorn ε loop of geomloss (docs/algorithms.md §2) in one C++ call on CPU.
 //
 // Four softmin engines (x←y, y←x, x←x, y←y) are built once per call: online (points packed for the micro-kernel,
 // no N x M matrix) or stored (each cost built once with one GEMM, then passes only read it). The potentials are

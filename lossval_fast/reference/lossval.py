@@ -2,7 +2,7 @@
 Sinkhorn" configuration) in pure torch, with the reference Sinkhorn divergence (geomloss' algorithm line by line).
 The fast estimator (lossval_fast.LossVal) is tested against this.
 
-Per minibatch (LOSSVAL_SPEC §1): w_b = w[idx]; L_w = Σ_i w_b[i] l_i; S = Sinkhorn(w_b, x_b; 1_M, X_val) with
+Per minibatch (docs/algorithms.md §3): w_b = w[idx]; L_w = Σ_i w_b[i] l_i; S = Sinkhorn(w_b, x_b; 1_M, X_val) with
 diameter 1.1 · max |x_b - x_val|; loss = L_w · S². One Adam over the weights and the model; a DataLoader with
 shuffle=True (new order every epoch, last partial batch kept).
 """

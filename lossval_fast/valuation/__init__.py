@@ -1,5 +1,5 @@
 """Data valuation: the LossVal and EcoVal estimators, the KNN-Shapley baseline, and the evaluation toolkit of
-OpenDataVal's protocol (shared/docs/LOSSVAL_SPEC.md §4): splits, noise injection, noisy-point detection metrics."""
+OpenDataVal's protocol (docs/algorithms.md §4): splits, noise injection, noisy-point detection metrics."""
 from .ecoval import EcoVal
 from .knn_shapley import KNNShapley
 from .lossval import LossVal

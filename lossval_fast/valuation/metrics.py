@@ -6,7 +6,7 @@ Matched code: OpenDataVal (github.com/opendataval/opendataval)
 
 Random values score F1 ~= r / (r + 0.5) at noise rate r (the 2-means split of uniform values falls near the median,
 so about half the points are predicted noisy): 0.091, 0.167, 0.231, 0.286 at 5/10/15/20 %, whose mean 0.19 is the
-"random values score about 0.19" of LOSSVAL_SPEC §4 (LossVal's RandomEvaluator rows average 0.193 over the 4 rates
+"random values score about 0.19" of the LossVal paper (docs/algorithms.md §4) (LossVal's RandomEvaluator rows average 0.193 over the 4 rates
 and 0.167 at 10 %).
 """
 from __future__ import annotations
