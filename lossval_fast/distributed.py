@@ -50,6 +50,7 @@ from .data import BatchPrefetcher, open_rows
 from .ops import _backends, _dispatch
 from .ops.kmeans import split_runs as kmeans_split_runs
 from .ops.memory import default_memory_budget
+from .ops.sinkhorn import debiasing_potential
 from .sinkhorn_loop import epsilon_schedule, log_weights, self_potential, sinkhorn_loop
 from .valuation.chunked import ChunkedStep, SplitAdam
 from .valuation.ecoval import EcoVal
@@ -504,8 +505,8 @@ class _ShardedSinkhorn:
         else:
             y = self.y
             kernels = {"xy": lambda h, eps: k.softmin(x, y, h, eps), "yx": lambda h, eps: k.softmin(y, x, h, eps)}
-        # FA (batch x batch) is small and computed whole on every rank
-        kernels["xx"] = lambda h, eps: k.softmin(x, x, h, eps)
+        # FA (batch x batch) is small and computed whole on every rank, by the compiled loop where there is one
+        fa = debiasing_potential(a, x, self.eps_list, self.backend)
 
         def softmin(kind, h, eps):
             partial = self._softmin(kernels[kind], h, eps)
@@ -522,10 +523,10 @@ class _ShardedSinkhorn:
             if kind == "xy":
                 F, ride["y_total"] = self._combine(self._softmin(kernels["xy"], h, eps), eps, ride["y_term"])
                 return F
-            return softmin(kind, h, eps)
+            raise ValueError(f"the sharded loop is given FA and GB: no final {kind!r} pass")
 
-        F, _, FA, _ = sinkhorn_loop(softmin, log_weights(a), self.b_log, self.eps_list, debias=True, gb=self.gb,
-                                    final=final)
+        F, _, FA, _ = sinkhorn_loop(softmin, log_weights(a), self.b_log, self.eps_list, debias=True, fa=fa,
+                                    gb=self.gb, final=final)
         dF = F - FA
         value = (a.double() * dF).sum() + ride["y_total"]
         return value.to(self.dtype), dF.to(self.dtype)

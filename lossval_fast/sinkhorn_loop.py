@@ -69,12 +69,13 @@ def self_potential(softmin: Callable[[torch.Tensor, float], torch.Tensor], log_w
 
 
 def sinkhorn_loop(softmin: Softmin, a_log: torch.Tensor, b_log: torch.Tensor, eps_list: list[float], *,
-                  debias: bool = True, gb=None, final: Softmin | None = None):
+                  debias: bool = True, fa=None, gb=None, final: Softmin | None = None):
     """(F, G, FA, GB): the potentials after geomloss' ε schedule and the final extrapolation at ε = eps_list[-1].
 
     The x-y pair is updated symmetrically (both new potentials from the old ones, then averaged); with `debias`,
     FA and GB come from ``self_potential`` (their recursions do not involve the pair). `gb`, when given, is a known
-    GB (cached: it depends only on b, y and the schedule) and the y-y loop is skipped. `final(kind, h, eps)` makes
+    GB (cached: it depends only on b, y and the schedule) and the y-y loop is skipped; `fa` likewise (computed by
+    a compiled self-potential loop, say). `final(kind, h, eps)` makes
     the last pass; it is called in the order "yx", "xy", "xx", "yy" (a sharded final may carry G's sum into the
     collective of F) and its results are returned as they are. Without `debias`, FA and GB are None.
     """
@@ -88,7 +89,8 @@ def sinkhorn_loop(softmin: Softmin, a_log: torch.Tensor, b_log: torch.Tensor, ep
     F = final("xy", b_log + g_ab / eps, eps)
     if not debias:
         return F, G, None, None
-    FA = self_potential(lambda h, e: softmin("xx", h, e), a_log, eps_list, lambda h, e: final("xx", h, e))
+    if fa is None:
+        fa = self_potential(lambda h, e: softmin("xx", h, e), a_log, eps_list, lambda h, e: final("xx", h, e))
     if gb is None:
         gb = self_potential(lambda h, e: softmin("yy", h, e), b_log, eps_list, lambda h, e: final("yy", h, e))
-    return F, G, FA, gb
+    return F, G, fa, gb

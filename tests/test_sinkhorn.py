@@ -436,3 +436,18 @@ def test_reference_runs_the_one_loop():
                 sm(eps, cxx, a_log + f_aa / eps), sm(eps, cyy, b_log + g_bb / eps))
     for got, want in zip((F, G, FA, GB), expected):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend_param", backend_params(include_torch=True))
+def test_debiasing_potential_is_the_reference_fa(backend_param):
+    """The sharded LossVal divergence's FA (ops.sinkhorn.debiasing_potential: the compiled loop on cpp, the one
+    Python loop over the backend's softmin elsewhere) equals the reference's x-x potential, masked points included."""
+    backend, device = activate(backend_param)
+    from lossval_fast import reference
+    from lossval_fast.ops.sinkhorn import debiasing_potential
+    a, x, b, y = clouds(11, 7, 3, seed=8)
+    a[4] = 0.0
+    _, _, FA, _, eps_list = reference.sinkhorn_potentials(a, x, b, y)
+    fa = debiasing_potential(a.to(device), x.to(device), eps_list, backend)
+    assert fa.dtype == torch.float64
+    assert torch.allclose(fa.cpu(), FA, rtol=1e-10, atol=1e-11), (fa.cpu() - FA).abs().max()
