@@ -281,7 +281,10 @@ def test_lossval_parameters_are_checked_by_name(kwargs, needle):
 def test_numpy_integers_are_integers():
     X = np.random.default_rng(0).normal(size=(12, 2))
     y = np.arange(12) % 2
-    LossVal(epochs=np.int64(1), batch_size=np.int32(4), verbose=False, random_state=0).fit(X, y, X, y)
+    est = LossVal(epochs=np.int64(1), batch_size=np.int32(4), verbose=False, random_state=0).fit(X, y, X, y)
+    plain = LossVal(epochs=1, batch_size=4, verbose=False, random_state=0).fit(X, y, X, y)
+    assert est.n_steps_ == plain.n_steps_ == 3
+    np.testing.assert_array_equal(est.values_, plain.values_)
 
 
 def test_negative_strides_are_copied_not_refused():
