@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write
+from .base import resolve_device  # noqa: F401 (the device rule of every estimator; the CLI imports it here)
 from .valuation import (KINDS, KNNShapley, discovery_curve, noisify_split, noisy_count, noisy_detection_auc,
                         noisy_detection_f1, standardize_split, two_means_split)
 from .valuation.learners import LEARNERS as _BUILTIN_LEARNERS
@@ -131,25 +132,6 @@ def infer_task(y) -> str:
     else:
         raise ValueError(f"cannot infer the task of a target of dtype {y.dtype}")
     return "classification" if integral and len(np.unique(y)) <= MAX_AUTO_CLASSES else "regression"
-
-
-def resolve_device(device) -> torch.device:
-    """'auto' -> CUDA when available, else the CPU; any other name must parse and exist."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: no CUDA device is available here (torch "
-                             f"{torch.__version__}); use --device cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif resolved.type != "cpu":
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return resolved
 
 
 def _distributed_values(estimator, x, y, xv, yv):

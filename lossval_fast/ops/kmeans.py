@@ -46,11 +46,12 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
+from ..base import Estimator, NotFittedError, check_is_fitted  # noqa: F401 (NotFittedError re-exported)
 from . import _dispatch, _validate
 from .memory import release_freed_memory
 from .nearest import nearest
 
-__all__ = ["kmeans", "kmeans_groups", "KMeans", "KMeansResult", "INIT_METHODS"]
+__all__ = ["kmeans", "kmeans_groups", "KMeans", "KMeansResult", "INIT_METHODS", "NotFittedError"]
 
 INIT_METHODS = ("k-means++", "k-means||", "random")
 _PLUSPLUS_SAMPLE = 256  # k-means++ runs on min(n, 256 k) rows
@@ -532,10 +533,6 @@ def kmeans_groups(part, sizes, k, *, max_iter: int = 100, tol: float = 1e-4, ini
 
 
 # ------------------------------------------------------------------------------------------------ estimator
-class NotFittedError(ValueError, AttributeError):
-    """predict() before fit() (a ValueError and an AttributeError, like scikit-learn's)."""
-
-
 def _as_tensor(X, name: str):
     """(tensor, was_numpy). Integer or boolean data become float64, as scikit-learn does."""
     if isinstance(X, torch.Tensor):
@@ -549,7 +546,7 @@ def _as_tensor(X, name: str):
     return t, was_numpy
 
 
-class KMeans:
+class KMeans(Estimator):
     """scikit-learn style k-means on `kmeans`: fit(X) -> self with cluster_centers_, labels_, inertia_, n_iter_;
     predict(X) by the nearest op. numpy in gives numpy out and a tensor in gives tensors out (fit sets the kind of
     cluster_centers_ and labels_; predict answers in the kind it is given)."""
@@ -563,17 +560,6 @@ class KMeans:
         self.tol = tol
         self.random_state = random_state
         self.backend = backend
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {"n_clusters": self.n_clusters, "init": self.init, "n_init": self.n_init, "max_iter": self.max_iter,
-                "tol": self.tol, "random_state": self.random_state, "backend": self.backend}
-
-    def set_params(self, **params) -> "KMeans":
-        for key, value in params.items():
-            if key not in self.get_params():
-                raise ValueError(f"unknown parameter {key!r} for KMeans")
-            setattr(self, key, value)
-        return self
 
     def fit(self, X, y=None) -> "KMeans":
         x, was_numpy = _as_tensor(X, "X")
@@ -591,8 +577,7 @@ class KMeans:
         return self
 
     def predict(self, X):
-        if not hasattr(self, "_centroids"):
-            raise NotFittedError("this KMeans instance is not fitted yet; call fit(X) before predict(X)")
+        check_is_fitted(self, "_centroids", "predict(X)")
         x, was_numpy = _as_tensor(X, "X")
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X must have {self.n_features_in_} features like the data KMeans was fitted on, "

@@ -26,6 +26,7 @@ import numbers
 import numpy as np
 import torch
 
+from ..base import Estimator
 from .splits import as_numpy, check_task
 
 # Default chunk: about 2^22 (validation x training) entries per working array, ~32 MiB each in float64.
@@ -56,7 +57,7 @@ def _label_rows(y, n: int, name: str) -> np.ndarray:
     return y
 
 
-class KNNShapley:
+class KNNShapley(Estimator):
     """Exact KNN-Shapley values of the training points for a K-nearest-neighbour classifier (Jia et al. 2019).
 
     Parameters
@@ -78,9 +79,6 @@ class KNNShapley:
         self.task = task
         self.chunk_size = chunk_size
         self.device = device
-
-    def __repr__(self) -> str:
-        return f"KNNShapley(k={self.k})"
 
     def fit(self, X, y, X_val, y_val) -> "KNNShapley":
         """Compute values_ for training data (X, y) against validation data (X_val, y_val); returns self.

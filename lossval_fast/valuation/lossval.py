@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..base import Estimator, resolve_device
 from ..progress import progress
 from ..data import BatchPrefetcher, RowSource, open_rows
 from ..models import paper_mlp
@@ -50,12 +51,6 @@ def _intra_op_threads(count):
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 _INT_DTYPES = (torch.int32, torch.int64, torch.int16, torch.uint8)
@@ -221,7 +216,7 @@ def gather_rows(data: _Data, task: str, idx: np.ndarray):
     return xb, yb
 
 
-class LossVal:
+class LossVal(Estimator):
     """LossVal data valuation, scikit-learn style.
 
     Parameters
@@ -368,7 +363,7 @@ class LossVal:
                 raise ValueError(f"y and y_val must have the same number of outputs, got {outputs} and "
                                  f"{val_outputs}")
 
-        device, dtype = _resolve_device(self.device), self.dtype
+        device, dtype = resolve_device(self.device), self.dtype
         X_val_t = _to_tensor(Vs).to(device=device, dtype=dtype)
         in_memory = Xs.in_memory and ys.in_memory and reduce is None
         X_t = y_t = None

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from ...base import Estimator
 from ...ops.memory import release_freed_memory
 from . import checkpoint, clustering, inputs, out_of_sample, subsets
 from .cluster_values import cluster_value_se, cluster_values, pure_groups
@@ -13,7 +14,7 @@ from .propagation import propagate, propagate_additive
 from .trainings import Trainings, _Utility
 
 
-class EcoVal:
+class EcoVal(Estimator):
     """EcoVal data valuation (docs/ecoval.md), scikit-learn style.
 
     Parameters

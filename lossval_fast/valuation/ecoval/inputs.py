@@ -12,6 +12,7 @@ import torch
 
 from .. import checks as _checks
 from .. import learners as _learners
+from ...base import NotFittedError  # noqa: F401 (EcoVal's error, re-exported)
 
 TASKS = ("auto", "classification", "regression")
 BUILTIN_LEARNERS = tuple(_learners.LEARNERS)
@@ -21,10 +22,6 @@ PROPAGATIONS = ("additive", "multiplicative")
 EFFICIENCIES = (None, "global")
 METRICS = ("log_likelihood", "accuracy", "expected_accuracy", "r2")
 BACKENDS = ("auto", "batched", "loop")
-
-
-class NotFittedError(ValueError, AttributeError):
-    """value() before fit(); a ValueError and an AttributeError, like scikit-learn's."""
 
 
 class EcoValWarning(UserWarning):

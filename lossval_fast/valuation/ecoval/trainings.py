@@ -15,6 +15,7 @@ import torch
 from ...ops.memory import default_memory_budget, release_freed_memory
 from ...progress import progress
 from .. import learners as _learners
+from ...base import resolve_device
 
 LOG_FLOOR = 1e-12      # log-likelihood floor, mean_v log max(p, 1e-12)
 
@@ -101,12 +102,6 @@ class _Utility:
         if self.metric == "expected_accuracy":
             return p.cpu().numpy()
         return torch.log(p.clamp(min=LOG_FLOOR)).cpu().numpy()
-
-
-def resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class _Standardize:

@@ -1,0 +1,82 @@
+"""What every estimator of the package shares (LossVal, EcoVal, KNNShapley, KMeans): scikit-learn's parameter
+protocol (get_params / set_params / clone, a repr of the non-default parameters), one NotFittedError, the fitted
+check and the device resolution. A leaf module: it imports nothing from the package."""
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+
+__all__ = ["Estimator", "NotFittedError", "check_is_fitted", "resolve_device"]
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A fitted attribute or method used before fit() (a ValueError and an AttributeError, like scikit-learn's)."""
+
+
+def check_is_fitted(estimator, attribute: str, action: str) -> None:
+    """NotFittedError naming the estimator and what needs the fit, unless `attribute` is set."""
+    if getattr(estimator, attribute, None) is None:
+        name = type(estimator).__name__
+        raise NotFittedError(f"this {name} instance is not fitted yet; call fit before {action}")
+
+
+def resolve_device(device) -> torch.device:
+    """None or 'auto' -> CUDA when available, else the CPU; any other name must parse and exist."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here (torch "
+                             f"{torch.__version__}); use device='cpu' (--device cpu)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return resolved
+
+
+class Estimator:
+    """scikit-learn's parameter protocol: the parameters are the keyword arguments of __init__, stored unchanged
+    under their own names; learned attributes end in '_' and are set by fit, which returns self."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [p.name for p in signature.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"unknown parameter {key!r} for {type(self).__name__}; its parameters are "
+                                 f"{', '.join(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def clone(self):
+        """An unfitted copy with the same parameters (a parameter that holds state, such as a torch model, is
+        deep-copied, so that fitting the copy leaves this one's untouched)."""
+        return type(self)(**{k: copy.deepcopy(v) for k, v in self.get_params().items()})
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        shown = []
+        for name, value in self.get_params().items():
+            default = defaults.get(name, inspect.Parameter.empty)
+            try:
+                same = default is not inspect.Parameter.empty and bool(value == default)
+            except Exception:  # an array or a module: never equal to a scalar default here
+                same = False
+            if not same:
+                shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
