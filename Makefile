@@ -20,7 +20,7 @@ ODV_DEPS ?= pandas scikit-learn matplotlib tqdm requests scipy "geomloss==0.2.6"
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 PYSRC := $(shell find lossval_fast -name '*.py' -o -name '*.in' -o -name '*.gz')
 
-.PHONY: demo test test-pydvl build bench cuda-check opendataval clean
+.PHONY: demo test test-pydvl build bench cuda-check opendataval clean gpu gpu-wheels gpu-dry-run
 
 $(BIN)/python:
 	@echo "==> creating the virtual environment $(VENV)"
@@ -102,6 +102,42 @@ cuda-check:
 				-c $$f -o build/cuda-check/$$(basename $$f .cu).o || exit 1; \
 		done; \
 	else echo "cuda-check: nvcc not found, CUDA kernels not compile-checked"; fi
+
+# ---- The GPU run (docs/benchmarks.md "The GPU run"): on a lent GPU machine (Python 3.12, its own torch 2.11 + CUDA 13,
+# triton 3.6, no network) one command builds against that torch and runs the CUDA/Triton tests and the GPU
+# benchmarks (bench/gpu_run.py, under 8 minutes), writing bench/results/*_gpu.md. The Python packages it needs beyond
+# the machine's own come from wheels/ (git-excluded; `make gpu-wheels` fills it here and the device call carries it).
+GPU_VENV ?= .venv-gpu
+GPU_PYTHON ?= python3
+GPU_DEPS ?= "scikit-build-core>=0.10" pytest cmake ninja
+GPU_NODEPS ?= geomloss
+GPU_ARGS ?=
+GPU_WHEEL_FLAGS := --quiet --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d wheels
+
+# geomloss without its dependencies: they are torch and numpy, which the GPU machine has (a download with them
+# would fetch a CUDA torch, several GB); the whole folder stays small enough to travel with the device call
+gpu-wheels: $(BIN)/python
+	@echo "==> downloading the GPU run's wheels for Python 3.12 (manylinux x86_64) into wheels/"
+	$(BIN)/pip download $(GPU_WHEEL_FLAGS) $(GPU_DEPS)
+	$(BIN)/pip download $(GPU_WHEEL_FLAGS) --no-deps $(GPU_NODEPS)
+	@! ls wheels | grep -iE '^(torch|nvidia)' || (echo "wheels/ holds a torch or CUDA wheel: remove it"; exit 1)
+	@du -sh wheels
+
+gpu:
+	@echo "==> the GPU run: a venv over the machine's torch, the build with CUDA, tests and benchmarks"
+	$(GPU_PYTHON) -c "import torch; assert torch.cuda.is_available() and torch.version.cuda, 'make gpu needs a CUDA torch and a GPU'"
+	$(GPU_PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet --no-index --find-links wheels $(GPU_DEPS) $(GPU_NODEPS) || \
+		$(GPU_VENV)/bin/pip install --quiet $(GPU_DEPS) $(GPU_NODEPS)
+	LOSSVAL_FAST_CUDA_ARCHS=native CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(GPU_VENV)/bin/pip install --quiet --no-build-isolation --no-deps .
+	$(GPU_VENV)/bin/python -P -c "import lossval_fast; b = lossval_fast.info()['backends_built']; print('built', b); assert b.get('cuda'), b"
+	$(GPU_VENV)/bin/python -P bench/gpu_run.py --out bench/results $(GPU_ARGS)
+
+# the same script on this CPU machine (Triton interpreter, tiny shapes): what CI runs so that it never rots
+gpu-dry-run: build
+	$(BIN)/python -P bench/gpu_run.py --dry-run --out build/gpu-dry-run
 
 clean:
 	rm -rf build $(VENV) $(PYDVL_VENV) $(ODV_VENV) .pytest_cache
