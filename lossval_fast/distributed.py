@@ -47,7 +47,7 @@ import torch.distributed as dist
 
 from . import ops
 from .data import BatchPrefetcher, open_rows
-from .ops import _backends, _dispatch
+from .ops import backends
 from .ops.kmeans import split_runs as kmeans_split_runs
 from .ops.memory import default_memory_budget
 from .ops.sinkhorn import debiasing_potential
@@ -444,8 +444,8 @@ class _ShardedSinkhorn:
         self.b = b[vlo:vhi].double()
         self.b_log = log_weights(b[vlo:vhi])
         self.center = X_val.mean(0)
-        self.backend = _dispatch.resolve("auto", "softmin", data.device)
-        self.kernels = _backends.get(self.backend)
+        self.backend = backends.resolve("auto", "softmin", data.device)
+        self.kernels = backends.op_table(self.backend)
         self.gb = self._validation_potential(b, X_val, bounds)
         itemsize = torch.finfo(data.dtype).bits // 8
         # stored costs (the batch x slice matrix and its transpose) as the op's "auto" picks them on CPU

@@ -377,10 +377,10 @@ def test_compiled_loop_is_the_python_loop(debias, barycenters):
     (zero-weight) points, with GB computed and with GB given (the cache's path)."""
     if not _has_cpp():
         pytest.skip("the C++ extension is not built")
-    from lossval_fast.ops import _backends
+    from lossval_fast.ops import backends
     from lossval_fast.ops.sinkhorn import _cpp_runner, _ops_runner
     from lossval_fast.sinkhorn_loop import epsilon_schedule, max_diameter
-    python_loop = _ops_runner(_backends.get("cpp"))
+    python_loop = _ops_runner(backends.op_table("cpp"))
     for n, m, d, seed in ((13, 29, 3, 1), (37, 5, 11, 2)):
         a, x, b, y = clouds(n, m, d, seed=seed)
         a[3] = 0.0

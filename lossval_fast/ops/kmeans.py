@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from ..base import Estimator, NotFittedError, check_is_fitted  # noqa: F401 (NotFittedError re-exported)
-from . import _dispatch, _validate
+from . import _validate, backends
 from .memory import release_freed_memory
 from .nearest import nearest
 
@@ -440,7 +440,7 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
     tol = _tolerance_arg(tol)
     n_init = _integer(n_init, "n_init", 1)
     init = _init_arg(init, sum(counts_per_group), x, validate)
-    be = _dispatch.resolve(backend, "nearest", x.device)
+    be = backends.resolve(backend, "nearest", x.device)
     if validate:  # one full sum on clean data (a column sum, dim=0, is a strided reduction: 20x slower)
         _validate.finite(x, "x")
     x = x.contiguous()
@@ -515,7 +515,7 @@ def kmeans_groups(part, sizes, k, *, max_iter: int = 100, tol: float = 1e-4, ini
     tol = _tolerance_arg(tol)
     n_init = _integer(n_init, "n_init", 1)
     init = _init_arg(init, sum(counts_per_group), first, validate)
-    be = _dispatch.resolve(backend, "nearest", device)
+    be = backends.resolve(backend, "nearest", device)
     base = _base_generator(random_state)
     runs = 1 if isinstance(init, torch.Tensor) else n_init
     generators = [_child(base) for _ in range(runs)]

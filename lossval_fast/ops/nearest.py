@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _backends, _dispatch, _validate
+from . import _validate, backends
 
 __all__ = ["nearest", "Nearest"]
 
@@ -26,5 +26,5 @@ def nearest(x: torch.Tensor, y: torch.Tensor, *, accumulate: bool = False, backe
     if validate:
         _validate.finite(x, "x")
         _validate.finite(y, "y")
-    be = _dispatch.resolve(backend, "nearest", x.device)
-    return Nearest(*_backends.get(be).nearest(x, y, bool(accumulate)))
+    be = backends.resolve(backend, "nearest", x.device)
+    return Nearest(*backends.op_table(be).nearest(x, y, bool(accumulate)))

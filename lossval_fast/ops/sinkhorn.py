@@ -17,7 +17,7 @@ import numbers
 
 import torch
 
-from . import _backends, _dispatch, _validate
+from . import _validate, backends
 from .memory import default_memory_budget
 from ..sinkhorn_loop import epsilon_schedule, log_weights, max_diameter, self_potential, sinkhorn_loop
 
@@ -203,7 +203,7 @@ def debiasing_potential(w: torch.Tensor, x: torch.Tensor, eps_list: list[float],
     w64, x64 = w.double(), x.double()
     if backend == "cpp":
         return _cpp_runner(1)(w64[None], x64[None], w64[None], x64[None], eps_list, True, False, None)[3][0].double()
-    kernels = _backends.get(backend)
+    kernels = backends.op_table(backend)
 
     def softmin(h, eps):
         shift = h.max()  # finite: log-weights are >= -1e5 and the potentials finite
@@ -260,7 +260,7 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     blur : final temperature ε = blur²; scaling : ratio of successive blurs, in (0, 1); p : must be 2.
     diameter : largest distance scale, the first ε = diameter²; None computes geomloss' bounding-box diagonal
         (over the whole batch).
-    backend : "auto" | "cpp" | "triton" | "cuda" | "torch" ("torch" = the materialised reference, autograd).
+    backend : "auto" | "cpp" | "triton" | "cuda" | "torch" ("torch" = plain PyTorch, autograd through the last pass: double backward works).
     cache : a ``SinkhornCache`` to reuse GB (it depends only on b, y and the schedule) across calls.
     cost : "auto" | "online" | "stored": online never forms an N x M matrix; stored builds the four costs once
         with GEMMs when they fit ``memory_budget`` bytes, then every pass only reads them.
@@ -273,7 +273,7 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     Returns the divergence: a scalar, or (B,) for batched inputs. Differentiable in a, x, b and y.
     """
     _check_cost(cost)
-    be = _dispatch.resolve(backend, "softmin", x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
+    be = backends.resolve(backend, "softmin", x.device if isinstance(x, torch.Tensor) else torch.device("cpu"))
     in_cpp = be == "cpp"
     a_s, xs, b_s, ys, blur, scaling, diameter, batched = _check_inputs(
         a, x, b, y, blur, scaling, p, diameter, "python" if validate and not in_cpp else False)
@@ -300,11 +300,9 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
                                     cost=cost, memory_budget=memory_budget, validate=validate).to(xs.dtype)
         return value if batched else value[0]
     eps_list = epsilon_schedule(2, diameter, blur, scaling)
-    if be == "torch":
-        from .. import reference
-        values = torch.stack([reference.sinkhorn_divergence(a_s[k], xs[k], b_s[k], ys[k], blur=blur,
-                                                            scaling=scaling, debias=debias, diameter=diameter)
-                              for k in range(xs.shape[0])])
+    if be == "torch":   # autograd through the last pass (double backward works), as geomloss' tensorized backend
+        divergence = backends.op_table("torch").sinkhorn_divergence
+        values = torch.stack([divergence(a_s[k], xs[k], b_s[k], ys[k], eps_list, debias) for k in range(xs.shape[0])])
         if validate:
             _check_result(values, xs, ys)
         return values if batched else values[0]
@@ -318,7 +316,7 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     if be == "cpp":
         runner = _cpp_runner(1 if stored else 0)
     else:
-        runner = _ops_runner(_backends.get(be))
+        runner = _ops_runner(backends.op_table(be))
     barycenters = torch.is_grad_enabled() and (xs.requires_grad or ys.requires_grad)
     value, gb_out = _SinkhornFunction.apply(a_s, xs, b_s, ys, eps_list, debias, runner, barycenters, gb)
     if cache is not None and debias and gb is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backends, _dispatch, _validate
+from . import _validate, backends
 from .memory import choose_cost_mode
 
 __all__ = ["pairwise_softmin", "softmin_barycenter", "plan_colsum", "softmin_stored", "half_sqdist"]
@@ -49,8 +49,8 @@ def softmin_stored(cost: torch.Tensor, h: torch.Tensor, eps: float, *, backend: 
     if validate:
         _validate.finite(cost, "cost")
         _validate.finite(h, "h", allow_neg_inf=True)
-    be = _dispatch.resolve(backend, "softmin_stored", cost.device)
-    return _backends.get(be).softmin_stored(cost, h, eps)
+    be = backends.resolve(backend, "softmin_stored", cost.device)
+    return backends.op_table(be).softmin_stored(cost, h, eps)
 
 
 def pairwise_softmin(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, eps: float, *, cost="auto",
@@ -82,8 +82,8 @@ def pairwise_softmin(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, eps: flo
                             passes=1, memory_budget=memory_budget)
     if mode == "stored":
         return softmin_stored(half_sqdist(x, y), h, eps, backend=backend, validate=False)
-    be = _dispatch.resolve(backend, "softmin", x.device)
-    return _backends.get(be).softmin(x, y, h, eps)
+    be = backends.resolve(backend, "softmin", x.device)
+    return backends.op_table(be).softmin(x, y, h, eps)
 
 
 def softmin_barycenter(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, eps: float, *, backend: str = "auto",
@@ -92,8 +92,8 @@ def softmin_barycenter(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, eps: f
     P_ij = exp(h_j - C_ij / eps + softmin_i / eps), whose rows sum to 1. The gradient of softmin_i with respect
     to x_i is x_i - barycentre_i."""
     x, y, h, eps = _check(x, y, h, eps, validate)
-    be = _dispatch.resolve(backend, "softmin_barycenter", x.device)
-    return _backends.get(be).softmin_barycenter(x, y, h, eps)
+    be = backends.resolve(backend, "softmin_barycenter", x.device)
+    return backends.op_table(be).softmin_barycenter(x, y, h, eps)
 
 
 def plan_colsum(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, f: torch.Tensor, weight: torch.Tensor,
@@ -103,5 +103,5 @@ def plan_colsum(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, f: torch.Tens
     x, y, h, eps = _check(x, y, h, eps, validate)
     f = _validate.vector(f, "f", x.shape[0], x, "one potential per row of x")
     weight = _validate.vector(weight, "weight", x.shape[0], x, "one weight per row of x")
-    be = _dispatch.resolve(backend, "plan_colsum", x.device)
-    return _backends.get(be).plan_colsum(x, y, h, f, weight, eps)
+    be = backends.resolve(backend, "plan_colsum", x.device)
+    return backends.op_table(be).plan_colsum(x, y, h, f, weight, eps)

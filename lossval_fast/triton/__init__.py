@@ -18,7 +18,7 @@ def ops() -> types.SimpleNamespace:
     global _OPS
     with _LOCK:
         if _OPS is None:
-            from ..ops import _library
+            from .. import op_autograd
             from .nearest import nearest
             from .plan import plan_colsum
             from .softmin import softmin, softmin_barycenter
@@ -27,7 +27,7 @@ def ops() -> types.SimpleNamespace:
             table = {"softmin": softmin, "softmin_barycenter": softmin_barycenter, "plan_colsum": plan_colsum,
                      "nearest": nearest, "softmin_stored": softmin_stored}
             # op objects, not names: triton_op derives the fake kernels itself
-            _library.register(table)
+            op_autograd.register(table)
             _OPS = types.SimpleNamespace(**table)
     return _OPS
 

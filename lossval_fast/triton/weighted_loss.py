@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ..ops.weighted_loss import check_cross_entropy, check_mse
+from ..op_checks import check_cross_entropy, check_mse
 from ._common import check_device, next_pow2
 
 

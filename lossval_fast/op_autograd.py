@@ -1,4 +1,5 @@
 """torch.library registrations shared by the C++ ops and their Triton twins: fake kernels and autograd formulas.
+A leaf below the kernels and the ops: it imports nothing from the package.
 
 With P_ij = exp(h_j - C_ij/eps + f_i/eps) the plan of f = softmin(x, y, h, eps) (rows of P sum to 1) and an
 upstream gradient c:
