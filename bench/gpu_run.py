@@ -175,14 +175,22 @@ def _case(rows: list, budget: Budget, name: str, fn, device, reps: int, error, p
 
 
 # ------------------------------------------------------------------------------------------------ ops
+def _clouds(n: int, m: int, d: int, seed: int, device):
+    """x (n, d) standard normal and y (m, d) shifted and narrower, float32, made on the CPU (the same on every
+    device), and the generator for more."""
+    import torch
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(n, d, generator=g).to(device)
+    y = (0.7 * torch.randn(m, d, generator=g) + 0.3).to(device)
+    return x, y, g
+
+
 def bench_softmin(device, backends, shapes, budget, reps) -> list:
     import torch
     from lossval_fast import ops
     rows = []
     for n, m, d in shapes:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        x = torch.randn(n, d, generator=g).to(device)
-        y = (0.7 * torch.randn(m, d, generator=g) + 0.3).to(device)
+        x, y, g = _clouds(n, m, d, 0, device)
         h = (0.1 * torch.randn(m, generator=g)).to(device)
         eps = 0.5
         r = min(n, 256)   # the float64 reference on the first rows (each depends on all of y)
@@ -207,9 +215,7 @@ def bench_sinkhorn(device, backends, shapes, budget, reps) -> list:
     from lossval_fast import ops
     rows = []
     for n, m, d in shapes:
-        g = torch.Generator(device="cpu").manual_seed(1)
-        x = torch.randn(n, d, generator=g).to(device)
-        y = (0.7 * torch.randn(m, d, generator=g) + 0.3).to(device)
+        x, y, _ = _clouds(n, m, d, 1, device)
         a, b = torch.ones(n, device=device), torch.ones(m, device=device)
         be64 = backends[0] if backends else "torch"
         ref = float(ops.sinkhorn_divergence(a.double(), x.double(), b.double(), y.double(), backend=be64))
@@ -304,8 +310,8 @@ def _table(rows: list) -> list[str]:
     for r in rows:
         shape = _shape(r)
         if "min_s" not in r:
-            lines.append(f"| {shape} | {r['implementation']} | – | – | – | – | {r.get('failed') or r.get('skipped')} "
-                         f"| – |")
+            why = r.get("failed") or r.get("skipped")
+            lines.append(f"| {shape} | {r['implementation']} | – | – | – | – | {why} | – |")
             continue
         peak = "–" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
         peer = peers.get(shape)

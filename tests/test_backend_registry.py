@@ -54,8 +54,8 @@ def test_a_backend_is_one_registration(monkeypatch):
                            load=lambda: types.SimpleNamespace(softmin=softmin), describe="a toy kernel")
     monkeypatch.setitem(registry._REGISTRY, "toy", toy)
     monkeypatch.delitem(registry._TABLES, "toy", raising=False)
-    x, y, h = torch.randn(5, 2, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64), torch.zeros(7,
-                                                                                                     dtype=torch.float64)
+    x, y = torch.randn(5, 2, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
+    h = torch.zeros(7, dtype=torch.float64)
     assert backends.auto("softmin", CPU) == ("toy", "a toy kernel")
     expected = reference.softmin(x, y, h, 0.3)
     assert torch.allclose(ops.pairwise_softmin(x, y, h, 0.3), expected, rtol=1e-12, atol=1e-12)

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from ..base import Estimator, NotFittedError, check_is_fitted  # noqa: F401 (NotFittedError re-exported)
-from . import _validate, backends
+from .. import op_checks
+from . import backends
 from .memory import release_freed_memory
 from .nearest import nearest
 
@@ -105,7 +106,7 @@ def _counts_arg(k, grouped: bool) -> list[int]:
 
 
 def _groups_arg(groups, n: int, n_groups: int, device) -> torch.Tensor:
-    g = _validate.tensor(groups, "groups")
+    g = op_checks.tensor(groups, "groups")
     if g.shape != (n,):
         raise ValueError(f"groups must have shape ({n},) (one id per row of x), got {tuple(g.shape)}")
     if g.dtype != torch.int64:
@@ -135,7 +136,7 @@ def _init_arg(init, k_total: int, x: torch.Tensor, validate: bool):
         raise ValueError(f"init must be a float tensor, got {init.dtype}")
     init = init.to(device=x.device, dtype=x.dtype).contiguous()
     if validate:
-        _validate.finite(init, "init")
+        op_checks.finite(init, "init")
     return init
 
 
@@ -433,7 +434,7 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
     independent k-means on its rows). backend: that of the nearest op ("auto", "cpp", "triton", "cuda", "torch").
     validate=False skips the NaN/inf scan of x (a host synchronisation on GPU).
     """
-    x = _validate.points(x, "x")
+    x = op_checks.points(x, "x")
     n, d = x.shape
     counts_per_group = _counts_arg(k, groups is not None)
     max_iter = _integer(max_iter, "max_iter", 1)
@@ -442,7 +443,7 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
     init = _init_arg(init, sum(counts_per_group), x, validate)
     be = backends.resolve(backend, "nearest", x.device)
     if validate:  # one full sum on clean data (a column sum, dim=0, is a strided reduction: 20x slower)
-        _validate.finite(x, "x")
+        op_checks.finite(x, "x")
     x = x.contiguous()
     base = _base_generator(random_state)
     runs = 1 if isinstance(init, torch.Tensor) else n_init
@@ -482,7 +483,7 @@ def _fit_groups(part, sizes, counts_per_group, init, n_init, generators, max_ite
     for gid, (size, kg) in enumerate(zip(sizes, counts_per_group)):
         xg = part(gid)
         if validate:
-            _validate.finite(xg, "x")
+            op_checks.finite(xg, "x")
         if xg.device.type == "cpu" and xg.numel() >= _TRIM_ELEMENTS:
             release_freed_memory()   # the temporaries of making the group's rows, before its runs
         start = init[col0:col0 + kg] if isinstance(init, torch.Tensor) else init
@@ -509,7 +510,7 @@ def kmeans_groups(part, sizes, k, *, max_iter: int = 100, tol: float = 1e-4, ini
     sizes = [int(s) for s in sizes]
     if len(sizes) != len(counts_per_group):
         raise ValueError(f"sizes must give one row count per group ({len(counts_per_group)}), got {len(sizes)}")
-    first = _validate.points(part(0), "part(0)")
+    first = op_checks.points(part(0), "part(0)")
     d, dtype, device = first.shape[1], first.dtype, first.device
     max_iter = _integer(max_iter, "max_iter", 1)
     tol = _tolerance_arg(tol)
@@ -523,7 +524,7 @@ def kmeans_groups(part, sizes, k, *, max_iter: int = 100, tol: float = 1e-4, ini
     del first
 
     def rows_of(gid):
-        xg = made.pop() if gid == 0 and made else _validate.points(part(gid), f"part({gid})")
+        xg = made.pop() if gid == 0 and made else op_checks.points(part(gid), f"part({gid})")
         if xg.shape != (sizes[gid], d) or xg.dtype != dtype or xg.device != device:
             raise ValueError(f"part({gid}) must return ({sizes[gid]}, {d}) {dtype} rows on {device} like part(0), "
                              f"got {tuple(xg.shape)} {xg.dtype} on {xg.device}")

@@ -5,7 +5,8 @@ from typing import NamedTuple
 
 import torch
 
-from . import _validate, backends
+from .. import op_checks
+from . import backends
 
 __all__ = ["nearest", "Nearest"]
 
@@ -22,9 +23,9 @@ def nearest(x: torch.Tensor, y: torch.Tensor, *, accumulate: bool = False, backe
     """Index and squared distance of the nearest row of y for every row of x, in one pass over y without an
     N x M matrix; ties go to the lower index. With ``accumulate=True`` the same pass also returns, for every
     row of y, the sum and the number of rows of x assigned to it (assignment + centroid update of Lloyd)."""
-    x, y = _validate.pair(x, y)
+    x, y = op_checks.pair(x, y)
     if validate:
-        _validate.finite(x, "x")
-        _validate.finite(y, "y")
+        op_checks.finite(x, "x")
+        op_checks.finite(y, "y")
     be = backends.resolve(backend, "nearest", x.device)
     return Nearest(*backends.op_table(be).nearest(x, y, bool(accumulate)))

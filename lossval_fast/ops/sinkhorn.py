@@ -17,7 +17,8 @@ import numbers
 
 import torch
 
-from . import _validate, backends
+from .. import op_checks
+from . import backends
 from .memory import default_memory_budget
 from ..sinkhorn_loop import epsilon_schedule, log_weights, max_diameter, self_potential, sinkhorn_loop
 
@@ -63,7 +64,7 @@ class SinkhornCache:
 def _check_inputs(a, x, b, y, blur, scaling, p, diameter, validate):
     """Shapes, dtypes and parameters (cheap, pure Python); the NaN/inf check runs only when `validate` is
     "python" (the C++ path does it in its own pass)."""
-    x, y = _validate.tensor(x, "x"), _validate.tensor(y, "y")
+    x, y = op_checks.tensor(x, "x"), op_checks.tensor(y, "y")
     if x.dim() not in (2, 3) or y.dim() != x.dim():
         raise ValueError(f"x and y must both be (N, d) or both (B, N, d) point clouds, got shapes "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
@@ -73,10 +74,11 @@ def _check_inputs(a, x, b, y, blur, scaling, p, diameter, validate):
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
     xs, ys = (x, y) if batched else (x[None], y[None])
     for t, name in ((xs, "x"), (ys, "y")):
-        if t.dtype not in _validate.FLOAT_DTYPES:
+        if t.dtype not in op_checks.FLOAT_DTYPES:
             raise ValueError(f"{name} must be float32 or float64, got {t.dtype}")
         if t.shape[1] == 0:
-            raise ValueError(f"{name} must hold at least one point, got shape {tuple(t.shape if batched else t.shape[1:])}")
+            shape = tuple(t.shape if batched else t.shape[1:])
+            raise ValueError(f"{name} must hold at least one point, got shape {shape}")
         if t.shape[2] == 0:
             raise ValueError(f"{name} must have at least one feature, got shape {tuple(t.shape)}")
     if xs.shape[0] != ys.shape[0]:
@@ -87,7 +89,7 @@ def _check_inputs(a, x, b, y, blur, scaling, p, diameter, validate):
         raise ValueError(f"x and y must share dtype and device, got {x.dtype}/{x.device} and {y.dtype}/{y.device}")
 
     def weights(w, name, n):
-        w = _validate.tensor(w, name)
+        w = op_checks.tensor(w, name)
         expected = (xs.shape[0], n) if batched else (n,)
         if tuple(w.shape) == expected + (1,):  # (N, 1) or (B, N, 1), as geomloss accepts
             w = w[..., 0]
@@ -100,16 +102,16 @@ def _check_inputs(a, x, b, y, blur, scaling, p, diameter, validate):
 
     a_s = weights(a, "a", xs.shape[1])
     b_s = weights(b, "b", ys.shape[1])
-    blur = _validate.positive_scalar(blur, "blur", MAX_SCALE)
+    blur = op_checks.positive_scalar(blur, "blur", MAX_SCALE)
     if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real) or not 0 < float(scaling) < 1:
         raise ValueError(f"scaling must be in the open interval (0, 1), got {scaling!r}")
     if p != 2:
         raise ValueError(f"p must be 2 (the half squared Euclidean cost ½|x - y|²), got {p!r}")
     if diameter is not None:
-        diameter = _validate.positive_scalar(diameter, "diameter", MAX_SCALE)
+        diameter = op_checks.positive_scalar(diameter, "diameter", MAX_SCALE)
     if validate == "python":
         for t, name in ((a_s, "a"), (xs, "x"), (b_s, "b"), (ys, "y")):
-            _validate.finite(t, name)
+            op_checks.finite(t, name)
     return a_s, xs, b_s, ys, blur, float(scaling), diameter, batched
 
 
@@ -260,7 +262,8 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     blur : final temperature ε = blur²; scaling : ratio of successive blurs, in (0, 1); p : must be 2.
     diameter : largest distance scale, the first ε = diameter²; None computes geomloss' bounding-box diagonal
         (over the whole batch).
-    backend : "auto" | "cpp" | "triton" | "cuda" | "torch" ("torch" = plain PyTorch, autograd through the last pass: double backward works).
+    backend : "auto" | "cpp" | "triton" | "cuda" | "torch" ("torch" = plain PyTorch,
+        autograd through the last pass: double backward works).
     cache : a ``SinkhornCache`` to reuse GB (it depends only on b, y and the schedule) across calls.
     cost : "auto" | "online" | "stored": online never forms an N x M matrix; stored builds the four costs once
         with GEMMs when they fit ``memory_budget`` bytes, then every pass only reads them.
@@ -417,15 +420,15 @@ class SinkhornLoss(torch.nn.Module):
         # checked now (the same rules as every call), so a mistake shows where the loss is built
         if options["p"] != 2:
             raise ValueError(f"p must be 2 (the half squared Euclidean cost ½|x - y|²), got {options['p']!r}")
-        _validate.positive_scalar(options["blur"], "blur")
+        op_checks.positive_scalar(options["blur"], "blur")
         _check_cost(options["cost"])
         return options
 
     def forward(self, *args):
         if len(args) == 2:
             x, y = args
-            a = _uniform_weights(_validate.tensor(x, "x"))
-            b = _uniform_weights(_validate.tensor(y, "y"))
+            a = _uniform_weights(op_checks.tensor(x, "x"))
+            b = _uniform_weights(op_checks.tensor(y, "y"))
         elif len(args) == 4:
             a, x, b, y = args
         else:

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import torch
 
-from . import _validate, backends
+from .. import op_checks
+from . import backends
 from .memory import choose_cost_mode
 
 __all__ = ["pairwise_softmin", "softmin_barycenter", "plan_colsum", "softmin_stored", "half_sqdist"]
 
 
 def _check(x, y, h, eps, validate):
-    x, y = _validate.pair(x, y)
-    h = _validate.vector(h, "h", y.shape[0], x, "one bias per row of y")
-    eps = _validate.positive_scalar(eps, "eps")
+    x, y = op_checks.pair(x, y)
+    h = op_checks.vector(h, "h", y.shape[0], x, "one bias per row of y")
+    eps = op_checks.positive_scalar(eps, "eps")
     if validate:
-        _validate.finite(x, "x")
-        _validate.finite(y, "y")
-        _validate.finite(h, "h", allow_neg_inf=True)
+        op_checks.finite(x, "x")
+        op_checks.finite(y, "y")
+        op_checks.finite(h, "h", allow_neg_inf=True)
     return x, y, h, eps
 
 
@@ -33,7 +34,7 @@ def half_sqdist(x: torch.Tensor, y: torch.Tensor, center: torch.Tensor | None = 
     Both clouds are centred on the same point first (the mean of y unless `center` is given): the cost is
     translation invariant and the dot products of centred points lose less to float32 rounding.
     """
-    x, y = _validate.pair(x, y)
+    x, y = op_checks.pair(x, y)
     c = y.mean(0) if center is None else center
     xc, yc = x - c, y - c
     norms = 0.5 * xc.pow(2).sum(1)[:, None] + 0.5 * yc.pow(2).sum(1)[None, :]
@@ -43,12 +44,12 @@ def half_sqdist(x: torch.Tensor, y: torch.Tensor, center: torch.Tensor | None = 
 def softmin_stored(cost: torch.Tensor, h: torch.Tensor, eps: float, *, backend: str = "auto",
                    validate: bool = True) -> torch.Tensor:
     """softmin over a stored cost: -eps log sum_j exp(h_j - cost_ij / eps) for every row i (autograd: cost, h)."""
-    cost = _validate.points(cost, "cost")
-    h = _validate.vector(h, "h", cost.shape[1], cost, "one bias per column of cost")
-    eps = _validate.positive_scalar(eps, "eps")
+    cost = op_checks.points(cost, "cost")
+    h = op_checks.vector(h, "h", cost.shape[1], cost, "one bias per column of cost")
+    eps = op_checks.positive_scalar(eps, "eps")
     if validate:
-        _validate.finite(cost, "cost")
-        _validate.finite(h, "h", allow_neg_inf=True)
+        op_checks.finite(cost, "cost")
+        op_checks.finite(h, "h", allow_neg_inf=True)
     be = backends.resolve(backend, "softmin_stored", cost.device)
     return backends.op_table(be).softmin_stored(cost, h, eps)
 
@@ -101,7 +102,7 @@ def plan_colsum(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, f: torch.Tens
     """Column sums of a known plan P_ij = exp(h_j + f_i / eps - C_ij / eps) (f = softmin(x, y, h, eps)):
     s_j = sum_i w_i P_ij and sx_j = sum_i w_i P_ij x_i, for signed weights w. Gradient building block."""
     x, y, h, eps = _check(x, y, h, eps, validate)
-    f = _validate.vector(f, "f", x.shape[0], x, "one potential per row of x")
-    weight = _validate.vector(weight, "weight", x.shape[0], x, "one weight per row of x")
+    f = op_checks.vector(f, "f", x.shape[0], x, "one potential per row of x")
+    weight = op_checks.vector(weight, "weight", x.shape[0], x, "one weight per row of x")
     be = backends.resolve(backend, "plan_colsum", x.device)
     return backends.op_table(be).plan_colsum(x, y, h, f, weight, eps)
