@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write, check_writable, check_writable_dir
+from .valuation.methods import METHODS
 
 PROG = "lossval-fast"
 BUNDLED = "bundled:pol"
@@ -104,8 +105,6 @@ def _fraction(low_open: float, high: float, high_closed: bool):
 
 
 def _method_list(text: str) -> list[str]:
-    from .evaluation import METHODS
-
     methods = [m.strip().lower() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:
@@ -164,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--val-size", type=_int_at_least(1), metavar="N",
                      help="rows held out as the validation set (default: 100, or 10%% of the rows if fewer than "
                           "1000)")
-    p.add_argument("--method", choices=("lossval", "ecoval", "knn-shapley"), default="lossval",
-                   help="valuation method (default lossval)")
+    p.add_argument("--method", choices=[m for m, method in METHODS.items() if not method.baseline],
+                   default="lossval", help="valuation method (default lossval)")
     p.add_argument("--out", default="values.csv", metavar="CSV", help="values file to write (default values.csv)")
     p.add_argument("--plot", metavar="PNG", help="also write a histogram and sorted-values plot")
     p.add_argument("--show", type=_int_at_least(0), default=10, metavar="N",
@@ -192,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=_fraction(0.0, 1.0, False), default=0.1, help="noisy fraction (0.1)")
     p.add_argument("--runs", type=_int_at_least(1), default=5, help="runs, each with a new split and noise (5)")
     p.add_argument("--methods", type=_method_list, metavar="LIST",
-                   help="comma-separated, from lossval,ecoval,knn-shapley,random (default: all that apply)")
+                   help=f"comma-separated, from {','.join(METHODS)} (default: all that apply)")
     p.add_argument("--train", type=_int_at_least(2), default=1000, metavar="N", help="training rows (1000)")
     p.add_argument("--valid", type=_int_at_least(1), default=100, metavar="N", help="validation rows (100)")
     p.add_argument("--test", type=_int_at_least(1), metavar="N", help="test rows (default: the rest)")
@@ -312,8 +311,7 @@ def _options(args, method: str | None = None):
     given = {name: getattr(args, name) for name in ("epochs", "lr", "batch_size", "diameter", "clusters", "learner",
                                                     "k") if getattr(args, name) is not None}
     if method is not None:
-        uses = {"lossval": {"epochs", "lr", "batch_size", "diameter"}, "ecoval": {"clusters", "learner"},
-                "knn-shapley": {"k"}}[method]
+        uses = set(METHODS[method].options)
         unused = ["--" + name.replace("_", "-") for name in given if name not in uses]
         if unused:
             verb = "does" if len(unused) == 1 else "do"
@@ -336,14 +334,18 @@ def _cmd_value(args) -> int:
     n = len(X)
     task, why = _resolve_task(args.task, y, args.data)
     options = _options(args, args.method)
-    if args.nproc > 1 and args.method == "knn-shapley":
-        raise CommandError("--nproc applies to lossval and ecoval; knn-shapley runs in one process")
-    if args.checkpoint is not None and args.method == "knn-shapley":
-        raise UsageError("argument --checkpoint: applies to --method lossval and ecoval; knn-shapley has no "
+    method = METHODS[args.method]
+    over_processes = " and ".join(m for m, other in METHODS.items() if other.over_processes)
+    checkpointed = " and ".join(m for m, other in METHODS.items() if other.checkpoints)
+    if args.nproc > 1 and not method.over_processes:
+        raise CommandError(f"--nproc applies to {over_processes}; {args.method} runs in one process")
+    if args.checkpoint is not None and not method.checkpoints:
+        raise UsageError(f"argument --checkpoint: applies to --method {checkpointed}; {args.method} has no "
                          "training to resume")
-    if args.method == "knn-shapley" and task == "regression":
-        raise CommandError("knn-shapley supports classification only; use --method lossval or ecoval for a "
-                           "regression target")
+    if task not in method.tasks:
+        others = " or ".join(m for m, other in METHODS.items() if task in other.tasks and not other.baseline)
+        raise CommandError(f"{args.method} supports {' and '.join(method.tasks)} only; use --method {others} for a "
+                           f"{task} target")
     validation = None
     val_size = None
     if args.val is not None:

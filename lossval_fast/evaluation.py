@@ -29,13 +29,14 @@ import torch
 
 from ._io import atomic_write
 from .base import resolve_device  # noqa: F401 (the device rule of every estimator; the CLI imports it here)
-from .valuation import (KINDS, KNNShapley, discovery_curve, noisify_split, noisy_count, noisy_detection_auc,
+from .valuation import (KINDS, discovery_curve, noisify_split, noisy_count, noisy_detection_auc,
                         noisy_detection_f1, standardize_split, two_means_split)
 from .valuation.learners import LEARNERS as _BUILTIN_LEARNERS
+from .valuation.methods import METHODS as _METHODS
 from .valuation.splits import zscore_with
 
-METHODS = ("lossval", "ecoval", "knn-shapley", "random")
-LABELS = {"lossval": "LossVal", "ecoval": "EcoVal", "knn-shapley": "KNN-Shapley", "random": "random values"}
+METHODS = tuple(_METHODS)                                   # the method registry's names (valuation/methods.py)
+LABELS = {name: method.label for name, method in _METHODS.items()}
 LEARNERS = tuple(_BUILTIN_LEARNERS)   # EcoVal's built-in learners (the registry's names)
 DIAMETERS = ("batch", "global")
 TASKS = ("classification", "regression")
@@ -80,21 +81,11 @@ class MethodOptions:
 
     def describe(self, method: str, task: str) -> str:
         """The settings of `method` in a few words (for tables and progress lines)."""
-        if method == "lossval":
-            text = f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr:g}"
-            return text + (", global diameter" if self.diameter == "global" else "")
-        if method == "ecoval":
-            learner = self.learner or ("logreg" if task == "classification" else "ridge")
-            return f"{self.clusters} clusters, {learner}"
-        if method == "knn-shapley":
-            return f"k = {self.k}"
-        return "uniform on [0, 1)"
+        return _METHODS[method].describe(self, task)
 
     def settings(self, method: str) -> dict:
         """The options `method` uses, for results.json."""
-        keys = {"lossval": ("epochs", "lr", "batch_size", "diameter"), "ecoval": ("clusters", "learner"),
-                "knn-shapley": ("k",), "random": ()}[method]
-        return {key: getattr(self, key) for key in keys}
+        return {key: getattr(self, key) for key in _METHODS[method].options}
 
 
 def check_methods(methods: Sequence[str], task: str) -> list[str]:
@@ -108,14 +99,16 @@ def check_methods(methods: Sequence[str], task: str) -> list[str]:
     repeated = sorted({m for m in methods if methods.count(m) > 1})
     if repeated:
         raise ValueError(f"method(s) listed twice: {', '.join(repeated)}")
-    if task == "regression" and "knn-shapley" in methods:
-        raise ValueError("knn-shapley supports classification only (it matches labels exactly); drop it for a "
-                         "regression target")
+    for m in methods:
+        method = _METHODS[m]
+        if task not in method.tasks:
+            note = f" ({method.task_note})" if method.task_note else ""
+            raise ValueError(f"{m} supports {' and '.join(method.tasks)} only{note}; drop it for a {task} target")
     return methods
 
 
 def default_methods(task: str) -> list[str]:
-    return [m for m in METHODS if task == "classification" or m != "knn-shapley"]
+    return [m for m, method in _METHODS.items() if task in method.tasks]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -151,8 +144,10 @@ def make_valuer(method: str, task: str, options: MethodOptions, device, *, verbo
     device = resolve_device(device)
     if isinstance(nproc, bool) or not isinstance(nproc, (int, np.integer)) or nproc < 1:
         raise ValueError(f"nproc must be an integer >= 1, got {nproc!r}")
-    if nproc > 1 and method not in ("lossval", "ecoval"):
-        raise ValueError(f"nproc > 1 runs LossVal or EcoVal over processes; {method} runs in one process")
+    over_processes = [name for name, m in _METHODS.items() if m.over_processes]
+    if nproc > 1 and method not in over_processes:
+        raise ValueError(f"nproc > 1 runs {' or '.join(LABELS[m] for m in over_processes)} over processes; {method} "
+                         "runs in one process")
 
     def fit(estimator, x, y, xv, yv):
         if nproc == 1:
@@ -161,35 +156,19 @@ def make_valuer(method: str, task: str, options: MethodOptions, device, *, verbo
         threads = max(1, torch.get_num_threads() // nproc)
         return distributed.launch(int(nproc), _distributed_values, estimator, x, y, xv, yv, threads=threads)
 
-    def lossval(x, y, xv, yv, seed, checkpoint):
-        from .valuation.lossval import LossVal
-        return fit(LossVal(task=task, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
-                           diameter=options.diameter, device=device, random_state=seed, verbose=verbose,
-                           checkpoint=checkpoint), x, y, xv, yv)
-
-    def ecoval(x, y, xv, yv, seed, checkpoint):
-        from .valuation.ecoval import EcoVal
-        return fit(EcoVal(n_clusters=options.clusters, learner=options.learner, task=task, device=device,
-                          random_state=seed, verbose=verbose, checkpoint=checkpoint), x, y, xv, yv)
-
-    def knn(x, y, xv, yv, seed, checkpoint):
-        return KNNShapley(k=options.k, task=task, device=device).fit(x, y, xv, yv).values_
-
-    def random(x, y, xv, yv, seed, checkpoint):
-        return np.random.default_rng(seed).random(len(x))
-
-    chosen = {"lossval": lossval, "ecoval": ecoval, "knn-shapley": knn, "random": random}[method]
+    build = _METHODS[method].make
 
     def run(x, y, xv, yv, seed, checkpoint=None):
         """checkpoint: a path where LossVal and EcoVal save their state and resume from (None: no file)."""
         if checkpoint is not None and method not in CHECKPOINTED:
             raise ValueError(f"checkpoints apply to {' and '.join(CHECKPOINTED)}, not to {method}")
-        return np.asarray(chosen(x, y, xv, yv, seed, checkpoint), dtype=np.float64).reshape(-1)
+        estimator = build(task, options, device, seed, verbose, checkpoint)
+        return np.asarray(fit(estimator, x, y, xv, yv), dtype=np.float64).reshape(-1)
 
     return run
 
 
-CHECKPOINTED = ("lossval", "ecoval")
+CHECKPOINTED = tuple(name for name, m in _METHODS.items() if m.checkpoints)
 
 
 def checkpoint_paths(checkpoint, method: str) -> tuple:
