@@ -127,13 +127,17 @@ gpu-wheels: $(BIN)/python
 gpu:
 	@echo "==> the GPU run: a venv over the machine's torch, the build with CUDA, tests and benchmarks"
 	$(GPU_PYTHON) -c "import torch; assert torch.cuda.is_available() and torch.version.cuda, 'make gpu needs a CUDA torch and a GPU'"
-	$(GPU_PYTHON) -m venv --system-site-packages $(GPU_VENV)
-	$(GPU_VENV)/bin/pip install --quiet --no-index --find-links wheels $(GPU_DEPS) $(GPU_NODEPS) || \
-		$(GPU_VENV)/bin/pip install --quiet $(GPU_DEPS) $(GPU_NODEPS)
+	@# a venv over the machine's own torch; where python3-venv is missing, the machine's python itself (a throwaway
+	@# machine: --user, past PEP 668's marker)
+	set -e; \
+	if $(GPU_PYTHON) -m venv --system-site-packages $(GPU_VENV); then py=$(GPU_VENV)/bin/python; into=""; \
+	else py=$(GPU_PYTHON); into="--user --break-system-packages"; fi; \
+	$$py -m pip install $$into --quiet --no-index --find-links wheels $(GPU_DEPS) $(GPU_NODEPS) || \
+		$$py -m pip install $$into --quiet $(GPU_DEPS) $(GPU_NODEPS); \
 	LOSSVAL_FAST_CUDA_ARCHS=native CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(GPU_VENV)/bin/pip install --quiet --no-build-isolation --no-deps .
-	$(GPU_VENV)/bin/python -P -c "import lossval_fast; b = lossval_fast.info()['backends_built']; print('built', b); assert b.get('cuda'), b"
-	$(GPU_VENV)/bin/python -P bench/gpu_run.py --out bench/results $(GPU_ARGS)
+		$$py -m pip install $$into --quiet --no-build-isolation --no-deps .; \
+	$$py -P -c "import lossval_fast; b = lossval_fast.info()['backends_built']; print('built', b); assert b.get('cuda'), b"; \
+	$$py -P bench/gpu_run.py --out bench/results $(GPU_ARGS)
 
 # the same script on this CPU machine (Triton interpreter, tiny shapes): what CI runs so that it never rots
 gpu-dry-run: build
