@@ -260,7 +260,7 @@ def _markdown(payload):
         lines += ["", f"2 processes against 1, per step, within each round ({per_round}). Target: 1.6x. The ceiling "
                   "is the machine's capacity in that round: two independent single-process fits (no communication) "
                   "ran at that multiple of one fit's throughput (2.00 on two free cores); no 2-process run can "
-                  "exceed it. Both split the divergences of chunks of steps (lossval_fast/valuation/chunked.py): "
+                  "exceed it. Both split the divergences of chunks of steps (lossval_fast/valuation/lossval/chunked.py): "
                   "over the 2 processes (lossval_fast.distributed, split='divergences'), or over 2 threads of one "
                   "process."]
         if "threads_speedup_per_round" in info:

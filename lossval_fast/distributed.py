@@ -52,7 +52,7 @@ from .ops.kmeans import split_runs as kmeans_split_runs
 from .ops.memory import default_memory_budget
 from .ops.sinkhorn import debiasing_potential
 from .sinkhorn_loop import epsilon_schedule, log_weights, self_potential, sinkhorn_loop
-from .valuation.chunked import ChunkedStep, SplitAdam
+from .valuation.lossval.chunked import ChunkedStep, SplitAdam
 from .valuation.ecoval import EcoVal
 from .valuation.optim import LAST_STEP
 from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats, weighted_batch_loss

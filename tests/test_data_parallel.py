@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossval_fast import distributed
+from lossval_fast import distributed, ops
 from lossval_fast.valuation.lossval import LossVal
 from scripts import run_script
 from large_scale_data import Doubler, synthetic
@@ -229,7 +229,7 @@ def test_a_normalized_global_run_reuses_the_cached_validation_side(monkeypatch):
     This is the generic (autograd) step; the C++ step is compared with it in test_lossval.py."""
     from lossval_fast.valuation import lossval as module
 
-    monkeypatch.setattr(module, "FUSED_STEP", False)
+    monkeypatch.setattr(module.STEP_OPTIONS, "fused_step", False)
 
     caches = []
     init = module._Divergence.__init__
@@ -247,6 +247,6 @@ def test_a_normalized_global_run_reuses_the_cached_validation_side(monkeypatch):
     monkeypatch.setattr(module._Divergence, "__init__", init)
     diameter = est._fixed_diameter(est._check_data(X, y, Xv, yv))
     plain = LossVal(diameter=diameter, **params)
-    monkeypatch.setattr(module._Divergence, "__call__", lambda self, wb, xb: module.ops.sinkhorn_divergence(
+    monkeypatch.setattr(module._Divergence, "__call__", lambda self, wb, xb: ops.sinkhorn_divergence(
         wb, xb, torch.ones(len(Xv), dtype=torch.float64), self.X_val, diameter=diameter, normalize=True))
     assert np.abs(plain.fit(X, y, Xv, yv).values_ - est.values_).max() <= 1e-9

@@ -15,8 +15,8 @@ def chunked_small(monkeypatch):
     """The chunked single-process step at test sizes: every problem qualifies, 3-step chunks, 2 threads."""
     from lossval_fast.valuation import lossval as single
 
-    monkeypatch.setattr(single, "CHUNKED_MIN_PAIRS", 1)
-    monkeypatch.setattr(single, "CHUNK_STEPS", 3)
+    monkeypatch.setattr(single.STEP_OPTIONS, "chunked_min_pairs", 1)
+    monkeypatch.setattr(single.STEP_OPTIONS, "chunk_steps", 3)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     yield single
@@ -38,7 +38,7 @@ def test_single_process_divergences_ahead_equal_the_step_by_step_fit(chunked_sma
     """With threads to spare a single process computes the divergences of chunks of steps ahead on a helper
     thread (weights fast-forwarded through Adam's zero-gradient updates): the values of the step-by-step fit, in
     float64 to 1e-9, over several chunks and epochs, the C++ model step and the autograd one, both diameters."""
-    from lossval_fast.valuation import chunked
+    from lossval_fast.valuation.lossval import chunked
 
     X, y, Xv, yv = synthetic(n=150, m=40, task=task)
     params = {**dict(epochs=2, random_state=5, verbose=False, dtype=torch.float64, batch_size=8), **params}
@@ -48,7 +48,7 @@ def test_single_process_divergences_ahead_equal_the_step_by_step_fit(chunked_sma
                                                                                  original(self, chunk, skip)))
     ahead = LossVal(task=task, **params).fit(X, y, Xv, yv)
     assert len(started) >= 2 * 6  # every chunk of both epochs went through the chunked step
-    monkeypatch.setattr(chunked_small, "CHUNKED_STEPS", False)
+    monkeypatch.setattr(chunked_small.STEP_OPTIONS, "chunked_steps", False)
     plain = LossVal(task=task, **params).fit(X, y, Xv, yv)
     assert np.abs(ahead.values_ - plain.values_).max() <= 1e-9
     assert np.allclose(ahead.history_, plain.history_, rtol=1e-9)

@@ -8,8 +8,8 @@ PACKAGE = ROOT / "lossval_fast"
 # modules that import nothing from the package: what kernels and ops both build on
 LEAVES = ["lossval_fast.sinkhorn_loop", "lossval_fast.base", "lossval_fast.op_checks", "lossval_fast.op_autograd"]
 # the extension loader reads only its generated build record
-# cycles still to break (issue 16: the LossVal package with a declared step-runner protocol)
-KNOWN_CYCLES = [{"lossval_fast.valuation.chunked", "lossval_fast.valuation.lossval"}]
+# cycles still to break (none: the last, valuation/lossval.py <-> chunked.py, went with the LossVal package)
+KNOWN_CYCLES: list = []
 
 
 def _module_name(path: Path) -> str:
@@ -30,7 +30,14 @@ def _imports(path: Path) -> set[str]:
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    # imports under `if TYPE_CHECKING:` are for annotations only: they never run
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in node.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("lossval_fast")}
         elif isinstance(node, ast.ImportFrom):

@@ -163,7 +163,7 @@ def test_lazy_fit_equals_the_dense_adam_fit(monkeypatch, params):
     """Four epochs (every entry's updates deferred across an epoch), float64, the C++ step both times."""
     fits = {}
     for lazy in (True, False):
-        monkeypatch.setattr(module, "LAZY_ADAM", lazy)
+        monkeypatch.setattr(module.STEP_OPTIONS, "lazy_adam", lazy)
         fits[lazy] = LossVal(epochs=4, batch_size=16, random_state=5, dtype=torch.float64, verbose=False,
                              **params).fit(*_data())
         assert fits[lazy].fused_step_
@@ -180,11 +180,11 @@ def test_a_lazy_checkpoint_resumes_on_the_dense_path_and_back(monkeypatch, tmp_p
     full = LossVal(epochs=3, **kwargs).fit(Xt, yt, Xv, yv)
     for first, second in ((True, False), (False, True)):
         path = tmp_path / f"ckpt-{first}.pt"
-        monkeypatch.setattr(module, "FUSED_STEP", first)
+        monkeypatch.setattr(module.STEP_OPTIONS, "fused_step", first)
         LossVal(epochs=3, max_steps=9, checkpoint=path, checkpoint_every=3, **kwargs).fit(Xt, yt, Xv, yv)
         saved = torch.load(path, weights_only=True)
         assert (LAST_STEP in saved["optimizer"]["state"][0]) is first
-        monkeypatch.setattr(module, "FUSED_STEP", second)
+        monkeypatch.setattr(module.STEP_OPTIONS, "fused_step", second)
         resumed = LossVal(epochs=3, checkpoint=path, **kwargs).fit(Xt, yt, Xv, yv)
         assert resumed.fused_step_ is second
         assert np.abs(resumed.values_ - full.values_).max() <= 1e-10
@@ -206,10 +206,10 @@ def test_steps_past_the_bias_correction_table_equal_the_dense_steps():
 def test_divergences_ahead_with_the_lazy_adam_equal_the_dense_adam(monkeypatch):
     """The chunked step (divergences of chunks of steps computed ahead on a helper thread) brings the chunk's
     entries forward with the lazy kernel: the values of the chunked fit with the dense Adam (float64, 3 epochs)."""
-    from lossval_fast.valuation import chunked
+    from lossval_fast.valuation.lossval import chunked
 
-    monkeypatch.setattr(module, "CHUNKED_MIN_PAIRS", 1)
-    monkeypatch.setattr(module, "CHUNK_STEPS", 3)
+    monkeypatch.setattr(module.STEP_OPTIONS, "chunked_min_pairs", 1)
+    monkeypatch.setattr(module.STEP_OPTIONS, "chunk_steps", 3)
     lazy_seen = []
     original = chunked.ChunkedStep.__init__
 
@@ -222,7 +222,7 @@ def test_divergences_ahead_with_the_lazy_adam_equal_the_dense_adam(monkeypatch):
     try:
         fits = {}
         for lazy in (True, False):
-            monkeypatch.setattr(module, "LAZY_ADAM", lazy)
+            monkeypatch.setattr(module.STEP_OPTIONS, "lazy_adam", lazy)
             fits[lazy] = LossVal(epochs=3, batch_size=8, random_state=4, dtype=torch.float64, verbose=False,
                                  diameter="global").fit(*_data(130, 30))
     finally:

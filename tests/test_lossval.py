@@ -335,7 +335,7 @@ def _fit_both(monkeypatch, task, dtype, **params):
         params["model"] = nn.Sequential(*layers)
     fits = {}
     for fused in (True, False):
-        monkeypatch.setattr(module, "FUSED_STEP", fused)
+        monkeypatch.setattr(module.STEP_OPTIONS, "fused_step", fused)
         est = LossVal(task=task, epochs=2, batch_size=17, random_state=3, dtype=dtype, verbose=False, **params)
         fits[fused] = est.fit(Xt, yt, Xv, yv)
         assert est.fused_step_ is fused
@@ -416,7 +416,7 @@ def test_fused_step_with_several_regression_outputs(monkeypatch):
     yt, yv = Xt @ coef, Xv @ coef
     fits = {}
     for fused in (True, False):
-        monkeypatch.setattr(module, "FUSED_STEP", fused)
+        monkeypatch.setattr(module.STEP_OPTIONS, "fused_step", fused)
         fits[fused] = LossVal(task="regression", epochs=2, batch_size=16, random_state=1, dtype=torch.float64,
                               verbose=False).fit(Xt, yt, Xv, yv)
     assert fits[True].fused_step_ and not fits[False].fused_step_

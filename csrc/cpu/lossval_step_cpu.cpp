@@ -5,7 +5,7 @@
 // Why: a LossVal step is ~70 tiny ops (32 x 100 layers). Through Python, nn.Module calls and the autograd engine,
 // each costs 5-10 µs of bookkeeping around ~1 µs of arithmetic; here each is one ATen call without autograd.
 // The arithmetic is the generic path's (same ATen kernels, the same weighted-loss and Sinkhorn kernels), so the
-// two agree to rounding; lossval_fast/valuation/lossval.py falls back to the generic path for any other model.
+// two agree to rounding; lossval_fast/valuation/lossval/steps.py falls back to the generic path for any other model.
 //
 //   loss = L_w · S²,  L_w = Σ_i w_i l_i,  S = S(a, x_b; b, y_val) with a = w_b (or w_b / Σ w_b when normalised)
 //   d loss / dθ   = S² dL_w/dθ                          (backprop of S² · w_i dl_i/d output)

@@ -29,9 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..data import BatchPrefetcher
-from . import lossval as single
-from .optim import adam, lazy_rows, lazy_steps
+from ...data import BatchPrefetcher
+from ...ops.sinkhorn import auto_stored
+from ..optim import adam, lazy_rows, lazy_steps
+from .data import gather_rows
+from .steps import STEP_OPTIONS, _Divergence, mlp_structure, weighted_batch_loss
 
 __all__ = ["SplitAdam", "LocalContext", "ChunkedStep"]
 
@@ -122,7 +124,7 @@ class ChunkedStep:
         self.classification = est.task == "classification"
         self.from_logits = est.model_output == "logits"
         self.lo, self.hi = ctx.shard
-        self.divergence = single._Divergence(est, data.X_val, fixed_diameter)
+        self.divergence = _Divergence(est, data.X_val, fixed_diameter)
         # with a cached validation side on CPU, each divergence is one C++ call (no Python between the threads)
         self.direct = None
         if (self.divergence.gb is not None and data.device.type == "cpu"
@@ -135,14 +137,14 @@ class ChunkedStep:
         self.pool = ThreadPoolExecutor(helpers, thread_name_prefix="lossval-divergence") if helpers > 0 else None
         self.helpers = helpers
         self.fused = None
-        structure = single.mlp_structure(model, est.task, est.model_output == "logits")
+        structure = mlp_structure(model, est.task, est.model_output == "logits")
         model_state = optimizer.model.fused_state()
-        if (single.FUSED_STEP and structure is not None and model_state is not None and data.device.type == "cpu"
+        if (STEP_OPTIONS.fused_step and structure is not None and model_state is not None and data.device.type == "cpu"
                 and hasattr(torch.ops.lossval_fast, "lossval_mlp_model_step")):
             self.fused = structure
             self.adam_state = tuple([*w, *m] for w, m in zip(self.weight_state, model_state))
         # the C++ model step updates the weights' Adam lazily: only the batch's entries (optim.lazy_steps)
-        self.last = lazy_steps(optimizer.weights, weights) if self.fused is not None and single.LAZY_ADAM else None
+        self.last = lazy_steps(optimizer.weights, weights) if self.fused is not None and STEP_OPTIONS.lazy_adam else None
         self.lazy = self.last is not None
         # the dense Adam's gradient (zero outside the batch; touched at the batch's rows only); the lazy one needs none
         self.weight_grad = weights.new_empty(0) if self.lazy else torch.zeros_like(weights)
@@ -162,7 +164,7 @@ class ChunkedStep:
             for part in groups[c]:
                 offsets.append(offsets[-1] + len(part))
             if data.streamed:
-                xb, yb = single.gather_rows(data, self.task, idx.numpy())
+                xb, yb = gather_rows(data, self.task, idx.numpy())
             else:
                 xb, yb = data.X.index_select(0, idx.to(data.device)), data.y.index_select(0, idx.to(data.device))
             return idx, offsets, xb, yb
@@ -323,7 +325,7 @@ class ChunkedStep:
             b, y, cost_modes = self.direct
             batch = xb.shape[0]
             if batch not in cost_modes:  # the op's "auto" choice (stored costs when they fit and d >= 8)
-                cost_modes[batch] = int(single.auto_stored(batch, y.shape[1], y.shape[2], xb.element_size(), True,
+                cost_modes[batch] = int(auto_stored(batch, y.shape[1], y.shape[2], xb.element_size(), True,
                                                            xb.device))
             a = wb / wb.sum() if div.normalize else wb
             out = torch.ops.lossval_fast.sinkhorn_potentials(a[None], xb[None], b, y, div.eps_list, True, False,
@@ -340,7 +342,7 @@ class ChunkedStep:
 
     # ------------------------------------------------------------------------------------------------ step
     def _loss(self, pred, yb, wb):
-        return single.weighted_batch_loss(self.classification, self.from_logits, pred, yb, wb)
+        return weighted_batch_loss(self.classification, self.from_logits, pred, yb, wb)
 
     def __call__(self, item, optimizer) -> float:
         chunk, j = item
