@@ -97,35 +97,34 @@ def _checksum(chunk: np.ndarray, first_row: int) -> int:
     return int((bits * (k * np.uint64(2) + np.uint64(1))).sum(dtype=np.uint64))
 
 
+def _counted_chunks(src: RowSource, stats: dict, lo: int, hi: int | None):
+    """Each chunk of rows lo..hi-1 as float64 with its count of NaN/inf, after adding that count and the chunk's
+    checksum to stats["bad"] and stats["checksum"]."""
+    row = 0 if lo is None else lo
+    for chunk in src.chunks(lo, hi):
+        c = np.asarray(chunk, dtype=np.float64)
+        bad = c.size - int(np.count_nonzero(np.isfinite(c)))
+        stats["bad"] += bad
+        stats["checksum"] = (stats["checksum"] + _checksum(c, row)) % _CHECKSUM_MOD
+        row += len(c)
+        yield c, bad
+
+
 def _feature_stats(src: RowSource, lo: int = 0, hi: int | None = None) -> dict:
     """NaN/inf count, per-column min and max (float64) and checksum of rows lo..hi-1, read in chunks."""
     d = src.shape[1]
     stats = {"bad": 0, "min": np.full(d, np.inf), "max": np.full(d, -np.inf), "checksum": 0}
-    row = 0 if lo is None else lo
-    for chunk in src.chunks(lo, hi):
-        c = np.asarray(chunk, dtype=np.float64)
-        finite = np.isfinite(c)
-        bad = c.size - int(np.count_nonzero(finite))
-        stats["bad"] += bad
+    for c, bad in _counted_chunks(src, stats, lo, hi):
         if bad == 0 and c.shape[0]:
             stats["min"] = np.minimum(stats["min"], c.min(0))
             stats["max"] = np.maximum(stats["max"], c.max(0))
-        stats["checksum"] = (stats["checksum"] + _checksum(c, row)) % _CHECKSUM_MOD
-        row += len(c)
     return stats
 
 
 def _target_stats(src: RowSource, classification: bool, lo: int = 0, hi: int | None = None) -> dict:
     """NaN/inf count, checksum and, for class labels, non-integer count, min, max and the set of labels."""
     stats = {"bad": 0, "checksum": 0, "nonint": 0, "min": math.inf, "max": -math.inf, "labels": set()}
-    row = 0 if lo is None else lo
-    for chunk in src.chunks(lo, hi):
-        c = np.asarray(chunk, dtype=np.float64)
-        finite = np.isfinite(c)
-        bad = c.size - int(np.count_nonzero(finite))
-        stats["bad"] += bad
-        stats["checksum"] = (stats["checksum"] + _checksum(c, row)) % _CHECKSUM_MOD
-        row += len(c)
+    for c, bad in _counted_chunks(src, stats, lo, hi):
         if classification and bad == 0 and c.size:
             stats["nonint"] += int(np.count_nonzero(c != np.round(c)))
             stats["min"] = min(stats["min"], float(c.min()))
