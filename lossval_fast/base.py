@@ -1,14 +1,59 @@
 """What every estimator of the package shares (LossVal, EcoVal, KNNShapley, KMeans): scikit-learn's parameter
 protocol (get_params / set_params / clone, a repr of the non-default parameters), one NotFittedError, the fitted
-check and the device resolution. A leaf module: it imports nothing from the package."""
+check, the device and task resolution, and `Ranks`: the processes a fit is spread over, passed explicitly to fit.
+A leaf module: it imports nothing from the package."""
 from __future__ import annotations
 
 import copy
 import inspect
 
+import numpy as np
 import torch
 
-__all__ = ["Estimator", "NotFittedError", "check_is_fitted", "resolve_device"]
+__all__ = ["Estimator", "NotFittedError", "Ranks", "TASKS", "MAX_AUTO_CLASSES", "check_is_fitted", "infer_task",
+           "resolve_device", "resolve_task", "task_from"]
+
+TASKS = ("classification", "regression")
+MAX_AUTO_CLASSES = 20   # task="auto": integer-valued targets with more distinct values are taken as regression
+
+
+def task_from(kind: str, integral: bool, distinct: int, one_hot: bool = False) -> str:
+    """The package's one rule for task="auto", on a summary of the targets: text or boolean labels (numpy dtype
+    kind O, U, S, b) and one-hot rows are classes; integer-valued numbers are classes when at most
+    MAX_AUTO_CLASSES distinct values occur; anything else (a non-integer or non-finite value, more values) is a
+    regression target."""
+    if kind in "OUSb" or one_hot:
+        return "classification"
+    return "classification" if integral and distinct <= MAX_AUTO_CLASSES else "regression"
+
+
+def _is_one_hot(y: np.ndarray) -> bool:
+    """(n, C) rows of 0/1 with exactly one 1 each."""
+    if y.ndim != 2 or y.shape[1] < 2 or y.dtype.kind not in "biuf":
+        return False
+    return bool(np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all())
+
+
+def infer_task(y) -> str:
+    """"classification" or "regression" for the targets y by `task_from`'s rule."""
+    y = np.asarray(y)
+    if y.dtype.kind in "OUSb":
+        return "classification"
+    if y.dtype.kind not in "iuf":
+        raise ValueError(f"cannot infer the task of a target of dtype {y.dtype}")
+    if _is_one_hot(y):
+        return "classification"
+    integral = y.dtype.kind in "iu" or bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)))
+    return task_from(y.dtype.kind, integral, len(np.unique(y)) if integral else 0)
+
+
+def resolve_task(task, y, name: str = "task") -> str:
+    """task, checked: "auto" becomes infer_task(y)."""
+    if isinstance(task, str) and task == "auto":
+        return infer_task(y)
+    if not (isinstance(task, str) and task in TASKS):
+        raise ValueError(f"{name} must be 'auto', 'classification' or 'regression', got {task!r}")
+    return task
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -39,6 +84,27 @@ def resolve_device(device) -> torch.device:
     elif resolved.type != "cpu":
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     return resolved
+
+
+class Ranks:
+    """The processes one fit is spread over, as a fit sees them: `fit(..., ranks=...)` of EcoVal, LossVal and
+    kmeans / KMeans take one (lossval_fast.distributed makes it from a torch.distributed process group); None is one
+    process. Every method is collective: each rank calls it, in the same order."""
+
+    rank: int = 0
+    world: int = 1
+
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+        raise NotImplementedError
+
+    def all_gather(self, obj) -> list:
+        """Every rank's `obj` (a picklable value), in rank order, on every rank."""
+        raise NotImplementedError
+
+    def broadcast(self, obj, src: int):
+        """Rank `src`'s `obj` on every rank."""
+        raise NotImplementedError
 
 
 class Estimator:

@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    for add in (_add_value, _add_evaluate, _add_bench, _add_info, _add_demo):
+        add(sub)
+    return parser
+
+
+def _add_value(sub) -> None:
     p = sub.add_parser("value", help="value every row of a data file", description=(
         "Value every row of DATA and write one value per input row (low = likely noisy or harmful). The "
         "validation set is --val FILE, or --val-size rows held out at random: those rows are then valued by a "
@@ -180,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(p)
     p.set_defaults(handler=_cmd_value)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="noisy-point detection benchmark (OpenDataVal / LossVal protocol)",
                        description=(
         "Per run: split DATA at random (train/valid/test, z-scored), put noise on train and valid, value the noisy "
@@ -202,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(p)
     p.set_defaults(handler=_cmd_evaluate)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmark suites and collect the speed-up ratios", description=(
         "Runs the pytest-benchmark suites of the source checkout's bench/ folder (each writes bench/results/"
         "<suite>.md and .json), then collects every speed-up ratio of those reports into one markdown table."))
@@ -218,9 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_int_at_least(1), metavar="N", help="threads for us and the peers (2)")
     p.set_defaults(handler=_cmd_bench)
 
+
+def _add_info(sub) -> None:
     p = sub.add_parser("info", help="version, backends built, devices, threads")
     p.set_defaults(handler=_cmd_info)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the bundled data set (make demo)", description=(
         "Runs `evaluate` on the bundled pol subset (label noise 10 %, LossVal, EcoVal, KNN-Shapley and random "
         "values), prints the table and where the report and plots are, then times the pairwise primitive."))
@@ -230,7 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-speed", action="store_true", help="skip the timing of the pairwise primitive")
     p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     p.set_defaults(handler=_cmd_demo)
-    return parser
 
 
 # ------------------------------------------------------------------------------------------------ shared pieces
@@ -287,7 +300,7 @@ def _load(path: str, target: str, one_hot: bool, what: str = "data"):
 
 
 def _resolve_task(requested: str, y, path: str) -> tuple[str, str]:
-    from .evaluation import MAX_AUTO_CLASSES, infer_task
+    from .base import MAX_AUTO_CLASSES, infer_task
 
     distinct = len(np.unique(y))
     if requested == "auto":
@@ -320,20 +333,8 @@ def _options(args, method: str | None = None):
 
 
 # ------------------------------------------------------------------------------------------------ value
-def _cmd_value(args) -> int:
-    from .evaluation import LABELS, MIN_TRAIN_ROWS, plot_values, value_rows
-    from .valuation import two_means_split
-
-    _check_device(args.device)
-    _setup_threads(args)
-    check_writable(args.out)  # before the fit: a bad path fails now, not after it
-    if args.plot:
-        check_writable(args.plot, "--plot")
-    say = _progress(args)
-    X, y, names, shown = _load(args.data, args.target, args.one_hot)
-    n = len(X)
-    task, why = _resolve_task(args.task, y, args.data)
-    options = _options(args, args.method)
+def _check_method_use(args, task: str) -> None:
+    """--method against --nproc, --checkpoint and the task, by what the method registry says of it."""
     method = METHODS[args.method]
     over_processes = " and ".join(m for m, other in METHODS.items() if other.over_processes)
     checkpointed = " and ".join(m for m, other in METHODS.items() if other.checkpoints)
@@ -346,6 +347,14 @@ def _cmd_value(args) -> int:
         others = " or ".join(m for m, other in METHODS.items() if task in other.tasks and not other.baseline)
         raise CommandError(f"{args.method} supports {' and '.join(method.tasks)} only; use --method {others} for a "
                            f"{task} target")
+
+
+def _validation_setup(args, X, y, names):
+    """(validation, val_size, what it is in words): the --val file, checked against the data, or --val-size rows
+    held out (default 100, or 10 % of fewer than 1,000 rows)."""
+    from .evaluation import MIN_TRAIN_ROWS
+
+    n = len(X)
     validation = None
     val_size = None
     if args.val is not None:
@@ -368,6 +377,25 @@ def _cmd_value(args) -> int:
                                f"holds out {val_size} rows and trains on the rest, so at least {need} rows are needed "
                                f"(pass a smaller --val-size or a --val file)")
         setup = f"{val_size} held-out validation rows (--val-size), valued by a second fit"
+    return validation, val_size, setup
+
+
+def _cmd_value(args) -> int:
+    from .evaluation import LABELS, plot_values, value_rows
+    from .valuation import two_means_split
+
+    _check_device(args.device)
+    _setup_threads(args)
+    check_writable(args.out)  # before the fit: a bad path fails now, not after it
+    if args.plot:
+        check_writable(args.plot, "--plot")
+    say = _progress(args)
+    X, y, names, shown = _load(args.data, args.target, args.one_hot)
+    n = len(X)
+    task, why = _resolve_task(args.task, y, args.data)
+    options = _options(args, args.method)
+    _check_method_use(args, task)
+    validation, val_size, setup = _validation_setup(args, X, y, names)
     say(f"{shown}: {n} rows, {X.shape[1]} features, task {task} ({why}); {setup}")
     replaces = Path(args.out).is_file()  # said after the write: the default values.csv is easy to reuse by mistake
 

@@ -46,23 +46,18 @@ import torch
 import torch.distributed as dist
 
 from . import ops
-from .data import BatchPrefetcher, open_rows
+from .data import BatchPrefetcher
 from .ops import backends
-from .ops.kmeans import split_runs as kmeans_split_runs
 from .ops.memory import default_memory_budget
 from .ops.sinkhorn import debiasing_potential
 from .sinkhorn_loop import epsilon_schedule, log_weights, self_potential, sinkhorn_loop
+from .valuation import methods
+from .valuation.lossval import Data, Divergence, gather_rows, weighted_batch_loss
 from .valuation.lossval.chunked import ChunkedStep, SplitAdam
-from .valuation.ecoval import EcoVal
+from .valuation.lossval.protocols import DataParallel, StepRunner, TrainingContext, shard_bounds
 from .valuation.optim import LAST_STEP
-from .valuation.lossval import LossVal, _Data, _Divergence, gather_rows, merge_stats, weighted_batch_loss
 
-__all__ = ["fit", "launch", "shard_bounds", "init_from_env", "WorkerError"]
-
-
-def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
-    """Contiguous shards of n rows over `world` ranks; sizes differ by at most one (a shard may be empty)."""
-    return [(n * r // world, n * (r + 1) // world) for r in range(world)]
+__all__ = ["fit", "launch", "shard_bounds", "init_from_env", "ProcessGroupRanks", "WorkerError"]
 
 
 def init_from_env(backend: str | None = None, timeout: datetime.timedelta | None = None) -> bool:
@@ -82,12 +77,15 @@ def init_from_env(backend: str | None = None, timeout: datetime.timedelta | None
     return True
 
 
-def fit(estimator: LossVal, X, y, X_val, y_val, *, split: str | None = None, chunk_steps: int = 64,
-        shard_validation: bool = False) -> LossVal:
-    """Fit `estimator` (a LossVal) data-parallel over the ranks of the default process group (initialised from
-    the environment under torchrun when needed). Every rank calls this with the same arguments; X and y may be
-    out of core (a .npy path or memmap: each rank reads the rows it needs).
+def fit(estimator, X, y, X_val, y_val, *, split: str | None = None, chunk_steps: int = 64,
+        shard_validation: bool = False):
+    """Fit `estimator` over the ranks of the default process group (initialised from the environment under torchrun
+    when needed): any estimator whose method runs over processes (valuation.methods: LossVal data-parallel, EcoVal
+    with its k-means restarts and subset trainings spread). Every rank calls this with the same arguments; X and y
+    may be out of core for LossVal (a .npy path or memmap: each rank reads the rows it needs); EcoVal loads a path.
+    The estimator's fit gets the ranks explicitly (fit(..., ranks=...)).
 
+    LossVal's options (EcoVal ignores them):
     split : "divergences" (default; the divergences of each chunk of `chunk_steps` steps spread over the ranks,
         the model's steps run whole on every rank) or "points" (each rank runs the model on its own rows of every
         batch, the model's gradient is all-reduced each step); see the module docstring. None picks
@@ -102,44 +100,21 @@ def fit(estimator: LossVal, X, y, X_val, y_val, *, split: str | None = None, chu
         GPUs with NCCL); on CPU with gloo its ~15 collectives and Python-level loop per step measured slower than
         the replicated divergence at 2 processes up to 20,000 validation points.
 
-    Returns the estimator. values_ (all n values, input order) is gathered on rank 0 only (None elsewhere);
-    model_, history_, n_steps_, classes_ and timings_ are set on every rank. Checkpoints are written by rank 0 in
-    the single-process format (full weights and Adam state), so a run can resume with any number of processes.
+    Returns the estimator. LossVal: values_ (all n values, input order) is gathered on rank 0 only (None
+    elsewhere); model_, history_, n_steps_, classes_ and timings_ are set on every rank; checkpoints are written by
+    rank 0 in the single-process format (full weights and Adam state), so a run can resume with any number of
+    processes. EcoVal: every rank ends with every value.
     """
-    if isinstance(estimator, EcoVal):
-        return _fit_ecoval(estimator, X, y, X_val, y_val)
-    if not isinstance(estimator, LossVal):
-        raise ValueError(f"estimator must be a LossVal or an EcoVal, got {type(estimator).__name__}")
-    if not isinstance(shard_validation, bool):
-        raise ValueError(f"shard_validation must be True or False, got {shard_validation!r}")
-    if split is None:
-        split = "points" if shard_validation else "divergences"
-    if split not in ("divergences", "points"):
-        raise ValueError(f"split must be 'divergences' or 'points', got {split!r}")
-    if shard_validation and split != "points":
-        raise ValueError("shard_validation=True splits the validation side of each step's divergence: it needs "
-                         "split='points'")
-    if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
-        raise ValueError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
+    method = methods.of(estimator)
+    if method is None or not method.over_processes:
+        able = ", ".join(m.estimator for m in methods.METHODS.values() if m.over_processes)
+        raise ValueError(f"estimator must be one whose method runs over processes ({able}), got "
+                         f"{type(estimator).__name__}")
+    ranks = ProcessGroupRanks(split=split, chunk_steps=chunk_steps, shard_validation=shard_validation)
     created = init_from_env()
     try:
-        estimator._check_params()
-        if shard_validation is True and estimator.diameter == "batch":
-            raise ValueError("shard_validation=True needs a fixed diameter (diameter='global' or a number): the "
-                             "per-batch diameter recomputes the validation side every step")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        started = time.perf_counter()
-        n = len(open_rows(X, "X"))
-        lo, hi = shard_bounds(n, world)[rank]
-
-        def reduce(stats):
-            parts = [None] * world
-            dist.all_gather_object(parts, stats)
-            return merge_stats(parts)
-
-        data = estimator._check_data(X, y, X_val, y_val, rows=(lo, hi), reduce=reduce)
-        ctx = _Context(data, rank, world, shard_validation, split, chunk_steps)
-        estimator._train(data, ctx, checks_seconds=time.perf_counter() - started)
+        ranks.join()
+        estimator.fit(X, y, X_val, y_val, ranks=ranks)
         if created:
             _quiesce()
         return estimator
@@ -157,77 +132,58 @@ def _quiesce():
     dist.barrier()
 
 
-def _fit_ecoval(estimator: EcoVal, X, y, X_val, y_val) -> EcoVal:
-    """EcoVal over the ranks: every rank clusters the data (the same k-means, the same seed), trains every
-    world-th of the remaining subset models, and one all-gather gives every rank all the utilities (also per
-    validation point), LCO held-out outputs and models; the cluster values and point values are then computed
-    everywhere. A path to a .npy file is loaded (EcoVal holds its data in memory)."""
-    def load(a):
-        return np.load(a) if isinstance(a, (str, os.PathLike)) else a
+class ProcessGroupRanks(DataParallel):
+    """The ranks of the default torch.distributed process group, as the estimators' fit(ranks=...) takes them
+    (base.Ranks: barrier, all_gather, broadcast; EcoVal and k-means use those), with LossVal's data-parallel
+    options (protocols.DataParallel: its check and its TrainingContext, _Context below)."""
 
-    created = init_from_env()
-    try:
-        ranks = estimator._ranks = _EcoValRanks(dist.get_rank(), dist.get_world_size())
-        with kmeans_split_runs(ranks.rank, ranks.world, ranks.choose_run):  # k-means' n_init runs, spread too
-            estimator.fit(load(X), load(y), load(X_val), load(y_val))
-        if created:
-            _quiesce()
-        return estimator
-    finally:
-        estimator._ranks = None
-        if created:
-            dist.destroy_process_group()
+    def __init__(self, *, split: str | None = None, chunk_steps: int = 64, shard_validation: bool = False):
+        if not isinstance(shard_validation, bool):
+            raise ValueError(f"shard_validation must be True or False, got {shard_validation!r}")
+        if split is None:
+            split = "points" if shard_validation else "divergences"
+        if split not in ("divergences", "points"):
+            raise ValueError(f"split must be 'divergences' or 'points', got {split!r}")
+        if shard_validation and split != "points":
+            raise ValueError("shard_validation=True splits the validation side of each step's divergence: it needs "
+                             "split='points'")
+        if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
+            raise ValueError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
+        self.split, self.chunk_steps, self.shard_validation = split, chunk_steps, shard_validation
+        self.rank, self.world = 0, 1
 
+    def join(self) -> "ProcessGroupRanks":
+        """Take this process's rank and the world size from the (initialised) default group."""
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        return self
 
-class _EcoValRanks:
-    """EcoVal's view of the ranks: which trainings are this rank's (ecoval.trainings.Trainings.my_share), and
-    their merge."""
-
-    def __init__(self, rank: int, world: int):
-        self.rank, self.world = rank, world
-
-    @staticmethod
-    def barrier():
+    def barrier(self) -> None:
         dist.barrier()
 
-    def choose_run(self, best, run_index):
-        """The best k-means run over the ranks (lowest inertia, ties to the lower run index), from its rank."""
-        mine = None if best is None else (float(best[2]), run_index, self.rank)
-        offers = [None] * self.world
-        dist.all_gather_object(offers, mine)
-        winner = min((o for o in offers if o is not None), key=lambda o: (o[0], o[1]))
-        holder = [best if self.rank == winner[2] else None]
-        dist.broadcast_object_list(holder, src=winner[2])
+    def all_gather(self, obj) -> list:
+        parts = [None] * self.world
+        dist.all_gather_object(parts, obj)
+        return parts
+
+    def broadcast(self, obj, src: int):
+        holder = [obj if self.rank == src else None]
+        dist.broadcast_object_list(holder, src=src)
         return holder[0]
 
-    def merge(self, est: EcoVal, state: dict) -> dict:
-        """Every rank's finished trainings into `state` (collective); rank 0 then saves the merged checkpoint and
-        the other ranks remove their own files."""
-        p = est.n_clusters_
-        lco = [(r, j - 1) for r, j in zip(*np.nonzero(state["done"])) if 1 <= j <= p]
-        mine = {"done": state["done"], "U": state["U"], "Uv": state.get("Uv"), "models": state["models"],
-                "heldout_rows": {(r, i): state["heldout"][r, est._members[i]] for r, i in lco},
-                "trainings": est.n_trainings_, "converged": est.converged_}
-        parts = [None] * self.world
-        dist.all_gather_object(parts, mine)
-        for part in parts:
-            state = est.merge_state(state, part)
-        est.n_trainings_ = sum(part["trainings"] for part in parts)
-        est.converged_ = all(part["converged"] for part in parts)
-        if est.checkpoint is not None:
-            if self.rank == 0:
-                est._save_checkpoint(state, force=True)
-            dist.barrier()  # the merged state is on disk before the ranks' partial files go
-            if self.rank != 0 and os.path.exists(est._checkpoint_path()):
-                os.remove(est._checkpoint_path())
-        return state
+    def check(self, est) -> None:
+        if self.shard_validation and est.diameter == "batch":
+            raise ValueError("shard_validation=True needs a fixed diameter (diameter='global' or a number): the "
+                             "per-batch diameter recomputes the validation side every step")
+
+    def training_context(self, est, data) -> "_Context":
+        return _Context(data, self.rank, self.world, self.shard_validation, self.split, self.chunk_steps)
 
 
-class _Context:
+class _Context(TrainingContext):
     """What the training loop needs to know about the ranks: the weight shard, the agreed seed, the step, and
     the gathers for checkpoints and values."""
 
-    def __init__(self, data: _Data, rank: int, world: int, shard_validation, split="points", chunk_steps=64):
+    def __init__(self, data: Data, rank: int, world: int, shard_validation, split="points", chunk_steps=64):
         self.rank, self.world = rank, world
         self.bounds = shard_bounds(data.n, world)
         self.shard = self.bounds[rank]
@@ -298,7 +254,7 @@ class _Context:
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-class _ShardedStep:
+class _ShardedStep(StepRunner):
     """One data-parallel LossVal step on this rank (see the module docstring).
 
     Three collectives per step, each overlapped with work that does not need its result: the batch's points and
@@ -306,10 +262,10 @@ class _ShardedStep:
     while the divergence is computed; the model's gradient while the weight shard takes its Adam step. On a busy
     machine a collective waits for the peer to be scheduled, which the overlap hides."""
 
-    def __init__(self, ctx: _Context, est, model, weights, data: _Data, fixed_diameter, shard_validation: bool):
+    def __init__(self, ctx: _Context, est, model, weights, data: Data, fixed_diameter, shard_validation: bool):
         self.ctx, self.model, self.weights, self.data = ctx, model, weights, data
-        self.task, self.batch_size = est.task, est.batch_size
-        self.classification = est.task == "classification"
+        self.task, self.batch_size = data.task, est.batch_size
+        self.classification = data.task == "classification"
         self.from_logits = est.model_output == "logits"
         self.normalize = est.normalize
         self.d = data.d
@@ -320,7 +276,7 @@ class _ShardedStep:
         if shard_validation:
             self.engine = _ShardedSinkhorn(ctx, data, est, fixed_diameter)
         else:
-            self.replicated = _Divergence(est, data.X_val, fixed_diameter)
+            self.replicated = Divergence(est, data.X_val, fixed_diameter)
 
     def batches(self, order, position):
         """Per global minibatch from `position` on: (positions in the batch of this rank's points, their local
@@ -427,7 +383,7 @@ class _ShardedSinkhorn:
     the x-side log-sum-exps over Y combined across ranks by one all-gather per pass. FA, the x-x potential, is
     small (batch x batch) and computed whole on every rank."""
 
-    def __init__(self, ctx: _Context, data: _Data, est, diameter: float):
+    def __init__(self, ctx: _Context, data: Data, est, diameter: float):
         self.ctx = ctx
         X_val = data.X_val
         m = X_val.shape[0]

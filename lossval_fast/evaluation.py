@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write
-from .base import resolve_device  # noqa: F401 (the device rule of every estimator; the CLI imports it here)
+from .base import MAX_AUTO_CLASSES, infer_task, resolve_device  # noqa: F401 (the package's rules; the CLI imports them here)
 from .valuation import (KINDS, discovery_curve, noisify_split, noisy_count, noisy_detection_auc,
                         noisy_detection_f1, standardize_split, two_means_split)
 from .valuation.learners import LEARNERS as _BUILTIN_LEARNERS
@@ -41,7 +41,6 @@ LEARNERS = tuple(_BUILTIN_LEARNERS)   # EcoVal's built-in learners (the registry
 DIAMETERS = ("batch", "global")
 TASKS = ("classification", "regression")
 # task="auto": an integer-valued target with at most this many distinct values is a class label.
-MAX_AUTO_CLASSES = 20
 REMOVAL_STEP = 0.05
 DISCOVERY_STEPS = 20
 FORMAT = "lossval-fast-evaluate/1"
@@ -112,21 +111,6 @@ def default_methods(task: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def infer_task(y) -> str:
-    """"classification" for text/bool labels and integer-valued targets with at most 20 distinct values,
-    "regression" otherwise."""
-    y = np.asarray(y)
-    if y.dtype.kind in "OUSb":
-        return "classification"
-    if y.dtype.kind in "iu":
-        integral = True
-    elif y.dtype.kind == "f":
-        integral = bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)))
-    else:
-        raise ValueError(f"cannot infer the task of a target of dtype {y.dtype}")
-    return "classification" if integral and len(np.unique(y)) <= MAX_AUTO_CLASSES else "regression"
-
-
 def _distributed_values(estimator, x, y, xv, yv):
     """Run on every rank of lossval_fast.distributed.launch: the estimator's values over the ranks."""
     from . import distributed
@@ -223,6 +207,48 @@ def _round_half_up(x: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ value
+def _check_validation(X, validation, val_size):
+    """(X_val, y_val) of validation=(X_val, y_val) (features flattened to float64), or (None, None) with a
+    val_size that leaves both fits of value_rows enough training rows."""
+    n = len(X)
+    if validation is not None:
+        X_val = np.asarray(validation[0], dtype=np.float64).reshape(len(validation[0]), -1)
+        y_val = np.asarray(validation[1])
+        if X_val.shape[1] != X.shape[1]:
+            raise ValueError(f"the validation set has {X_val.shape[1]} features, the data {X.shape[1]}")
+        if n < MIN_TRAIN_ROWS or len(X_val) < 1:
+            raise ValueError(f"{n} training and {len(X_val)} validation rows are too few (need at least "
+                             f"{MIN_TRAIN_ROWS} and 1)")
+        return X_val, y_val
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or val_size < 1:
+        raise ValueError(f"val_size must be an integer >= 1 (or pass validation=(X_val, y_val)), got "
+                         f"{val_size!r}")
+    if n - val_size < max(val_size, MIN_TRAIN_ROWS):
+        raise ValueError(f"{n} rows are too few for a validation set of {val_size} rows: each of the two fits "
+                         f"holds out {val_size} rows and trains on the rest, so at least "
+                         f"{max(2 * val_size, val_size + MIN_TRAIN_ROWS)} rows are needed")
+    return None, None
+
+
+def _standardised(X, y, X_val, y_val, task):
+    """(Z, t, Z_val, t_val, classes): features z-scored with X's statistics (OpenDataVal's), class labels coded
+    0..C-1 over both sets, regression targets z-scored with y's statistics."""
+    n = len(X)
+    Z = _zscore_with(X, X)
+    Z_val = _zscore_with(X_val, X) if X_val is not None else None
+    if task == "classification":
+        both = y if y_val is None else np.concatenate([y, y_val])
+        classes, codes = np.unique(both, return_inverse=True)
+        codes = codes.reshape(-1).astype(np.int64)
+        return Z, codes[:n], Z_val, (codes[n:] if y_val is not None else None), classes
+    try:
+        yf = y.astype(np.float64)
+        yf_val = y_val.astype(np.float64) if y_val is not None else None
+    except (TypeError, ValueError):
+        raise ValueError("regression needs a numeric target; text labels are classes") from None
+    return Z, _zscore_with(yf, yf), Z_val, (_zscore_with(yf_val, yf) if yf_val is not None else None), None
+
+
 def value_rows(X, y, *, task: str, method: str = "lossval", options: MethodOptions | None = None,
                validation=None, val_size: int | None = None, seed: int = 0, device="auto",
                verbose: bool = False, progress: Callable[[str], None] | None = None, nproc: int = 1,
@@ -251,41 +277,8 @@ def value_rows(X, y, *, task: str, method: str = "lossval", options: MethodOptio
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     check_methods([method], task)
-    if validation is not None:
-        X_val = np.asarray(validation[0], dtype=np.float64).reshape(len(validation[0]), -1)
-        y_val = np.asarray(validation[1])
-        if X_val.shape[1] != X.shape[1]:
-            raise ValueError(f"the validation set has {X_val.shape[1]} features, the data {X.shape[1]}")
-        if n < MIN_TRAIN_ROWS or len(X_val) < 1:
-            raise ValueError(f"{n} training and {len(X_val)} validation rows are too few (need at least "
-                             f"{MIN_TRAIN_ROWS} and 1)")
-    else:
-        if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or val_size < 1:
-            raise ValueError(f"val_size must be an integer >= 1 (or pass validation=(X_val, y_val)), got "
-                             f"{val_size!r}")
-        if n - val_size < max(val_size, MIN_TRAIN_ROWS):
-            raise ValueError(f"{n} rows are too few for a validation set of {val_size} rows: each of the two fits "
-                             f"holds out {val_size} rows and trains on the rest, so at least "
-                             f"{max(2 * val_size, val_size + MIN_TRAIN_ROWS)} rows are needed")
-        X_val = y_val = None
-
-    # Standardise (OpenDataVal's z-score with the data's statistics) and code the labels.
-    Z = _zscore_with(X, X)
-    Z_val = _zscore_with(X_val, X) if X_val is not None else None
-    classes = None
-    if task == "classification":
-        both = y if y_val is None else np.concatenate([y, y_val])
-        classes, codes = np.unique(both, return_inverse=True)
-        codes = codes.reshape(-1).astype(np.int64)
-        t, t_val = codes[:n], (codes[n:] if y_val is not None else None)
-    else:
-        try:
-            yf = y.astype(np.float64)
-            yf_val = y_val.astype(np.float64) if y_val is not None else None
-        except (TypeError, ValueError):
-            raise ValueError("regression needs a numeric target; text labels are classes") from None
-        t = _zscore_with(yf, yf)
-        t_val = _zscore_with(yf_val, yf) if yf_val is not None else None
+    X_val, y_val = _check_validation(X, validation, val_size)
+    Z, t, Z_val, t_val, classes = _standardised(X, y, X_val, y_val, task)
 
     valuer = make_valuer(method, task, options, device, verbose=verbose, nproc=nproc)
     checkpoints = checkpoint_paths(checkpoint, method)
@@ -427,6 +420,41 @@ def check_protocol(n: int, *, n_train: int, n_valid: int, n_test: int | None, ra
     return n_test
 
 
+def _score_run(valuer, seed, split, noisy, mask, task, fractions, factory, baseline) -> dict:
+    """One method on one run: its values' F1, AUC and discovery curve against the noisy mask, the valuation's time
+    alone, and the removal curves (lowest and highest values first)."""
+    start = time.perf_counter()
+    values = valuer(noisy.x_train, noisy.y_train, noisy.x_valid, noisy.y_valid, seed)
+    seconds = time.perf_counter() - start
+    _, found = discovery_curve(values, mask, steps=DISCOVERY_STEPS)
+    low, high = removal_curves(values, noisy.x_train, noisy.y_train, split.x_test, split.y_test, task=task,
+                               fractions=fractions, factory=factory, baseline=baseline)
+    return {"f1": noisy_detection_f1(values, mask), "auc": noisy_detection_auc(values, mask), "time_s": seconds,
+            "discovery": found.tolist(), "lowest": low.tolist(), "highest": high.tolist()}
+
+
+def _summarise(record: dict, label: str, settings: str, options: dict) -> dict:
+    """A method's per-run records with their means (and sample standard deviations: none for one run)."""
+    runs = len(record["f1"])
+    return {
+        "label": label,
+        "settings": settings,
+        "options": options,
+        "f1": record["f1"],
+        "f1_mean": float(np.mean(record["f1"])),
+        "f1_std": float(np.std(record["f1"], ddof=1)) if runs > 1 else None,  # one run measures no spread
+        "auc": record["auc"],
+        "auc_mean": float(np.mean(record["auc"])),
+        "auc_std": float(np.std(record["auc"], ddof=1)) if runs > 1 else None,
+        "time_s": record["time_s"],
+        "time_mean_s": float(np.mean(record["time_s"])),
+        "discovery": {"mean": np.mean(record["discovery"], axis=0).tolist(), "runs": record["discovery"]},
+        "removal": {"lowest_first": {"mean": np.mean(record["lowest"], axis=0).tolist(), "runs": record["lowest"]},
+                    "highest_first": {"mean": np.mean(record["highest"], axis=0).tolist(),
+                                      "runs": record["highest"]}},
+    }
+
+
 def evaluate(X, y, *, task: str, noise: str = "label", rate: float = 0.1, runs: int = 5,
              methods: Sequence[str] | None = None, n_train: int = 1000, n_valid: int = 100,
              n_test: int | None = None, seed: int = 0, options: MethodOptions | None = None, device="auto",
@@ -475,45 +503,14 @@ def evaluate(X, y, *, task: str, noise: str = "label", rate: float = 0.1, runs: 
         noisy, mask, _ = noisify_split(split, noise, rate, random_state=rs)
         baseline = _fit_score(factory, task, noisy.x_train, noisy.y_train, split.x_test, split.y_test)
         for method in methods:
-            start = time.perf_counter()
-            values = valuers[method](noisy.x_train, noisy.y_train, noisy.x_valid, noisy.y_valid, seed + run)
-            seconds = time.perf_counter() - start
-            f1 = noisy_detection_f1(values, mask)
-            auc = noisy_detection_auc(values, mask)
-            _, found = discovery_curve(values, mask, steps=DISCOVERY_STEPS)
-            low, high = removal_curves(values, noisy.x_train, noisy.y_train, split.x_test, split.y_test, task=task,
-                                       fractions=fractions, factory=factory, baseline=baseline)
-            record = per_method[method]
-            record["f1"].append(f1)
-            record["auc"].append(auc)
-            record["time_s"].append(seconds)
-            record["discovery"].append(found.tolist())
-            record["lowest"].append(low.tolist())
-            record["highest"].append(high.tolist())
-            say(f"run {run + 1}/{runs}  {LABELS[method]:<14} F1 {f1:.3f}  AUC {auc:.3f}  {seconds:7.2f} s")
+            record = _score_run(valuers[method], seed + run, split, noisy, mask, task, fractions, factory, baseline)
+            for key, value in record.items():
+                per_method[method][key].append(value)
+            say(f"run {run + 1}/{runs}  {LABELS[method]:<14} F1 {record['f1']:.3f}  AUC {record['auc']:.3f}  "
+                f"{record['time_s']:7.2f} s")
 
-    summary = {}
-    for method in methods:
-        record = per_method[method]
-        f1 = np.array(record["f1"])
-        summary[method] = {
-            "label": LABELS[method],
-            "settings": options.describe(method, task),
-            "options": options.settings(method),
-            "f1": record["f1"],
-            "f1_mean": float(f1.mean()),
-            "f1_std": float(f1.std(ddof=1)) if runs > 1 else None,  # one run measures no spread
-            "auc": record["auc"],
-            "auc_mean": float(np.mean(record["auc"])),
-            "auc_std": float(np.std(record["auc"], ddof=1)) if runs > 1 else None,
-            "time_s": record["time_s"],
-            "time_mean_s": float(np.mean(record["time_s"])),
-            "discovery": {"mean": np.mean(record["discovery"], axis=0).tolist(), "runs": record["discovery"]},
-            "removal": {"lowest_first": {"mean": np.mean(record["lowest"], axis=0).tolist(),
-                                         "runs": record["lowest"]},
-                        "highest_first": {"mean": np.mean(record["highest"], axis=0).tolist(),
-                                          "runs": record["highest"]}},
-        }
+    summary = {method: _summarise(per_method[method], LABELS[method], options.describe(method, task),
+                                  options.settings(method)) for method in methods}
     return {
         "format": FORMAT,
         "data": data_name,

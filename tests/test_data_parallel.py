@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lossval_fast import distributed, ops
+from lossval_fast.valuation.knn_shapley import KNNShapley
 from lossval_fast.valuation.lossval import LossVal
 from scripts import run_script
 from large_scale_data import Doubler, synthetic
@@ -219,8 +220,11 @@ def test_a_world_of_one_rank_equals_the_estimator(one_rank_group, tmp_path):
                         shard_validation=True)
     with pytest.raises(ValueError, match="chunk_steps must be an integer >= 1, got 0"):
         distributed.fit(LossVal(epochs=1, verbose=False), X, y, Xv, yv, chunk_steps=0)
-    with pytest.raises(ValueError, match="estimator must be a LossVal"):
+    with pytest.raises(ValueError, match=r"estimator must be one whose method runs over processes \(LossVal, "
+                                         r"EcoVal\), got object"):
         distributed.fit(object(), X, y, Xv, yv)
+    with pytest.raises(ValueError, match="runs over processes .*got KNNShapley"):
+        distributed.fit(KNNShapley(), X, y, Xv, yv)
 
 
 def test_a_normalized_global_run_reuses_the_cached_validation_side(monkeypatch):
@@ -232,21 +236,21 @@ def test_a_normalized_global_run_reuses_the_cached_validation_side(monkeypatch):
     monkeypatch.setattr(module.STEP_OPTIONS, "fused_step", False)
 
     caches = []
-    init = module._Divergence.__init__
+    init = module.Divergence.__init__
 
     def keep(self, *args):
         init(self, *args)
         caches.append(self.cache)
-    monkeypatch.setattr(module._Divergence, "__init__", keep)
+    monkeypatch.setattr(module.Divergence, "__init__", keep)
     X, y, Xv, yv = synthetic(n=160, m=40)
     params = dict(epochs=1, batch_size=16, random_state=2, verbose=False, normalize=True, dtype=torch.float64)
     est = LossVal(diameter="global", **params).fit(X, y, Xv, yv)
     # the warm-up's miss, the lookup that hands GB to the C++ step, then every step a hit
     assert caches[0].hits == 11 and caches[0].misses == 1
     # the same values as the op normalising itself with the validation side recomputed each step
-    monkeypatch.setattr(module._Divergence, "__init__", init)
+    monkeypatch.setattr(module.Divergence, "__init__", init)
     diameter = est._fixed_diameter(est._check_data(X, y, Xv, yv))
     plain = LossVal(diameter=diameter, **params)
-    monkeypatch.setattr(module._Divergence, "__call__", lambda self, wb, xb: ops.sinkhorn_divergence(
+    monkeypatch.setattr(module.Divergence, "__call__", lambda self, wb, xb: ops.sinkhorn_divergence(
         wb, xb, torch.ones(len(Xv), dtype=torch.float64), self.X_val, diameter=diameter, normalize=True))
     assert np.abs(plain.fit(X, y, Xv, yv).values_ - est.values_).max() <= 1e-9

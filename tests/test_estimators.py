@@ -120,3 +120,38 @@ def test_the_device_rule():
         for est in (LossVal(epochs=1, verbose=False, device="cuda"), EcoVal(4, verbose=False, device="cuda")):
             with pytest.raises(ValueError, match="no CUDA device is available here"):
                 est.fit(X, y, Xv, yv)
+
+
+def _targets(kind, n, rng):
+    return {"codes": rng.integers(0, 3, n), "float_codes": rng.integers(0, 2, n).astype(np.float64),
+            "many_integers": rng.integers(0, 40, n), "floats": rng.normal(size=n)}[kind]
+
+
+@pytest.mark.parametrize("kind, expected", [("codes", "classification"), ("float_codes", "classification"),
+                                            ("many_integers", "regression"), ("floats", "regression")])
+def test_task_auto_is_one_rule_everywhere(kind, expected):
+    """task="auto" resolves the same way in LossVal, EcoVal, the adapters and the workflows (base.infer_task):
+    integer-valued labels with at most 20 distinct values are classes, the rest regression."""
+    from lossval_fast.base import infer_task, resolve_task
+    from lossval_fast.integrations import prepare
+
+    rng = np.random.default_rng(0)
+    X, Xv = rng.normal(size=(90, 3)), rng.normal(size=(30, 3))
+    y = _targets(kind, 90, rng)
+    yv = y[:30].copy()
+    assert infer_task(y) == resolve_task("auto", y) == prepare(X, y, Xv, yv)["task"] == expected
+    lossval = LossVal(task="auto", epochs=1, verbose=False, random_state=0).fit(X, y, Xv, yv)
+    ecoval = EcoVal(4, task="auto", stratify_by_label=False, verbose=False, random_state=0).fit(X, y, Xv, yv)
+    assert lossval.task_ == ecoval.task_ == expected
+    assert np.isfinite(lossval.values_).all() and np.isfinite(ecoval.values_).all()
+    if kind == "codes":   # an explicit task gives the same fit as the one "auto" chose
+        same = LossVal(task=expected, epochs=1, verbose=False, random_state=0).fit(X, y, Xv, yv)
+        assert np.array_equal(same.values_, lossval.values_)
+
+
+def test_task_names_are_checked_by_one_rule():
+    from lossval_fast.base import resolve_task
+    with pytest.raises(ValueError, match="task must be 'auto', 'classification' or 'regression', got 'ranking'"):
+        resolve_task("ranking", np.zeros(3))
+    with pytest.raises(ValueError, match=r"task must be one of \('auto', 'classification', 'regression'\)"):
+        LossVal(task="ranking").fit(np.zeros((4, 2)), np.zeros(4), np.zeros((2, 2)), np.zeros(2))

@@ -115,3 +115,48 @@ def test_no_import_cycles_beyond_the_known_ones():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+def _package_of(name: str, path: Path) -> str:
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def test_private_names_are_imported_only_within_their_package():
+    """`from X import _name` only from a module of the importer's own package (siblings share their privates);
+    across packages only public names (e.g. distributed imports valuation.lossval's Data, not _Data)."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        package = _package_of(name, path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")
+                source = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if not source.startswith("lossval_fast"):
+                continue
+            home = source if _is_module(source) and (PACKAGE.parent / source.replace(".", "/")).is_dir() \
+                else source.rpartition(".")[0]
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if private and not _is_module(source + "." + alias.name) and home != package:
+                    offenders.append(f"{name}: from {source} import {alias.name}")
+    assert not offenders, offenders
+
+
+# functions longer than this are split (issue 16: a function reads on one screen)
+MAX_FUNCTION_LINES = 85
+
+
+def test_functions_fit_on_a_screen():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{_module_name(path)}.{node.name}: {lines} lines")
+    assert not long, long

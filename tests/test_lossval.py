@@ -104,12 +104,12 @@ def test_torch_inputs_and_custom_model():
 def test_global_diameter_caches_the_validation_side(monkeypatch):
     from lossval_fast.valuation import lossval as module
     made = []
-    init = module._Divergence.__init__
+    init = module.Divergence.__init__
 
     def keep(self, *args):
         init(self, *args)
         made.append(self)
-    monkeypatch.setattr(module._Divergence, "__init__", keep)
+    monkeypatch.setattr(module.Divergence, "__init__", keep)
     Xt, yt, Xv, yv = pol(100, 30)
     est = LossVal(epochs=1, random_state=0, diameter="global", verbose=False).fit(Xt, yt, Xv, yv)
     assert np.isfinite(est.values_).all() and est.fused_step_

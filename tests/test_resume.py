@@ -19,13 +19,13 @@ KILL_SCRIPT = """
     X, y, Xv, yv = synthetic()
     np.save({folder!r} + "/X.npy", X)
     X = {source}
-    call, count = module._StepRunner.__call__, [0]
+    call, count = module.SingleStep.__call__, [0]
     def step_then_die(self, *args):
         count[0] += 1
         if count[0] == {kill_at}:  # in the middle of a step, before the weights of this step are updated
             os.kill(os.getpid(), signal.SIGKILL)
         return call(self, *args)
-    module._StepRunner.__call__ = step_then_die
+    module.SingleStep.__call__ = step_then_die
     module.LossVal(epochs=3, batch_size=16, random_state=3, verbose=False, checkpoint={path!r},
                    checkpoint_every={every}).fit(X, y, Xv, yv)
 """

@@ -15,10 +15,10 @@ import numbers
 
 import numpy as np
 
-from ..evaluation import infer_task
+from ..base import resolve_task
 from ..valuation.splits import as_numpy
 
-__all__ = ["prepare", "seed_from"]
+__all__ = ["prepare", "seed_from", "check_method", "fit_method"]
 
 
 def _features(x, name: str) -> np.ndarray:
@@ -34,7 +34,8 @@ def _features(x, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be numeric, got dtype {x.dtype}") from None
 
 
-def _is_one_hot(y: np.ndarray) -> bool:
+def _is_label_rows(y: np.ndarray) -> bool:
+    """One-hot or probability rows (what OpenDataVal's fetchers hand out): one column per class."""
     return y.ndim == 2 and y.shape[1] > 1
 
 
@@ -44,7 +45,7 @@ def prepare(x_train, y_train, x_valid, y_valid, task: str = "auto") -> dict:
     Returns dict(x_train, y_train, x_valid, y_valid, task, classes): features float64 (n, d) (flattened);
     classification labels as codes 0..C-1 (one-hot or probability rows: their argmax, C = the number of columns;
     other labels: their position in the sorted labels of train and valid together); regression targets float64 (n,).
-    task "auto": one-hot rows and labels `infer_task` calls classes are classification, the rest regression.
+    task "auto": label rows are classes, other targets by the package's rule (lossval_fast.base.infer_task).
     """
     xt, xv = _features(x_train, "x_train"), _features(x_valid, "x_valid")
     if xt.shape[1] != xv.shape[1]:
@@ -58,16 +59,13 @@ def prepare(x_train, y_train, x_valid, y_valid, task: str = "auto") -> dict:
         yt = yt[:, 0]
     if yv.ndim == 2 and yv.shape[1] == 1:
         yv = yv[:, 0]
-    if _is_one_hot(yt) != _is_one_hot(yv) or (_is_one_hot(yt) and yt.shape[1] != yv.shape[1]):
+    if _is_label_rows(yt) != _is_label_rows(yv) or (_is_label_rows(yt) and yt.shape[1] != yv.shape[1]):
         raise ValueError(f"y_train and y_valid must have the same label layout, got shapes {yt.shape} and {yv.shape}")
-    if task == "auto":
-        task = "classification" if _is_one_hot(yt) else infer_task(yt)
-    if task not in ("classification", "regression"):
-        raise ValueError(f"task must be 'auto', 'classification' or 'regression', got {task!r}")
+    task = "classification" if task == "auto" and _is_label_rows(yt) else resolve_task(task, yt)
 
     classes = None
     if task == "classification":
-        if _is_one_hot(yt):
+        if _is_label_rows(yt):
             ct, cv = yt.argmax(1), yv.argmax(1)
             # Compact the codes to the classes present, keeping their order (LossVal wants 0..C-1 all present).
             classes, codes = np.unique(np.concatenate([ct, cv]), return_inverse=True)
@@ -85,6 +83,33 @@ def prepare(x_train, y_train, x_valid, y_valid, task: str = "auto") -> dict:
         except (TypeError, ValueError):
             raise ValueError("regression targets must be numeric") from None
     return {"x_train": xt, "y_train": yt_out, "x_valid": xv, "y_valid": yv_out, "task": task, "classes": classes}
+
+
+def check_method(method: str, options: dict):
+    """A registered valuation method (valuation.methods) and options it reads (MethodOptions fields), or the error
+    naming what is wrong."""
+    from ..evaluation import MethodOptions
+    from ..valuation import methods
+
+    spec = methods.get(method)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"{method} takes the options {', '.join(spec.options) or '(none)'}, got {', '.join(unknown)}")
+    MethodOptions(**options)   # the values' checks
+    return spec
+
+
+def fit_method(method: str, data: dict, options: dict, device, random_state, verbose: bool = False):
+    """The fitted estimator of a registered method on prepare()'s data: what the generic adapters (OpenDataVal's
+    MethodEvaluator, pyDVL's MethodValuation) run, so that a method registered once has both adapters."""
+    from ..evaluation import MethodOptions
+
+    spec = check_method(method, options)
+    if data["task"] not in spec.tasks:
+        raise ValueError(f"{method} values {' and '.join(spec.tasks)} targets only, got a {data['task']} target"
+                         + (f" ({spec.task_note})" if spec.task_note else ""))
+    estimator = spec.make(data["task"], MethodOptions(**options), device, seed_from(random_state), verbose, None)
+    return estimator.fit(data["x_train"], data["y_train"], data["x_valid"], data["y_valid"])
 
 
 def seed_from(random_state):

@@ -37,10 +37,8 @@ its own generator seeded from that one, on every device alike.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-import threading
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -380,31 +378,27 @@ def _tolerance(x: torch.Tensor, tol: float) -> float:
     return float(x.var(dim=0, unbiased=False).double().mean()) * tol
 
 
-# The n_init runs spread over the ranks of a distributed fit (lossval_fast.distributed runs EcoVal's k-means so):
-# each rank runs every world-th, then `choose` (collective) agrees on the best of all, lowest inertia and ties to the
-# lower run as in one process. Run r draws from its own generator, so it is the same run wherever it runs.
-_split = threading.local()
+# The n_init runs spread over the ranks of a distributed fit (`ranks`, a base.Ranks; lossval_fast.distributed runs
+# EcoVal's k-means so): each rank runs every world-th, then `_best_over_ranks` (collective) agrees on the best of all,
+# lowest inertia and ties to the lower run as in one process. Run r draws from its own generator, so it is the same
+# run wherever it runs.
+def _best_over_ranks(ranks, best, run_index):
+    """The best run over the ranks (lowest inertia, ties to the lower run index), from the rank that ran it; `best`
+    is this rank's (None without a run)."""
+    mine = None if best is None else (float(best[2]), run_index, ranks.rank)
+    offers = ranks.all_gather(mine)
+    winner = min((o for o in offers if o is not None), key=lambda o: (o[0], o[1]))
+    return ranks.broadcast(best if ranks.rank == winner[2] else None, src=winner[2])
 
 
-@contextlib.contextmanager
-def split_runs(rank: int, world: int, choose):
-    """Within the block, kmeans() on this thread runs only this rank's share of its n_init runs per group;
-    choose(best, run_index) gets this rank's best (None without a run) and returns the best over the ranks."""
-    previous = getattr(_split, "value", None)
-    _split.value = (rank, world, choose)
-    try:
-        yield
-    finally:
-        _split.value = previous
-
-
-def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend):
-    """Best of the runs (one per generator) on one group's rows: (centroids, labels, inertia, n_iter)."""
+def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend, ranks=None):
+    """Best of the runs (one per generator) on one group's rows: (centroids, labels, inertia, n_iter); with ranks,
+    this rank's share of the runs and then the best over the ranks."""
     threshold = _tolerance(x, tol)
-    split = getattr(_split, "value", None) if len(generators) > 1 else None
+    split = ranks if ranks is not None and ranks.world > 1 and len(generators) > 1 else None
     runs = list(enumerate(generators))
     if split is not None:
-        runs = runs[split[0]::split[1]]
+        runs = runs[split.rank::split.world]
     best, best_run = None, None
     for r, generator in runs:
         start = init if isinstance(init, torch.Tensor) else _initial_centroids(x, k, init, generator, backend)
@@ -415,7 +409,7 @@ def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend):
         if x.device.type == "cpu" and x.numel() >= _TRIM_ELEMENTS:
             release_freed_memory()   # the run's per-iteration outputs, kept in the heap by glibc
     if split is not None:
-        best = split[2](best, best_run)
+        best = _best_over_ranks(split, best, best_run)
     return best
 
 
@@ -423,7 +417,7 @@ def _fit_group(x, k, init, n_init, generators, max_iter, tol, backend):
 @torch.no_grad()  # not differentiable: no graph for the passes and the divisions
 def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="k-means++", n_init: int = 1,
            random_state=None, groups: Optional[torch.Tensor] = None, backend: str = "auto",
-           validate: bool = True) -> KMeansResult:
+           validate: bool = True, ranks=None) -> KMeansResult:
     """Lloyd's k-means on the fused assignment + update pass of the nearest op (see the module docstring for
     the exact rules, which are scikit-learn's).
 
@@ -432,7 +426,8 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
     initialisations, lowest inertia kept (per group with groups). groups: (N,) int64 ids in 0..len(k)-1; each row
     is then assigned only to its own group's centroids, which are numbered group by group (every group is an
     independent k-means on its rows). backend: that of the nearest op ("auto", "cpp", "triton", "cuda", "torch").
-    validate=False skips the NaN/inf scan of x (a host synchronisation on GPU).
+    validate=False skips the NaN/inf scan of x (a host synchronisation on GPU). ranks: a base.Ranks (every rank
+    calls with the same arguments): the n_init runs are spread over them, with the result of one process.
     """
     x = op_checks.points(x, "x")
     n, d = x.shape
@@ -452,7 +447,8 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
     if groups is None:
         if counts_per_group[0] > n:
             raise ValueError(f"k must be <= the number of rows of x ({n}), got {counts_per_group[0]}")
-        c, labels, inertia, n_iter = _fit_group(x, counts_per_group[0], init, n_init, generators, max_iter, tol, be)
+        c, labels, inertia, n_iter = _fit_group(x, counts_per_group[0], init, n_init, generators, max_iter, tol, be,
+                                                ranks)
         return KMeansResult(c, labels, inertia, n_iter,
                             torch.zeros(c.shape[0], dtype=torch.int64, device=x.device))
 
@@ -461,14 +457,14 @@ def kmeans(x: torch.Tensor, k, *, max_iter: int = 100, tol: float = 1e-4, init="
     order = torch.argsort(g, stable=True)
     starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     result = _fit_groups(lambda gid: x[order[starts[gid]:starts[gid + 1]]], sizes, counts_per_group, init, n_init,
-                         generators, max_iter, tol, be, d, x.dtype, x.device)
+                         generators, max_iter, tol, be, d, x.dtype, x.device, ranks=ranks)
     labels = torch.empty(n, dtype=torch.int64, device=x.device)
     labels[order] = result.labels
     return result._replace(labels=labels)
 
 
 def _fit_groups(part, sizes, counts_per_group, init, n_init, generators, max_iter, tol, backend, d, dtype, device,
-                validate=False) -> KMeansResult:
+                validate=False, ranks=None) -> KMeansResult:
     """Every group's k-means, one group's rows part(gid) at a time (only one group's rows need exist at once);
     labels in the order of the groups' rows, concatenated."""
     for gid, (size, kg) in enumerate(zip(sizes, counts_per_group)):
@@ -487,7 +483,7 @@ def _fit_groups(part, sizes, counts_per_group, init, n_init, generators, max_ite
         if xg.device.type == "cpu" and xg.numel() >= _TRIM_ELEMENTS:
             release_freed_memory()   # the temporaries of making the group's rows, before its runs
         start = init[col0:col0 + kg] if isinstance(init, torch.Tensor) else init
-        c, lab, piece, it = _fit_group(xg.contiguous(), kg, start, n_init, generators, max_iter, tol, backend)
+        c, lab, piece, it = _fit_group(xg.contiguous(), kg, start, n_init, generators, max_iter, tol, backend, ranks)
         del xg
         centroids[col0:col0 + kg] = c
         labels[row0:row0 + size] = lab + col0
@@ -501,11 +497,11 @@ def _fit_groups(part, sizes, counts_per_group, init, n_init, generators, max_ite
 
 @torch.no_grad()
 def kmeans_groups(part, sizes, k, *, max_iter: int = 100, tol: float = 1e-4, init="k-means++", n_init: int = 1,
-                  random_state=None, backend: str = "auto", validate: bool = True) -> KMeansResult:
+                  random_state=None, backend: str = "auto", validate: bool = True, ranks=None) -> KMeansResult:
     """``kmeans(x, k, groups=g)`` with the rows of each group made on demand: part(gid) returns group gid's rows
     (sizes[gid] of them, (sizes[gid], d) float32/float64 on one device; the rows x[g == gid] in order, for the same
     result), called once per group, so only one group's rows need exist at a time (e.g. a float64 transform of a
-    float32 input). Labels are in the order of the groups' rows, group after group."""
+    float32 input). Labels are in the order of the groups' rows, group after group. ranks: as in kmeans."""
     counts_per_group = _counts_arg(k, True)
     sizes = [int(s) for s in sizes]
     if len(sizes) != len(counts_per_group):
@@ -530,7 +526,7 @@ def kmeans_groups(part, sizes, k, *, max_iter: int = 100, tol: float = 1e-4, ini
                              f"got {tuple(xg.shape)} {xg.dtype} on {xg.device}")
         return xg
     return _fit_groups(rows_of, sizes, counts_per_group, init, n_init, generators, max_iter, tol, be, d, dtype,
-                       device, validate=validate)
+                       device, validate=validate, ranks=ranks)
 
 
 # ------------------------------------------------------------------------------------------------ estimator
@@ -562,13 +558,14 @@ class KMeans(Estimator):
         self.random_state = random_state
         self.backend = backend
 
-    def fit(self, X, y=None) -> "KMeans":
+    def fit(self, X, y=None, *, ranks=None) -> "KMeans":
+        """ranks: a base.Ranks to spread the n_init runs over (every rank fits the same X)."""
         x, was_numpy = _as_tensor(X, "X")
         init = self.init
         if isinstance(init, np.ndarray):
             init = torch.from_numpy(np.ascontiguousarray(init))
         result = kmeans(x, self.n_clusters, max_iter=self.max_iter, tol=self.tol, init=init, n_init=self.n_init,
-                        random_state=self.random_state, backend=self.backend)
+                        random_state=self.random_state, backend=self.backend, ranks=ranks)
         self._centroids = result.centroids
         self.cluster_centers_ = result.centroids.cpu().numpy() if was_numpy else result.centroids
         self.labels_ = result.labels.cpu().numpy() if was_numpy else result.labels

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..base import Estimator
 
-__all__ = ["Method", "METHODS", "register", "get", "RandomValues"]
+__all__ = ["Method", "METHODS", "register", "get", "of", "RandomValues"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,8 +18,9 @@ class Method:
     """name: the method's name in `--methods`, results and options. label: its name in tables. options: the
     MethodOptions fields it reads. tasks: the tasks it values; task_note: why not the others. checkpoints: it saves
     and resumes from a checkpoint file. over_processes: lossval_fast.distributed runs it over ranks. make(task,
-    options, device, seed, verbose, checkpoint): its estimator, whose fit(X, y, X_val, y_val) sets values_.
-    describe(options, task): its settings in a few words."""
+    options, device, seed, verbose, checkpoint): its estimator, whose fit(X, y, X_val, y_val) sets values_ (and,
+    when over_processes, takes ranks=: a base.Ranks). estimator: the class name of what make builds (of() finds a
+    method from an estimator). describe(options, task): its settings in a few words."""
 
     name: str
     label: str
@@ -29,6 +30,7 @@ class Method:
     over_processes: bool
     make: Callable
     describe: Callable
+    estimator: str = ""
     task_note: str = ""
     baseline: bool = False   # a reference to beat (random values), not offered by `lossval-fast value`
 
@@ -81,6 +83,12 @@ def register(method: Method) -> Method:
     return method
 
 
+def of(estimator) -> Method | None:
+    """The registered method whose estimator `estimator` is (an instance of its class or of a subclass), or None."""
+    names = {cls.__name__ for cls in type(estimator).__mro__}
+    return next((m for m in METHODS.values() if m.estimator in names), None)
+
+
 def get(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
@@ -89,12 +97,12 @@ def get(name: str) -> Method:
 
 BOTH = ("classification", "regression")
 register(Method("lossval", "LossVal", ("epochs", "lr", "batch_size", "diameter"), BOTH, checkpoints=True,
-                over_processes=True, make=_lossval, describe=_describe_lossval))
+                over_processes=True, make=_lossval, describe=_describe_lossval, estimator="LossVal"))
 register(Method("ecoval", "EcoVal", ("clusters", "learner"), BOTH, checkpoints=True, over_processes=True,
-                make=_ecoval, describe=_describe_ecoval))
+                make=_ecoval, describe=_describe_ecoval, estimator="EcoVal"))
 register(Method("knn-shapley", "KNN-Shapley", ("k",), ("classification",), checkpoints=False, over_processes=False,
                 make=_knn_shapley, describe=lambda options, task: f"k = {options.k}",
-                task_note="it matches labels exactly"))
+                task_note="it matches labels exactly", estimator="KNNShapley"))
 register(Method("random", "random values", (), BOTH, checkpoints=False, over_processes=False,
                 make=lambda task, options, device, seed, verbose, checkpoint: RandomValues(random_state=seed),
-                describe=lambda options, task: "uniform on [0, 1)", baseline=True))
+                describe=lambda options, task: "uniform on [0, 1)", baseline=True, estimator="RandomValues"))

@@ -27,7 +27,7 @@ from .cluster_values import CLIP  # noqa: E402
 from .clustering import cluster_quotas  # noqa: E402
 from .estimator import EcoVal  # noqa: E402
 from .inputs import (BACKENDS, BUILTIN_LEARNERS, CLUSTER_VALUES, EFFICIENCIES, INTRINSICS, METRICS,  # noqa: E402
-                     TASKS, EcoValWarning, NotFittedError, _features, _is_int, _is_real, _is_regression_target,
+                     TASKS, EcoValWarning, NotFittedError, _features, _is_int, _is_real,
                      _numpy, _targets)
 from .propagation import _mean_rows, _scores  # noqa: E402
 from .subsets import _seed  # noqa: E402

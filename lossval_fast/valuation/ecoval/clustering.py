@@ -66,17 +66,17 @@ def _space(Z) -> Space:
     return Z if isinstance(Z, Space) else Space(np.asarray(Z))
 
 
-def cluster(Z, y_code, classes, *, n_clusters, stratify, n_init, random_state, cluster_labels=None):
+def cluster(Z, y_code, classes, *, n_clusters, stratify, n_init, random_state, cluster_labels=None, ranks=None):
     """-> labels (n,) int64 numbered 0..p-1, centroids (p, d_z). Z: the clustering space (an (n, d_z) array or a
     Space). cluster_labels fixes the clusters; otherwise k-means, per class with quotas when stratify and y_code
-    (classification) are given."""
+    (classification) are given; ranks (a base.Ranks) spreads k-means' n_init runs over processes."""
     Z = _space(Z)
     n = Z.shape[0]
     if cluster_labels is not None:
         return fixed_clusters(cluster_labels, Z, n)
     if n_clusters > n:
         raise ValueError(f"n_clusters must be <= the number of training points ({n}), got {n_clusters}")
-    return kmeans(Z, y_code if stratify else None, classes, n_clusters, n_init, random_state)
+    return kmeans(Z, y_code if stratify else None, classes, n_clusters, n_init, random_state, ranks)
 
 
 def fixed_clusters(cluster_labels, Z, n):
@@ -94,7 +94,7 @@ def fixed_clusters(cluster_labels, Z, n):
     return labels, centroids
 
 
-def kmeans(Z, y_code, classes, p, n_init, random_state):
+def kmeans(Z, y_code, classes, p, n_init, random_state, ranks=None):
     """k-means with p clusters; with y_code, label-pure clusters with per-class quotas (p raised to 2 per class).
     Clusters left empty by the final assignment are dropped (with a warning)."""
     n = Z.shape[0]
@@ -114,7 +114,7 @@ def kmeans(Z, y_code, classes, p, n_init, random_state):
         groups = y_code
     else:
         quotas, groups = [p], np.zeros(n, dtype=np.int64)
-    centroids, centroid_groups = run_kmeans(Z, groups, quotas, n_init, random_state)
+    centroids, centroid_groups = run_kmeans(Z, groups, quotas, n_init, random_state, ranks)
     labels = assign(Z, groups, centroids, centroid_groups)
     sizes = np.bincount(labels, minlength=len(centroids))
     if (sizes == 0).any():
@@ -129,7 +129,7 @@ def kmeans(Z, y_code, classes, p, n_init, random_state):
     return labels.astype(np.int64, copy=False), centroids   # int64 already: no second (n,) array
 
 
-def run_kmeans(Z, groups, quotas, n_init, random_state):
+def run_kmeans(Z, groups, quotas, n_init, random_state, ranks=None):
     """Centroids (k, d_z) numbered group by group, and each centroid's group: one call of the k-means op with
     the groups (stratified: one group's rows made at a time, ``ops.kmeans_groups``) and n_init restarts, lowest
     inertia kept."""
@@ -138,10 +138,10 @@ def run_kmeans(Z, groups, quotas, n_init, random_state):
     if len(quotas) > 1:   # a group's row indices are made when its rows are (not all groups' held through the fit)
         sizes = np.bincount(groups, minlength=len(quotas)).tolist()
         result = ops.kmeans_groups(lambda gid: torch.from_numpy(Z.rows(_rows_of(groups, gid))), sizes, quotas,
-                                   init="k-means++", n_init=n_init, random_state=seed)
+                                   init="k-means++", n_init=n_init, random_state=seed, ranks=ranks)
     else:
         result = ops.kmeans(torch.as_tensor(Z.rows(), dtype=torch.float64), quotas[0], init="k-means++",
-                            n_init=n_init, random_state=seed)
+                            n_init=n_init, random_state=seed, ranks=ranks)
     centroids = result.centroids.detach().cpu().to(torch.float64).numpy()
     if len(quotas) > 1:
         centroid_groups = result.centroid_groups.detach().cpu().numpy().astype(np.int64)

@@ -2,6 +2,7 @@
 propagation) of the sibling modules; value() values new points (out_of_sample)."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -25,7 +26,8 @@ class EcoVal(Estimator):
         Built-in learners see X standardised with D's mean and std (and, in regression, y standardised alike);
         objects see X and y as given. "logreg" is solved by L-BFGS to ||grad||_inf <= 1e-8 on both paths
         (module constant LOGREG_SOLVER; "newton" stops at 1e-6).
-    task : "auto" (a float y with a non-integer value means regression), "classification" or "regression".
+    task : "auto" (the package's rule, lossval_fast.base.infer_task: integer labels with at most 20 distinct values
+        and text labels are classes, other targets regression), "classification" or "regression".
     stratify_by_label : label-pure clusters with per-class quotas (classification).
     embed : None (cluster standardised X) or a callable X -> Z (n, d_z) for the clustering and the kNN space.
     pairs : "all", an int m (m partners per cluster, drawn without replacement, deduplicated) or 0.
@@ -76,7 +78,7 @@ class EcoVal(Estimator):
     """
 
     _checkpoint_interval = 2.0   # seconds between checkpoint writes on the loop path (always on exit, too)
-    _ranks = None  # set by lossval_fast.distributed.fit: this rank's share of the trainings, and their merge
+    _ranks = None  # fit(ranks=...) during the fit: this rank's share of the trainings, and their merge
 
     def __init__(self, n_clusters=20, learner=None, *, task="auto", stratify_by_label=True, embed=None, pairs="all",
                  n_repeats=1, lam=1.0, cluster_value="pairwise_shapley", propagation="additive", intrinsic=None,
@@ -118,12 +120,27 @@ class EcoVal(Estimator):
     def _check_params(self):
         inputs.check_params(self)
 
-    def fit(self, X, y, X_val, y_val, cluster_labels=None) -> "EcoVal":
-        """Value the training points. X (n, d), y (n,) labels or float targets, X_val (m, d), y_val (m,);
-        cluster_labels (n,) fixes the clusters (ids of any kind; numbered in sorted order). A float32 or float64 X
-        is kept by reference, not copied (value() may refit from it): do not modify it in place in between."""
+    def fit(self, X, y, X_val, y_val, cluster_labels=None, *, ranks=None) -> "EcoVal":
+        """Value the training points. X (n, d), y (n,) labels or float targets, X_val (m, d), y_val (m,) (arrays,
+        tensors, or paths of .npy files, which are loaded); cluster_labels (n,) fixes the clusters (ids of any kind;
+        numbered in sorted order). ranks: a base.Ranks (lossval_fast.distributed.fit passes one; every rank calls
+        fit with the same arguments): k-means' restarts and the subset trainings are spread over the ranks and
+        merged, and every rank ends with the same values. A float32 or float64 X is kept by reference, not copied
+        (value() may refit from it): do not modify it in place in between."""
         self._check_params()
-        data = inputs.check_data(X, y, X_val, y_val, self.task)
+        self._ranks = ranks
+        try:
+            data, entry = self._prepare(X, y, X_val, y_val)
+            labels, members = self._fit_clusters(data, cluster_labels)
+            removed, skip, pair_list = self._fit_trainings(data, labels, members, entry)
+            self._fit_values(data, labels, members, removed, skip, pair_list)
+        finally:
+            self._ranks = None
+        return self
+
+    def _prepare(self, X, y, X_val, y_val):
+        """The checked data (inputs.prepare), the learner's registry entry, and the settings they resolve."""
+        data = inputs.check_data(*(inputs.load_path(a) for a in (X, y, X_val, y_val)), self.task)
         entry = inputs.check_task_params(self, data.classification)
         self.task_ = data.task
         self.metric_ = self.metric if self.metric is not None else ("expected_accuracy" if data.classification else "r2")
@@ -135,13 +152,16 @@ class EcoVal(Estimator):
         release_freed_memory()   # the row chunks of the checks and moments (glibc keeps them in the heap)
         self.classes_, self._y_code = data.classes, data.y_code
         self._utility = _Utility(self.metric_, data.classification, data.y_val, data.y_val_code)
+        return data, entry
 
-        # clusters, in standardised X (or embed(X)), and in regression the standardised target too
+    def _fit_clusters(self, data, cluster_labels):
+        """The clusters, in standardised X (or embed(X)), and in regression the standardised target too."""
         began = time.perf_counter()
         Z = self._clustering_space(data, lazy=True)
         labels, centroids = clustering.cluster(Z, data.y_code, data.classes, n_clusters=self.n_clusters,
                                                stratify=self.stratify_by_label, n_init=self.n_init,
-                                               random_state=self.random_state_, cluster_labels=cluster_labels)
+                                               random_state=self.random_state_, cluster_labels=cluster_labels,
+                                               ranks=self._ranks)
         p = centroids.shape[0]
         self.cluster_labels_, self.centroids_, self.n_clusters_ = labels, centroids, p
         self._Z = Z.array if self.embed is not None else None   # standardised X: made again if the values need it
@@ -152,8 +172,11 @@ class EcoVal(Estimator):
         self._cluster_classes = clustering.cluster_classes(labels, data.y_code, p, data.C) \
             if data.classification else None
         self._stratified = bool(data.classification and self.stratify_by_label)
+        return labels, members
 
-        # subsets: full, LCO, pairs (the same P in every repeat); the trainings
+    def _fit_trainings(self, data, labels, members, entry):
+        """The subsets (full, LCO, pairs: the same P in every repeat) and their trainings."""
+        p = self.n_clusters_
         pair_list = subsets.pair_list(self.pairs, p, self.random_state_)
         self.pairs_ = np.array(pair_list, dtype=np.int64).reshape(-1, 2)
         self.subsets_ = removed = subsets.removal_masks(p, pair_list)
@@ -168,12 +191,15 @@ class EcoVal(Estimator):
         began = time.perf_counter()
         state = self._train(removed, skip)
         self.timings_["trainings"] = time.perf_counter() - began
+        self._collect(state, skip)
+        return removed, skip, pair_list
 
-        # values
+    def _fit_values(self, data, labels, members, removed, skip, pair_list):
+        """The cluster values and their hand-down to the points."""
+        p = self.n_clusters_
         began = time.perf_counter()
         if self._Z is None and self._needs_space():
             self._Z = self._clustering_space(data)
-        self._collect(state, skip)
         self.backend_ = self._trainings.describe()
         groups = pure_groups(self._cluster_classes)     # the one-class rule (docs/ecoval.md §3)
         vars(self).update(cluster_values(self.utilities_, removed, pair_list, p, u0=self.u0_, lam=self.lam,
@@ -191,7 +217,6 @@ class EcoVal(Estimator):
             self._Z = None   # only the multiplicative kNN agreement searches all training points in value()
         release_freed_memory()
         self.timings_["values"] = time.perf_counter() - began
-        return self
 
     def _needs_space(self) -> bool:
         """Whether the values need the clustering space of all training points held at once: only the
@@ -227,7 +252,28 @@ class EcoVal(Estimator):
             self.n_trainings_, self.converged_ = self._trainings.count, self._trainings.converged
             self._save_checkpoint(state, force=True)
         if self._ranks is not None:  # every rank's trainings, on every rank (collective)
-            state = self._ranks.merge(self, state)
+            state = self._merge_ranks(state)
+        return state
+
+    def _merge_ranks(self, state: dict) -> dict:
+        """Every rank's finished trainings into `state` (collective); rank 0 then saves the merged checkpoint and
+        the other ranks remove their own files."""
+        ranks, p = self._ranks, self.n_clusters_
+        lco = [(r, j - 1) for r, j in zip(*np.nonzero(state["done"])) if 1 <= j <= p]
+        mine = {"done": state["done"], "U": state["U"], "Uv": state.get("Uv"), "models": state["models"],
+                "heldout_rows": {(r, i): state["heldout"][r, self._members[i]] for r, i in lco},
+                "trainings": self.n_trainings_, "converged": self.converged_}
+        parts = ranks.all_gather(mine)
+        for part in parts:
+            state = self.merge_state(state, part)
+        self.n_trainings_ = sum(part["trainings"] for part in parts)
+        self.converged_ = all(part["converged"] for part in parts)
+        if self.checkpoint is not None:
+            if ranks.rank == 0:
+                self._save_checkpoint(state, force=True)
+            ranks.barrier()  # the merged state is on disk before the ranks' partial files go
+            if ranks.rank != 0 and os.path.exists(self._checkpoint_path()):
+                os.remove(self._checkpoint_path())
         return state
 
     def _collect(self, state, skip):

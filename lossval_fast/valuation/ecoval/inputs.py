@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from .. import checks as _checks
 from .. import learners as _learners
-from ...base import NotFittedError  # noqa: F401 (EcoVal's error, re-exported)
+from ...base import NotFittedError, resolve_task  # noqa: F401 (EcoVal's error, re-exported)
 
 TASKS = ("auto", "classification", "regression")
 BUILTIN_LEARNERS = tuple(_learners.LEARNERS)
@@ -31,11 +32,6 @@ class EcoValWarning(UserWarning):
 # the array checks live in valuation/checks.py (shared with the reference Shapley values)
 _numpy, _features, _targets = _checks.array, _checks.features, _checks.targets
 CHUNK_ELEMENTS, _row_chunks = _checks.CHUNK_ELEMENTS, _checks.row_chunks
-
-
-def _is_regression_target(y: np.ndarray) -> bool:
-    """task='auto': a float y with a non-integer value means regression."""
-    return y.dtype.kind == "f" and not np.array_equal(y, np.round(y))
 
 
 def _is_int(value) -> bool:
@@ -252,9 +248,17 @@ class Data:
         return self.y_code if self.classification else (self.y - self.y_mu) / self.y_sigma
 
 
+def load_path(a):
+    """A path of a .npy file loaded whole (EcoVal holds its data in memory; no pickled objects), anything else as
+    given."""
+    if isinstance(a, (str, os.PathLike)):
+        return np.load(a, allow_pickle=False)
+    return a
+
+
 def check_data(X, y, X_val, y_val, task) -> Data:
-    """Shapes, dtypes and finiteness of the four arrays, and the task ("auto": a float y with a non-integer value
-    means regression)."""
+    """Shapes, dtypes and finiteness of the four arrays, and the task ("auto": the package's rule,
+    lossval_fast.base.infer_task)."""
     X = _features(X, "X", keep_float=True)
     n, d = X.shape
     y = _targets(y, "y", n, "X")
@@ -262,7 +266,7 @@ def check_data(X, y, X_val, y_val, task) -> Data:
         raise ValueError("X_val is empty: the validation set must hold at least one row")
     X_val = _features(X_val, "X_val", d)
     y_val = _targets(y_val, "y_val", X_val.shape[0], "X_val")
-    classification = not _is_regression_target(y) if task == "auto" else task == "classification"
+    classification = resolve_task(task, y) == "classification"
     return Data(X, y, X_val, y_val, classification)
 
 

@@ -33,9 +33,10 @@ from ...data import BatchPrefetcher
 from ...ops.sinkhorn import auto_stored
 from ..optim import adam, lazy_rows, lazy_steps
 from .data import gather_rows
-from .steps import STEP_OPTIONS, _Divergence, mlp_structure, weighted_batch_loss
+from .protocols import StepRunner
+from .steps import STEP_OPTIONS, Divergence, mlp_structure, weighted_batch_loss
 
-__all__ = ["SplitAdam", "LocalContext", "ChunkedStep"]
+__all__ = ["SplitAdam", "ChunkedStep"]
 
 
 class SplitAdam:
@@ -75,21 +76,6 @@ class SplitAdam:
                                     "param_groups": [{**group, "params": list(range(count - 1))}]})
 
 
-class LocalContext:
-    """The chunked step in one process: one rank owning every weight, no collectives."""
-
-    rank, world = 0, 1
-
-    def __init__(self, n: int, chunk_steps: int, device):
-        self.shard = (0, n)
-        self.chunk_steps = chunk_steps
-        self.comm_device = torch.device(device)
-
-    @staticmethod
-    def all_reduce(tensor):
-        return None
-
-
 class Chunk:
     """The rows of a chunk of consecutive steps of one epoch: the global indices (flat, batch after batch), the
     batch offsets, x and y; once started (ChunkedStep.start) this rank's rows (positions in the flat chunk, their
@@ -112,19 +98,19 @@ class Chunk:
         return len(self.offsets) - 1
 
 
-class ChunkedStep:
+class ChunkedStep(StepRunner):
     """The step runner of LossVal._train with the divergences computed ahead (see the module docstring).
 
-    ctx: the ranks (lossval_fast.distributed's context, or LocalContext); helpers: threads that take divergence
+    ctx: the TrainingContext (lossval_fast.distributed's, or context.OneProcess) with its chunk_steps; helpers: threads that take divergence
     tasks in the background (0: the calling thread does them between model steps)."""
 
     def __init__(self, ctx, est, model, weights, data, fixed_diameter, optimizer, helpers: int = 0):
         self.ctx, self.model, self.weights, self.data = ctx, model, weights, data
-        self.task, self.batch_size, self.chunk_steps = est.task, est.batch_size, ctx.chunk_steps
-        self.classification = est.task == "classification"
+        self.task, self.batch_size, self.chunk_steps = data.task, est.batch_size, ctx.chunk_steps
+        self.classification = data.task == "classification"
         self.from_logits = est.model_output == "logits"
         self.lo, self.hi = ctx.shard
-        self.divergence = _Divergence(est, data.X_val, fixed_diameter)
+        self.divergence = Divergence(est, data.X_val, fixed_diameter)
         # with a cached validation side on CPU, each divergence is one C++ call (no Python between the threads)
         self.direct = None
         if (self.divergence.gb is not None and data.device.type == "cpu"
@@ -137,7 +123,7 @@ class ChunkedStep:
         self.pool = ThreadPoolExecutor(helpers, thread_name_prefix="lossval-divergence") if helpers > 0 else None
         self.helpers = helpers
         self.fused = None
-        structure = mlp_structure(model, est.task, est.model_output == "logits")
+        structure = mlp_structure(model, data.task, est.model_output == "logits")
         model_state = optimizer.model.fused_state()
         if (STEP_OPTIONS.fused_step and structure is not None and model_state is not None and data.device.type == "cpu"
                 and hasattr(torch.ops.lossval_fast, "lossval_mlp_model_step")):

@@ -121,15 +121,18 @@ def _feature_stats(src: RowSource, lo: int = 0, hi: int | None = None) -> dict:
     return stats
 
 
-def _target_stats(src: RowSource, classification: bool, lo: int = 0, hi: int | None = None) -> dict:
-    """NaN/inf count, checksum and, for class labels, non-integer count, min, max and the set of labels."""
+def _target_stats(src: RowSource, classification: bool, lo: int = 0, hi: int | None = None,
+                  max_labels: int | None = None) -> dict:
+    """NaN/inf count, checksum and, for class labels, non-integer count, min, max and the set of labels (no more
+    than max_labels of them kept when given: enough to tell that there are more)."""
     stats = {"bad": 0, "checksum": 0, "nonint": 0, "min": math.inf, "max": -math.inf, "labels": set()}
     for c, bad in _counted_chunks(src, stats, lo, hi):
         if classification and bad == 0 and c.size:
             stats["nonint"] += int(np.count_nonzero(c != np.round(c)))
             stats["min"] = min(stats["min"], float(c.min()))
             stats["max"] = max(stats["max"], float(c.max()))
-            stats["labels"].update(np.unique(c.astype(np.int64)).tolist())
+            if max_labels is None or len(stats["labels"]) < max_labels:
+                stats["labels"].update(np.unique(c.astype(np.int64)).tolist())
     return stats
 
 
@@ -167,7 +170,7 @@ def _to_tensor(src: RowSource) -> torch.Tensor:
         raise ValueError(f"cannot convert an array of dtype {array.dtype} to a tensor") from error
 
 
-class _Data:
+class Data:
     """Checked inputs of a fit: in-memory device tensors (X, y) or row sources (X_src, y_src) streamed by the
     loader; the validation set on the device; the statistics the checks gathered."""
 
@@ -179,7 +182,7 @@ class _Data:
         return self.X is None
 
 
-def gather_rows(data: _Data, task: str, idx: np.ndarray):
+def gather_rows(data: Data, task: str, idx: np.ndarray):
     """(x, y) of the rows idx (numpy int64), converted as the in-memory path converts the whole arrays."""
     xb = data.X_src.take(idx).to(data.dtype)
     yb = data.y_src.take(idx)

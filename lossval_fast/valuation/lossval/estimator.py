@@ -26,21 +26,24 @@ import warnings
 import numpy as np
 import torch
 
-from ...base import Estimator, resolve_device
+from ...base import MAX_AUTO_CLASSES, Estimator, resolve_device, task_from
 from ...progress import progress
 from ...data import open_rows
 from ...models import paper_mlp
 from .. import state_file
-from ..optim import adam, settle
-from .data import TASKS, _Data, _check_feature_shape, _check_int, _check_magnitude, _check_positive, _feature_stats, _intra_op_threads, _is_float_dtype, _is_numeric_dtype, _plain, _target_stats, _to_tensor
-from .steps import STEP_OPTIONS, _StepRunner, _epoch_order, _model_identity, _shard_optimizer_state
+from ..optim import settle
+from .data import TASKS, Data, merge_stats, _check_feature_shape, _check_int, _check_magnitude, _check_positive, _feature_stats, _intra_op_threads, _is_float_dtype, _is_numeric_dtype, _plain, _target_stats, _to_tensor
+from .context import OneProcess
+from .protocols import DataParallel, StepRunner, TrainingContext, shard_bounds
+from .steps import STEP_OPTIONS, _epoch_order, _model_identity, _shard_optimizer_state
 
 class LossVal(Estimator):
     """LossVal data valuation, scikit-learn style.
 
     Parameters
     ----------
-    task : "classification" | "regression"
+    task : "classification" (default) | "regression" | "auto" (the package's rule, lossval_fast.base.task_from:
+        1-D integer labels with at most 20 distinct values are classes, anything else regression; task_ says which)
     model : torch.nn.Module or None. None builds the paper's MLP (classification: 5 x 100 ReLU with a softmax
         output; regression: 3 x 90 Tanh). Any module mapping (batch, d) to (batch, C) or (batch, K) works; it is
         deep-copied, the original is never trained.
@@ -75,7 +78,8 @@ class LossVal(Estimator):
     ----------------------
     values_ : ndarray (n,), the final raw weights in input order (low = likely harmful or noisy).
     model_ : the trained model.  history_ : list of mean minibatch losses per epoch.
-    classes_ : number of classes (classification).  n_steps_ : optimisation steps run in this fit.
+    classes_ : number of classes (classification).  task_ : the task fitted.  n_steps_ : optimisation steps run
+        in this fit.
     timings_ : seconds spent checking the data, computing the cached validation side and training.
     fused_step_ : True when every step ran as one C++ call (CPU, an nn.Sequential MLP of Linear layers with
         ReLU, Tanh, Sigmoid, LeakyReLU, GELU or Identity between them and the paper's heads, see
@@ -108,8 +112,8 @@ class LossVal(Estimator):
 
     # ------------------------------------------------------------------------------------------ validation
     def _check_params(self):
-        if not (isinstance(self.task, str) and self.task in TASKS):
-            raise ValueError(f"task must be one of {TASKS}, got {_plain(self.task)!r}")
+        if not (isinstance(self.task, str) and self.task in ("auto",) + TASKS):
+            raise ValueError(f"task must be one of {('auto',) + TASKS}, got {_plain(self.task)!r}")
         # numpy integers are integers (stored as int: torch's split and range want Python ints)
         self.batch_size = _check_int(self.batch_size, "batch_size", 1)
         self.epochs = _check_int(self.epochs, "epochs", 1)
@@ -136,7 +140,7 @@ class LossVal(Estimator):
             if value is not None:
                 setattr(self, name, _check_int(value, name, 1, "None or "))
 
-    def _check_data(self, X, y, X_val, y_val, *, rows=None, reduce=None) -> _Data:
+    def _check_data(self, X, y, X_val, y_val, *, rows=None, reduce=None) -> Data:
         """Check the inputs and gather what the fit needs, streaming over X and y in chunks (nothing loads
         them whole). `rows` = (lo, hi) limits the pass to those rows of X and y, `reduce` merges the statistics
         of all processes (a distributed fit)."""
@@ -154,11 +158,19 @@ class LossVal(Estimator):
                                  f"{target.shape}")
             if not _is_numeric_dtype(target.dtype, target=True):
                 raise ValueError(f"{name} must be numeric, got dtype {target.dtype}")
-        classification = self.task == "classification"
+        task = self.task
         lo, hi = (0, len(Xs)) if rows is None else rows
-        stats = {"X": _feature_stats(Xs, lo, hi), "y": _target_stats(ys, classification, lo, hi)}
+        # task="auto" gathers the label statistics too (at most MAX_AUTO_CLASSES + 1 distinct labels kept)
+        stats = {"X": _feature_stats(Xs, lo, hi),
+                 "y": _target_stats(ys, task != "regression", lo, hi,
+                                    max_labels=MAX_AUTO_CLASSES + 1 if task == "auto" else None)}
         if reduce is not None:
             stats = reduce(stats)
+        if task == "auto":   # the package's rule (base.task_from); LossVal's class labels are 1-D
+            y_stats = stats["y"]
+            task = "regression" if ys.ndim != 1 else task_from(
+                ys.dtype.kind, y_stats["bad"] == 0 and y_stats["nonint"] == 0, len(y_stats["labels"]))
+        classification = task == "classification"
         val = {"X": _feature_stats(Vs), "y": _target_stats(vys, classification)}
         for part, name in ((stats, "X"), (val, "X_val")):
             if part["X"]["bad"]:
@@ -173,7 +185,7 @@ class LossVal(Estimator):
         else:
             classes = None
             for target, name in ((ys, "y"), (vys, "y_val")):
-                if not _is_float_dtype(target.dtype):
+                if not _is_float_dtype(target.dtype) and self.task != "auto":   # auto: many integers are targets
                     raise ValueError(f"{name} must hold float targets for regression, got dtype {target.dtype} "
                                      "(integer labels suggest task='classification')")
             outputs = int(np.prod(ys.shape[1:], dtype=np.int64))
@@ -190,7 +202,7 @@ class LossVal(Estimator):
             X_t = _to_tensor(Xs).to(device=device, dtype=dtype)
             y_t = _to_tensor(ys)
             y_t = y_t.long().to(device) if classification else y_t.reshape(len(Xs), -1).to(device=device, dtype=dtype)
-        return _Data(device=device, dtype=dtype, n=len(Xs), d=Xs.shape[1], classes=classes, outputs=outputs,
+        return Data(device=device, dtype=dtype, n=len(Xs), d=Xs.shape[1], classes=classes, outputs=outputs, task=task,
                      X=X_t, y=y_t, X_src=Xs, y_src=ys, X_val=X_val_t, x_min=stats["X"]["min"],
                      x_max=stats["X"]["max"], checksum=(stats["X"]["checksum"], stats["y"]["checksum"]),
                      val_checksum=(val["X"]["checksum"], val["y"]["checksum"]), x_dtype=str(Xs.dtype))
@@ -216,12 +228,12 @@ class LossVal(Estimator):
         return classes
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def _fingerprint(self, data: _Data):
+    def _fingerprint(self, data: Data):
         """Everything a resumed fit must share with the checkpoint: every parameter that changes the values
         (epochs apart: a fit may go on for more epochs than the checkpoint's, see _load_checkpoint) and the
         identity of the data (shapes, dtype and order-sensitive checksums of X, y, X_val and y_val). The device,
         checkpoint_every and max_steps do not change the trajectory and stay out."""
-        return {"n": int(data.n), "d": int(data.d), "task": self.task, "classes": data.classes,
+        return {"n": int(data.n), "d": int(data.d), "task": data.task, "classes": data.classes,
                 "outputs": int(data.outputs), "model": _model_identity(self.model),
                 "model_output": self.model_output, "batch_size": self.batch_size, "lr": float(self.lr),
                 "blur": float(self.blur), "scaling": float(self.scaling), "normalize": bool(self.normalize),
@@ -254,16 +266,29 @@ class LossVal(Estimator):
         state_file.save(state, self.checkpoint)  # atomic: a crash mid-save never leaves a truncated checkpoint
 
     # ------------------------------------------------------------------------------------------ training
-    def fit(self, X, y, X_val, y_val) -> "LossVal":
+    def fit(self, X, y, X_val, y_val, *, ranks: DataParallel | None = None) -> "LossVal":
         """Learn one weight per training point. X (n, d), y (n,) labels 0..C-1 or (n,)/(n, K) float targets,
         X_val (m, d), y_val alike (the validation features enter the divergence; labels are only checked).
-        X and y may be out of core (a .npy path, a numpy.memmap, an array-like over index arrays)."""
+        X and y may be out of core (a .npy path, a numpy.memmap, an array-like over index arrays).
+
+        ranks: None (one process) or the ranks of a data-parallel fit (a protocols.DataParallel;
+        lossval_fast.distributed.fit makes one from a process group): every rank calls fit with the same
+        arguments, checks and holds its shard's rows and weights, and values_ is gathered on rank 0 only."""
         self._check_params()
         started = time.perf_counter()
-        data = self._check_data(X, y, X_val, y_val)
-        return self._train(data, None, checks_seconds=time.perf_counter() - started)
+        if ranks is None:
+            data = self._check_data(X, y, X_val, y_val)
+            return self._train(data, None, checks_seconds=time.perf_counter() - started)
+        if not isinstance(ranks, DataParallel):
+            raise ValueError(f"ranks must be None or the ranks of a data-parallel fit (a DataParallel, as "
+                             f"lossval_fast.distributed.fit makes), got {type(ranks).__name__}")
+        ranks.check(self)
+        lo, hi = shard_bounds(len(open_rows(X, "X")), ranks.world)[ranks.rank]
+        data = self._check_data(X, y, X_val, y_val, rows=(lo, hi),
+                                reduce=lambda stats: merge_stats(ranks.all_gather(stats)))
+        return self._train(data, ranks.training_context(self, data), checks_seconds=time.perf_counter() - started)
 
-    def _fixed_diameter(self, data: _Data):
+    def _fixed_diameter(self, data: Data):
         if self.diameter == "batch":
             return None
         if self.diameter != "global":
@@ -276,7 +301,7 @@ class LossVal(Estimator):
         hi = torch.maximum(hi, data.X_val.max(0).values)
         return 1.1 * float((hi - lo).norm())
 
-    def _chunked(self, data: _Data, threads: int, small_step: bool) -> bool:
+    def _chunked(self, data: Data, threads: int, small_step: bool) -> bool:
         """Whether a single-process fit computes its divergences ahead on helper threads: on CPU with threads to
         spare, when each divergence is serial work (small_step) worth a thread (batch x validation points >=
         65,536: ~1 ms and more) and an epoch holds at least four chunks."""
@@ -284,14 +309,12 @@ class LossVal(Estimator):
                 and self.batch_size * data.X_val.shape[0] >= STEP_OPTIONS.chunked_min_pairs
                 and -(-data.n // self.batch_size) >= 4 * STEP_OPTIONS.chunk_steps)
 
-    def _train(self, data: _Data, ctx, *, checks_seconds: float = 0.0) -> "LossVal":
-        """The training loop, one process (ctx None) or one rank of a data-parallel fit (ctx from
-        lossval_fast.distributed: the weights, their Adam state and the data are sharded)."""
-        device, dtype, n = data.device, data.dtype, data.n
-        lo, hi = (0, n) if ctx is None else ctx.shard
+    def _train(self, data: Data, ctx: TrainingContext | None, *, checks_seconds: float = 0.0) -> "LossVal":
+        """The training loop in a TrainingContext: one process (ctx None: context.OneProcess) or one rank of a
+        data-parallel fit (the weights, their Adam state and the data are then sharded)."""
+        device = data.device
         fingerprint = self._fingerprint(data)
         state = self._load_checkpoint(fingerprint)
-        writer = ctx is None or ctx.rank == 0
         timings = {"checks": checks_seconds, "validation_side": 0.0, "training": 0.0}
 
         # A minibatch step is a chain of tiny ops (32 x 100 distances, 100-wide layers): on a CPU, fanning each
@@ -299,129 +322,116 @@ class LossVal(Estimator):
         # slice. Small steps therefore run on one thread (the Sinkhorn kernel itself is serial at this size).
         small_step = device.type == "cpu" and self.batch_size * data.X_val.shape[0] <= (1 << 20)
         threads = torch.get_num_threads()  # the C++ step may still run its Sinkhorn's y-y loop on a second one
+        if ctx is None:
+            chunked = self._chunked(data, threads, small_step)
+            ctx = OneProcess(data.n, device, STEP_OPTIONS.chunk_steps if chunked else None)
+        lo, hi = ctx.shard
         with torch.random.fork_rng(devices=[]), _intra_op_threads(1 if small_step else None):
             seed = self.random_state if self.random_state is not None else int(torch.randint(0, 2**62, ()).item())
-            if ctx is not None:
-                seed = ctx.agree(seed)  # every rank must draw the same model and the same epoch orders
+            seed = ctx.agree(seed)  # every rank must draw the same model and the same epoch orders
             # the CPU generator only (what the model's initialisation and the epoch orders draw from): torch.manual_seed
             # would also reseed the caller's CUDA generators, which fork_rng(devices=[]) does not restore
             torch.default_generator.manual_seed(seed)
-            model = paper_mlp(data.d, data.outputs, self.task) if self.model is None else copy.deepcopy(self.model)
-            model = model.to(device=device, dtype=dtype)
-            weights = torch.nn.Parameter(torch.ones(hi - lo, dtype=dtype, device=device))
-            chunked = ctx is None and self._chunked(data, threads, small_step)
-            if chunked:
-                from .chunked import SplitAdam
-                optimizer = SplitAdam(weights, model, self.lr)
-            elif ctx is None:
-                optimizer = adam([weights, *model.parameters()], self.lr)
-            else:
-                optimizer = ctx.optimizer(weights, model, self.lr)
-            history, start, partial = [], 0, None
-            if state is not None:
-                model.load_state_dict(state["model"])
-                with torch.no_grad():
-                    weights.copy_(state["weights"][lo:hi].to(device))
-                optimizer.load_state_dict(_shard_optimizer_state(state["optimizer"], lo, hi))
-                torch.set_rng_state(state["rng"])
-                history, start = list(state["history"]), state["epoch"] + 1
-                partial = state.get("partial")
-            fixed_diameter = self._fixed_diameter(data)
+            model = paper_mlp(data.d, data.outputs, data.task) if self.model is None else copy.deepcopy(self.model)
+            model = model.to(device=device, dtype=data.dtype)
+            weights = torch.nn.Parameter(torch.ones(hi - lo, dtype=data.dtype, device=device))
+            optimizer = ctx.optimizer(weights, model, self.lr)
+            history, start, partial = self._restore(state, model, weights, optimizer, lo, hi)
             began = time.perf_counter()
-            if chunked:
-                from .chunked import ChunkedStep, LocalContext
-                step = ChunkedStep(LocalContext(n, STEP_OPTIONS.chunk_steps, device), self, model, weights, data, fixed_diameter,
-                                   optimizer, helpers=threads - 1)
-            elif ctx is None:
-                step = _StepRunner(self, model, weights, data, fixed_diameter, optimizer, threads)
-            else:
-                step = ctx.step_runner(self, model, weights, data, fixed_diameter, optimizer, threads)
+            step = ctx.step_runner(self, model, weights, data, self._fixed_diameter(data), optimizer, threads)
             timings["validation_side"] = time.perf_counter() - began
             weights_adam = getattr(optimizer, "weights", optimizer)  # SplitAdam's, or the one Adam's
-            if not getattr(step, "lazy", False):  # a checkpoint of a lazy run, resumed by a dense step
+            if not step.lazy:  # a checkpoint of a lazy run, resumed by a dense step
                 settle(weights_adam, weights)
 
             def save(epoch_done, position=None, rng_epoch=None, total=0.0):
                 if self.checkpoint is None:
                     return
-                full = (weights, optimizer.state_dict()) if ctx is None else ctx.gather_state(weights, optimizer)
-                if writer:
+                full = ctx.gather_state(weights, optimizer)
+                if ctx.rank == 0:
                     self._save_checkpoint({
                         "fingerprint": fingerprint, "epoch": epoch_done, "model": model.state_dict(),
                         "weights": full[0].detach().cpu(), "optimizer": full[1], "rng": torch.get_rng_state(),
                         "history": history, "partial": None if position is None else
                         {"position": position, "rng_epoch": rng_epoch, "total": total}})
-                if ctx is not None:  # the file is on disk before any rank goes on (a next fit may resume it)
-                    ctx.barrier()
+                ctx.barrier()  # the file is on disk before any rank goes on (a next fit may resume it)
 
-            epochs = range(start, self.epochs)
-            bar = None
-            if self.verbose and writer and len(epochs):  # a bar on a terminal, lines with rate and ETA elsewhere
-                bar = progress(self.epochs, "LossVal", "epoch", initial=start)
-            self.n_steps_ = 0
-            budget = math.inf if self.max_steps is None else self.max_steps
             began = time.perf_counter()
             try:
-                for epoch in epochs:
-                    if partial is not None:  # resume inside this epoch: redraw its order, then continue the stream
-                        resumed_rng = torch.get_rng_state()
-                        torch.set_rng_state(partial["rng_epoch"])
-                    rng_epoch = torch.get_rng_state()
-                    order = _epoch_order(n)
-                    position, total = 0, 0.0
-                    if partial is not None:
-                        torch.set_rng_state(resumed_rng)
-                        position, total, partial = partial["position"], partial["total"], None
-                    count = -(-n // self.batch_size)
-                    stopped = False
-                    stream = step.batches(order, position)
-                    for position, item in enumerate(stream, start=position):
-                        if self.n_steps_ >= budget:
-                            stopped = True
-                            break
-                        if getattr(step, "fused", None) is None:  # the C++ step keeps its gradients to itself
-                            optimizer.zero_grad(set_to_none=True)
-                        loss = step(item, optimizer)  # forward, backward and the optimiser's step
-                        total += float(loss)
-                        self.n_steps_ += 1
-                        done = position + 1
-                        if (self.checkpoint_every is not None and done % self.checkpoint_every == 0
-                                and done < count):
-                            save(epoch - 1, done, rng_epoch, total)
-                    else:
-                        position = count
-                    if hasattr(stream, "close"):  # a stopped stream releases its loader thread and chunks now
-                        stream.close()
-                    if stopped or (position < count):
-                        save(epoch - 1, position, rng_epoch, total)
-                        break
-                    history.append(total / max(count, 1))
-                    save(epoch)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{history[-1]:.4g}")  # first: a progress line shows this epoch's
-                        bar.update(1)
+                self._run_epochs(step, optimizer, data.n, history, start, partial, save, ctx.rank == 0)
             finally:  # helper threads of the chunked step stop even when the fit fails
-                if hasattr(step, "close"):
-                    step.close()
-            if bar is not None:
-                bar.close()
-            if hasattr(step, "finish"):
-                step.finish()
+                step.close()
+            step.finish()
             settle(weights_adam, weights)  # the weights as the dense Adam has them after the last step
             timings["training"] = time.perf_counter() - began
-        self.model_ = model
-        if ctx is None:
-            self.values_ = weights.detach().cpu().numpy().copy()
-        else:
-            gathered = ctx.gather_values(weights)
-            self.values_ = None if gathered is None else gathered.numpy().copy()
+        gathered = ctx.gather_values(weights)
+        self.values_ = None if gathered is None else gathered.numpy().copy()
         diverged = self.values_ is not None and not np.all(np.isfinite(self.values_))
         if (history and not math.isfinite(history[-1])) or diverged:
             warnings.warn(f"the LossVal loss or weights became non-finite (lr={_plain(self.lr)!r}); values_ may be "
                           "meaningless (try a smaller lr)", RuntimeWarning, stacklevel=3)
-        self.history_ = history
-        self.classes_ = data.classes
-        self.random_state_ = seed
-        self.timings_ = timings
-        self.fused_step_ = getattr(step, "fused", None) is not None
+        self.model_, self.history_, self.classes_, self.task_ = model, history, data.classes, data.task
+        self.random_state_, self.timings_ = seed, timings
+        self.fused_step_ = step.fused is not None
         return self
+
+    @staticmethod
+    def _restore(state, model, weights, optimizer, lo, hi):
+        """Load a checkpoint's model, weight shard, optimiser and RNG state: (history, first epoch, the partial
+        epoch's position or None); a fresh start without one."""
+        if state is None:
+            return [], 0, None
+        model.load_state_dict(state["model"])
+        with torch.no_grad():
+            weights.copy_(state["weights"][lo:hi].to(weights.device))
+        optimizer.load_state_dict(_shard_optimizer_state(state["optimizer"], lo, hi))
+        torch.set_rng_state(state["rng"])
+        return list(state["history"]), state["epoch"] + 1, state.get("partial")
+
+    def _run_epochs(self, step: StepRunner, optimizer, n, history, start, partial, save, writer):
+        """The epochs from `start` (inside one when `partial`), checkpointed by save(); stops early after
+        max_steps steps (saving where it stopped)."""
+        epochs = range(start, self.epochs)
+        bar = None
+        if self.verbose and writer and len(epochs):  # a bar on a terminal, lines with rate and ETA elsewhere
+            bar = progress(self.epochs, "LossVal", "epoch", initial=start)
+        self.n_steps_ = 0
+        budget = math.inf if self.max_steps is None else self.max_steps
+        count = -(-n // self.batch_size)
+        for epoch in epochs:
+            if partial is not None:  # resume inside this epoch: redraw its order, then continue the stream
+                resumed_rng = torch.get_rng_state()
+                torch.set_rng_state(partial["rng_epoch"])
+            rng_epoch = torch.get_rng_state()
+            order = _epoch_order(n)
+            position, total = 0, 0.0
+            if partial is not None:
+                torch.set_rng_state(resumed_rng)
+                position, total, partial = partial["position"], partial["total"], None
+            stopped = False
+            stream = step.batches(order, position)
+            for position, item in enumerate(stream, start=position):
+                if self.n_steps_ >= budget:
+                    stopped = True
+                    break
+                if step.fused is None:  # the C++ step keeps its gradients to itself
+                    optimizer.zero_grad(set_to_none=True)
+                total += float(step(item, optimizer))  # forward, backward and the optimiser's step
+                self.n_steps_ += 1
+                done = position + 1
+                if self.checkpoint_every is not None and done % self.checkpoint_every == 0 and done < count:
+                    save(epoch - 1, done, rng_epoch, total)
+            else:
+                position = count
+            if hasattr(stream, "close"):  # a stopped generator releases its loader thread and chunks now
+                stream.close()
+            if stopped or (position < count):
+                save(epoch - 1, position, rng_epoch, total)
+                break
+            history.append(total / max(count, 1))
+            save(epoch)
+            if bar is not None:
+                bar.set_postfix(loss=f"{history[-1]:.4g}")  # first: a progress line shows this epoch's
+                bar.update(1)
+        if bar is not None:
+            bar.close()

@@ -11,7 +11,8 @@ from ... import ops
 from ...data import BatchPrefetcher
 from ...ops.sinkhorn import auto_stored, epsilon_schedule
 from ..optim import LAST_STEP, lazy_steps
-from .data import _Data, gather_rows
+from .data import Data, gather_rows
+from .protocols import StepRunner
 
 if TYPE_CHECKING:   # annotations only: the estimator imports this module
     from .estimator import LossVal
@@ -61,7 +62,7 @@ def _validation_warmup(sinkhorn_kwargs, val_weights, X_val, cache):
                                 cache=cache, memory_budget=64 << 20, validate=False, **sinkhorn_kwargs)
 
 
-class _Divergence:
+class Divergence:
     """S(w_b, x_b; 1_M, X_val) of one step: with the per-batch diameter (faithful), or a fixed one with the
     validation side computed once and cached. With normalize=True and a cache the masses are normalised here, not
     by the op: the op normalises a fresh copy of the validation weights every call, which its cache cannot
@@ -186,7 +187,7 @@ class _FusedMLPStep:
             return None
         if not hasattr(torch.ops.lossval_fast, "lossval_mlp_step"):
             return None
-        structure = mlp_structure(model, est.task, est.model_output == "logits")
+        structure = mlp_structure(model, data.task, est.model_output == "logits")
         if structure is None:
             return None
         adam_state = optimizer.fused_state()
@@ -222,16 +223,17 @@ def weighted_batch_loss(classification: bool, from_logits: bool, pred, yb, wb):
     return ops.weighted_mse(pred.reshape(yb.shape), yb, wb, validate=False)
 
 
-class _StepRunner:
-    """One LossVal minibatch loss: the fused weighted loss times the squared Sinkhorn divergence."""
+class SingleStep(StepRunner):
+    """One LossVal minibatch loss: the fused weighted loss times the squared Sinkhorn divergence (the C++ whole
+    step of an MLP on CPU, else autograd)."""
 
-    def __init__(self, est: LossVal, model, weights, data: _Data, fixed_diameter, optimizer=None, threads=1):
+    def __init__(self, est: LossVal, model, weights, data: Data, fixed_diameter, optimizer=None, threads=1):
         self.model, self.weights, self.X, self.y = model, weights, data.X, data.y
-        self.data, self.task = data, est.task
+        self.data, self.task = data, data.task
         self.batch_size = est.batch_size
-        self.classification = est.task == "classification"
+        self.classification = data.task == "classification"
         self.from_logits = est.model_output == "logits"
-        self.divergence = _Divergence(est, data.X_val, fixed_diameter)
+        self.divergence = Divergence(est, data.X_val, fixed_diameter)
         self.fused = _FusedMLPStep.build(est, model, weights, optimizer, data, self.divergence, threads)
         self.lazy = self.fused is not None and self.fused.lazy
 
