@@ -9,6 +9,8 @@ Nothing of size N x M is formed.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -106,3 +108,72 @@ def register_cpp() -> None:
     register({name: f"lossval_fast::{name}" for name in
               ("softmin", "softmin_barycenter", "plan_colsum", "nearest", "softmin_stored")})
     _REGISTERED = True
+
+
+# ------------------------------------------------------------------------------------------------ weighted losses
+# Ops that return (L_w, per-row losses, per-row gradient factor): backward is two scalings, dL/dinput = factor * grad
+# and dL/dweight = rows * grad; an op called without the factor (need_grad=False) is called again for it
+# (ctx.forward_op). The Triton kernels register these; the C++ CPU ops carry the same formulas in their Autograd
+# kernel (csrc/cpu/weighted_loss_cpu.cpp), where a Python backward would add its call overhead to every step.
+def _setup_cross_entropy(forward_op, ctx, inputs, output):
+    ctx.forward_op = forward_op
+    input, target, weight, from_logits, eps, need_grad = inputs
+    _, rows, factor = output
+    ctx.mark_non_differentiable(rows, factor)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the two non-differentiable outputs
+    ctx.from_logits, ctx.eps, ctx.need_grad = from_logits, eps, need_grad
+    # the inputs are kept only where backward needs more than the factor (as in the C++ autograd kernel)
+    keep = target.requires_grad or (input.requires_grad and not need_grad)
+    ctx.save_for_backward(rows, factor, *((input, target, weight) if keep else ()))
+
+
+def _backward_cross_entropy(ctx, grad, _grad_rows, _grad_factor):
+    if grad is None:
+        return None, None, None, None, None, None
+    rows, factor, *inputs = ctx.saved_tensors
+    g_input = g_target = g_weight = None
+    if ctx.needs_input_grad[0]:
+        if not ctx.need_grad:  # forward was asked for no factor: form it now
+            factor = ctx.forward_op(*inputs, ctx.from_logits, ctx.eps, True)[2]
+        g_input = factor * grad
+    if ctx.needs_input_grad[1]:
+        input, _, weight = inputs
+        logp = torch.log_softmax(input, 1) if ctx.from_logits else torch.log(input + ctx.eps)
+        g_target = logp * (-(weight * grad))[:, None]
+    if ctx.needs_input_grad[2]:
+        g_weight = rows * grad
+    return g_input, g_target, g_weight, None, None, None
+
+
+def _setup_mse(forward_op, ctx, inputs, output):
+    ctx.forward_op = forward_op
+    pred, target, weight, need_grad = inputs
+    _, rows, factor = output
+    ctx.mark_non_differentiable(rows, factor)
+    ctx.set_materialize_grads(False)
+    ctx.need_grad = need_grad
+    keep = (pred.requires_grad or target.requires_grad) and not need_grad
+    ctx.save_for_backward(rows, factor, *((pred, target, weight) if keep else ()))
+
+
+def _backward_mse(ctx, grad, _grad_rows, _grad_factor):
+    if grad is None:
+        return None, None, None, None
+    rows, factor, *inputs = ctx.saved_tensors
+    g_pred = g_target = g_weight = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        if not ctx.need_grad:
+            factor = ctx.forward_op(*inputs, True)[2]
+        scaled = factor * grad
+        g_pred = scaled if ctx.needs_input_grad[0] else None
+        g_target = -scaled if ctx.needs_input_grad[1] else None  # l depends on t - y only
+    if ctx.needs_input_grad[2]:
+        g_weight = rows * grad
+    return g_pred, g_target, g_weight, None
+
+
+def register_weighted_losses(cross_entropy_op, mse_op) -> None:
+    """Register the weighted losses' autograd on two custom ops (torch.library.custom_op / triton_op)."""
+    cross_entropy_op.register_autograd(_backward_cross_entropy,
+                                       setup_context=functools.partial(_setup_cross_entropy, cross_entropy_op))
+    mse_op.register_autograd(_backward_mse, setup_context=functools.partial(_setup_mse, mse_op))

@@ -61,6 +61,41 @@ def test_a_method_is_one_registration(monkeypatch):
     with pytest.raises(ValueError, match="checkpoints apply to lossval and ecoval, not to constant"):
         evaluation.make_valuer("constant", "regression", evaluation.MethodOptions(), "cpu")(
             *_data("regression"), 0, checkpoint="x.pt")
+    # both adapters, from the same registration
+    from lossval_fast.integrations.opendataval import MethodEvaluator
+    from lossval_fast.integrations.pydvl import MethodValuation
+    X, y, Xv, yv = _data("regression")
+    evaluator = MethodEvaluator("constant").input_data(X, y, Xv, yv).train_data_values()
+    assert (evaluator.evaluate_data_values() == 0.5).all() and evaluator.task_ == "regression"
+    assert repr(evaluator) == "MethodEvaluator(method='constant', options={}, task='auto', device=None, random_state=None)"
+    with pytest.raises(ValueError, match="constant values regression targets only, got a classification target"):
+        MethodEvaluator("constant").input_data(*_data("classification")).train_data_values()
+    valuation = MethodValuation("constant", (Xv, yv)).fit((X, y))
+    assert (valuation.values().values == 0.5).all() and str(valuation) == "constant values"
+    # distributed.fit finds a method from its estimator and runs only those that run over processes
+    assert methods.of(Constant()) is None
+    from lossval_fast import distributed
+    with pytest.raises(ValueError, match="runs over processes .*got Constant"):
+        distributed.fit(Constant(), X, y, Xv, yv)
+
+
+def test_the_generic_adapters_value_with_any_registered_method():
+    from lossval_fast.integrations.opendataval import MethodEvaluator
+    from lossval_fast.integrations.pydvl import MethodValuation
+    X, y, Xv, yv = _data("classification")
+    knn = MethodEvaluator("knn-shapley", k=3).input_data(X, y, Xv, yv).train_data_values()
+    direct = evaluation.make_valuer("knn-shapley", "classification", evaluation.MethodOptions(k=3), "cpu")(
+        X, y, Xv, yv, 0)
+    assert np.allclose(knn.evaluate_data_values(), direct, rtol=0, atol=1e-12)
+    eco = MethodValuation("ecoval", (Xv, yv), clusters=4, random_state=3).fit((X, y))
+    assert eco.estimator_.n_clusters == 4 and np.isfinite(eco.values().values).all()
+    assert methods.of(eco.estimator_) is methods.get("ecoval")
+    with pytest.raises(ValueError, match="knn-shapley takes the options k, got clusters"):
+        MethodEvaluator("knn-shapley", clusters=3)
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
+        MethodValuation("knn-shapley", k=0)
+    with pytest.raises(ValueError, match="unknown method 'oob'"):
+        MethodEvaluator("oob")
 
 
 def test_the_command_line_offers_the_registered_methods():

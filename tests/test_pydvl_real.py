@@ -17,7 +17,7 @@ from pydvl.valuation.utility import ModelUtility  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from lossval_fast.integrations import pydvl as adapter  # noqa: E402
-from lossval_fast.integrations.pydvl import EcoValValuation, LossValValuation  # noqa: E402
+from lossval_fast.integrations.pydvl import EcoValValuation, LossValValuation, MethodValuation  # noqa: E402
 from lossval_fast.valuation.lossval import LossVal  # noqa: E402
 
 EPOCHS = 2
@@ -50,6 +50,17 @@ def test_the_result_is_pydvls_own_class(data, fitted):
     np.testing.assert_array_equal(result.indices, train.indices)
     assert result.names[7] == "row-7" and result.algorithm == "LossVal" and str(result.status) == str(
         result.status.Converged)
+
+
+def test_any_registered_method_is_a_pydvl_valuation(data):
+    """MethodValuation: a method of the registry (here KNN-Shapley) as pyDVL's Valuation, with pyDVL's result."""
+    from lossval_fast.valuation.knn_shapley import KNNShapley
+    train, test, X, y = data
+    valuation = MethodValuation("knn-shapley", test, k=5).fit(train)
+    assert isinstance(valuation, Valuation) and type(valuation.result) is ValuationResult
+    expected = KNNShapley(k=5, device="cpu").fit(X[:120], y[:120], X[120:], y[120:]).values_
+    np.testing.assert_allclose(valuation.result.values, expected, rtol=0, atol=1e-12)
+    assert valuation.result.algorithm == "KNN-Shapley"
 
 
 def test_sort_behaves_as_pydvls(fitted):

@@ -27,9 +27,9 @@ import warnings
 
 import numpy as np
 
-from . import prepare, seed_from
+from . import check_method, fit_method, prepare, seed_from
 
-__all__ = ["LossValEvaluator", "EcoValEvaluator"]
+__all__ = ["LossValEvaluator", "EcoValEvaluator", "MethodEvaluator"]
 
 
 class _Evaluator:
@@ -177,6 +177,24 @@ class LossValEvaluator(_Evaluator):
                           f"schedule {ours} (OpenDataVal passes train_kwargs for the prediction model; pass "
                           "use_train_kwargs=True to let them override)", UserWarning, stacklevel=4)
         return ours
+
+
+class MethodEvaluator(_Evaluator):
+    """Any registered valuation method (lossval_fast.valuation.methods: "lossval", "ecoval", "knn-shapley",
+    "random", and any method registered later) as an OpenDataVal DataEvaluator, with the options it reads
+    (MethodOptions fields, e.g. MethodEvaluator("knn-shapley", k=5)); task, device, random_state as
+    LossValEvaluator. Attributes after training: estimator_, values_, task_, classes_.
+    """
+
+    _params = ("method", "options", "task", "device", "random_state")
+
+    def __init__(self, method: str, *, task: str = "auto", device=None, random_state=None, **options):
+        check_method(method, options)
+        super().__init__(random_state=random_state, task=task)
+        self.method, self.options, self.device = method, options, device
+
+    def _fit(self, data, train_kwargs):
+        return fit_method(self.method, data, self.options, self.device, self.random_state)
 
 
 class EcoValEvaluator(_Evaluator):

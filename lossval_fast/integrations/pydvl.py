@@ -36,10 +36,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import prepare, seed_from
+from . import check_method, fit_method, prepare, seed_from
 from ..valuation.splits import as_numpy
 
-__all__ = ["LossValValuation", "EcoValValuation", "ValuationResult", "ValueItem", "NotFittedException", "PYDVL"]
+__all__ = ["LossValValuation", "EcoValValuation", "MethodValuation", "ValuationResult", "ValueItem", "NotFittedException", "PYDVL"]
 
 
 def _load_pydvl():
@@ -352,6 +352,25 @@ class LossValValuation(_Valuation):
         return LossVal(task=data["task"], epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                        device=self.device, random_state=seed_from(self.random_state), verbose=self.progress,
                        **self.lossval_params).fit(data["x_train"], data["y_train"], data["x_valid"], data["y_valid"])
+
+
+class MethodValuation(_Valuation):
+    """Any registered valuation method (lossval_fast.valuation.methods) as a pyDVL valuation, with the options it
+    reads: MethodValuation("knn-shapley", test_data, k=5).fit(data).values(). task, device, random_state, progress
+    as LossValValuation. Attributes after fit: result, estimator_, task_, classes_.
+    """
+
+    _params = ("method", "options", "task", "device", "random_state")
+
+    def __init__(self, method: str, test_data=None, *, task: str = "auto", device=None, random_state=None,
+                 progress: bool = False, **options):
+        spec = check_method(method, options)
+        super().__init__(test_data, task=task, random_state=random_state, progress=progress)
+        self.algorithm_name = spec.label
+        self.method, self.options, self.device = method, options, device
+
+    def _fit(self, data):
+        return fit_method(self.method, data, self.options, self.device, self.random_state, verbose=self.progress)
 
 
 class EcoValValuation(_Valuation):

@@ -4,13 +4,14 @@ Same semantics and outputs as the C++ ops lossval_fast::weighted_cross_entropy /
 per-row losses l, G = w_i dl_i/d input or an empty (0,) tensor without need_grad). One program per block of rows
 streams the row in BLOCK_C-wide chunks (logits: a first pass for the row's max and sum of exponentials, a second
 for the loss and G); each program writes its part of the loss in float64 and the wrapper adds the parts in order
-(deterministic, no atomics). Autograd is registered here on the triton_ops (backward = two scalings).
+(deterministic, no atomics). Autograd (backward = two scalings) comes from op_autograd.register_weighted_losses.
 """
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from ..op_autograd import register_weighted_losses
 from ..op_checks import check_cross_entropy, check_mse
 from ._common import check_device, next_pow2
 
@@ -169,61 +170,6 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     return partial.sum().to(pred.dtype), rows, factor
 
 
-# ------------------------------------------------------------------------------------------------ autograd
-def _setup_cross_entropy(ctx, inputs, output):
-    input, target, weight, from_logits, eps, need_grad = inputs
-    _, rows, factor = output
-    ctx.mark_non_differentiable(rows, factor)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients for the two non-differentiable outputs
-    ctx.from_logits, ctx.eps, ctx.need_grad = from_logits, eps, need_grad
-    # the inputs are kept only where backward needs more than the factor (as in the C++ autograd kernel)
-    keep = target.requires_grad or (input.requires_grad and not need_grad)
-    ctx.save_for_backward(rows, factor, *((input, target, weight) if keep else ()))
-
-
-def _backward_cross_entropy(ctx, grad, _grad_rows, _grad_factor):
-    if grad is None:
-        return None, None, None, None, None, None
-    rows, factor, *inputs = ctx.saved_tensors
-    g_input = g_target = g_weight = None
-    if ctx.needs_input_grad[0]:
-        if not ctx.need_grad:  # forward was asked for no factor: form it now
-            factor = weighted_cross_entropy(*inputs, ctx.from_logits, ctx.eps, True)[2]
-        g_input = factor * grad
-    if ctx.needs_input_grad[1]:
-        input, _, weight = inputs
-        logp = torch.log_softmax(input, 1) if ctx.from_logits else torch.log(input + ctx.eps)
-        g_target = logp * (-(weight * grad))[:, None]
-    if ctx.needs_input_grad[2]:
-        g_weight = rows * grad
-    return g_input, g_target, g_weight, None, None, None
-
-
-def _setup_mse(ctx, inputs, output):
-    pred, target, weight, need_grad = inputs
-    _, rows, factor = output
-    ctx.mark_non_differentiable(rows, factor)
-    ctx.set_materialize_grads(False)
-    ctx.need_grad = need_grad
-    keep = (pred.requires_grad or target.requires_grad) and not need_grad
-    ctx.save_for_backward(rows, factor, *((pred, target, weight) if keep else ()))
-
-
-def _backward_mse(ctx, grad, _grad_rows, _grad_factor):
-    if grad is None:
-        return None, None, None, None
-    rows, factor, *inputs = ctx.saved_tensors
-    g_pred = g_target = g_weight = None
-    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-        if not ctx.need_grad:
-            factor = weighted_mse(*inputs, True)[2]
-        scaled = factor * grad
-        g_pred = scaled if ctx.needs_input_grad[0] else None
-        g_target = -scaled if ctx.needs_input_grad[1] else None  # l depends on t - y only
-    if ctx.needs_input_grad[2]:
-        g_weight = rows * grad
-    return g_pred, g_target, g_weight, None
-
-
-weighted_cross_entropy.register_autograd(_backward_cross_entropy, setup_context=_setup_cross_entropy)
-weighted_mse.register_autograd(_backward_mse, setup_context=_setup_mse)
+# autograd: the formulas live in the leaf op_autograd (shared with any other kernel of the same (loss, rows,
+# factor) form), registered on these triton_ops
+register_weighted_losses(weighted_cross_entropy, weighted_mse)
