@@ -246,6 +246,15 @@ class _SinkhornFunction(torch.autograd.Function):
         return ga, gx, gb, gy, None, None, None, None, None
 
 
+def _in_float64(a_s, xs, b_s, ys, uniform: bool, **options) -> torch.Tensor:
+    """The divergence when it is below what the potentials resolve in float32: the same computation in float64
+    (uniform weights made anew in float64: at such a blur the float32 rounding of 1/N alone moves the value), in
+    the inputs' dtype."""
+    a64, b64 = (_uniform_weights(xs.double()), _uniform_weights(ys.double())) if uniform else \
+        (a_s.double(), b_s.double())
+    return sinkhorn_divergence(a64, xs.double(), b64, ys.double(), normalize=False, **options).to(xs.dtype)
+
+
 def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, *, blur: float = 0.05,
                         scaling: float = 0.5, p: int = 2, debias: bool = True, diameter: float | None = None,
                         normalize: bool = False, backend: str = "auto", cache: SinkhornCache | None = None,
@@ -294,13 +303,9 @@ def sinkhorn_divergence(a: torch.Tensor, x: torch.Tensor, b: torch.Tensor, y: to
     if diameter <= 0:  # every point identical: geomloss would take log(0); any positive scale gives S = 0 here
         diameter = blur
     if _needs_float64(xs.dtype, blur, diameter):
-        # the divergence is below what the potentials resolve in float32: the same computation in float64 (uniform
-        # weights made anew in float64: at such a blur the float32 rounding of 1/N alone moves the value)
-        a64, b64 = (_uniform_weights(xs.double()), _uniform_weights(ys.double())) if _uniform else \
-            (a_s.double(), b_s.double())
-        value = sinkhorn_divergence(a64, xs.double(), b64, ys.double(), blur=blur, scaling=scaling,
-                                    p=p, debias=debias, diameter=diameter, normalize=False, backend=backend,
-                                    cost=cost, memory_budget=memory_budget, validate=validate).to(xs.dtype)
+        value = _in_float64(a_s, xs, b_s, ys, _uniform, blur=blur, scaling=scaling, p=p, debias=debias,
+                            diameter=diameter, backend=backend, cost=cost, memory_budget=memory_budget,
+                            validate=validate)
         return value if batched else value[0]
     eps_list = epsilon_schedule(2, diameter, blur, scaling)
     if be == "torch":   # autograd through the last pass (double backward works), as geomloss' tensorized backend

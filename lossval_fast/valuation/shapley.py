@@ -140,50 +140,60 @@ class SubsetGame:
         self._Xv = torch.as_tensor((X_val - mu) / sd, dtype=torch.float64, device=self.device)
         cluster_of = torch.as_tensor(groups.astype(np.int64), device=self.device)
         if task == "classification":
-            if y.dtype.kind == "f" and not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
-                raise ValueError("y must hold class labels for classification; got non-integer floats (use "
-                                 "task='regression')")
-            self.classes = np.unique(y)
-            if len(self.classes) < 2:
-                raise ValueError(f"y must hold at least 2 classes, got {len(self.classes)}")
-            C = len(self.classes)
-            codes = np.searchsorted(self.classes, y)
-            position = np.searchsorted(self.classes, y_val).clip(0, C - 1)
-            known = self.classes[position] == y_val
-            self._known = torch.as_tensor(known, device=self.device)
-            self._index = torch.as_tensor(np.where(known, position, 0), device=self.device)
-            if solver is None:  # Newton's per-model Hessian is cheap for a few parameters, L-BFGS beyond
-                solver = "newton" if (C - 1) * (d + 1) <= NEWTON_MAX_PARAMETERS else "lbfgs"
-            self.solver = solver
-            self._model = _learners.BatchedLogReg(Xs, torch.as_tensor(codes, device=self.device), cluster_of, C,
-                                                  solver=solver, tol=tol)
-            self._bytes = _learners.BatchedLogReg.bytes_per_model(n, d, C, self.m)
-            freq = np.bincount(codes, minlength=C) / n
-            self._group_classes = np.zeros((p, C), dtype=np.int64)      # which classes each group holds
-            self._group_classes[groups, codes] = 1
-            p_true = np.where(known, freq[np.where(known, position, 0)], 0.0)
-            self.empty_utility = float(np.mean(self._point_utility(p_true)))
+            self._setup_classification(Xs, y, y_val, groups, cluster_of, solver, tol)
         else:
-            y, y_val = _checks.regression_targets(y, y_val)
-            ss = float(np.sum((y_val - y_val.mean()) ** 2))
-            if ss == 0.0:
-                raise ValueError("y_val is constant: R^2 is undefined")
-            self.classes = None
-            self._group_classes = None
-            self.solver = "cholesky"
-            self._y_mu = float(y.mean())
-            y_sd = float(y.std())
-            self._y_sd = y_sd if y_sd > 0 else 1.0
-            self._y_val = torch.as_tensor(y_val, dtype=torch.float64, device=self.device)
-            self._ss_tot = ss
-            ys = torch.as_tensor((y - self._y_mu) / self._y_sd, dtype=torch.float64, device=self.device)
-            self._model = _learners.BatchedRidge(Xs, ys, cluster_of, p)
-            self._bytes = _learners.BatchedRidge.bytes_per_model(n, d, 1, self.m)
-            self.empty_utility = 1.0 - float(np.sum((y_val - self._y_mu) ** 2)) / ss
+            self._setup_regression(Xs, y, y_val, cluster_of)
         per_chunk = max(1, int(memory_budget) // max(1, self._bytes + 8 * n))
         self.models_per_chunk = int(max_models_per_batch) if max_models_per_batch is not None else per_chunk
         self.n_trainings = 0
         self.converged = True
+
+    def _setup_classification(self, Xs, y, y_val, groups, cluster_of, solver, tol):
+        """The batched logistic regression on the class codes, the validation labels' positions, and u(∅)."""
+        n, d, p = self.n, self.d, self.p
+        if y.dtype.kind == "f" and not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise ValueError("y must hold class labels for classification; got non-integer floats (use "
+                             "task='regression')")
+        self.classes = np.unique(y)
+        if len(self.classes) < 2:
+            raise ValueError(f"y must hold at least 2 classes, got {len(self.classes)}")
+        C = len(self.classes)
+        codes = np.searchsorted(self.classes, y)
+        position = np.searchsorted(self.classes, y_val).clip(0, C - 1)
+        known = self.classes[position] == y_val
+        self._known = torch.as_tensor(known, device=self.device)
+        self._index = torch.as_tensor(np.where(known, position, 0), device=self.device)
+        if solver is None:  # Newton's per-model Hessian is cheap for a few parameters, L-BFGS beyond
+            solver = "newton" if (C - 1) * (d + 1) <= NEWTON_MAX_PARAMETERS else "lbfgs"
+        self.solver = solver
+        self._model = _learners.BatchedLogReg(Xs, torch.as_tensor(codes, device=self.device), cluster_of, C,
+                                              solver=solver, tol=tol)
+        self._bytes = _learners.BatchedLogReg.bytes_per_model(n, d, C, self.m)
+        freq = np.bincount(codes, minlength=C) / n
+        self._group_classes = np.zeros((p, C), dtype=np.int64)      # which classes each group holds
+        self._group_classes[groups, codes] = 1
+        p_true = np.where(known, freq[np.where(known, position, 0)], 0.0)
+        self.empty_utility = float(np.mean(self._point_utility(p_true)))
+
+    def _setup_regression(self, Xs, y, y_val, cluster_of):
+        """The batched ridge regression on the standardised targets, R^2's denominator, and u(∅)."""
+        n, d, p = self.n, self.d, self.p
+        y, y_val = _checks.regression_targets(y, y_val)
+        ss = float(np.sum((y_val - y_val.mean()) ** 2))
+        if ss == 0.0:
+            raise ValueError("y_val is constant: R^2 is undefined")
+        self.classes = None
+        self._group_classes = None
+        self.solver = "cholesky"
+        self._y_mu = float(y.mean())
+        y_sd = float(y.std())
+        self._y_sd = y_sd if y_sd > 0 else 1.0
+        self._y_val = torch.as_tensor(y_val, dtype=torch.float64, device=self.device)
+        self._ss_tot = ss
+        ys = torch.as_tensor((y - self._y_mu) / self._y_sd, dtype=torch.float64, device=self.device)
+        self._model = _learners.BatchedRidge(Xs, ys, cluster_of, p)
+        self._bytes = _learners.BatchedRidge.bytes_per_model(n, d, 1, self.m)
+        self.empty_utility = 1.0 - float(np.sum((y_val - self._y_mu) ** 2)) / ss
 
     def _point_utility(self, p_true):
         """Per validation point from the probability of its label (numpy or torch)."""
