@@ -114,7 +114,8 @@ def register_cpp() -> None:
 # Ops that return (L_w, per-row losses, per-row gradient factor): backward is two scalings, dL/dinput = factor * grad
 # and dL/dweight = rows * grad; an op called without the factor (need_grad=False) is called again for it
 # (ctx.forward_op). The Triton kernels register these; the C++ CPU ops carry the same formulas in their Autograd
-# kernel (csrc/cpu/weighted_loss_cpu.cpp), where a Python backward would add its call overhead to every step.
+# kernel (csrc/cpu/weighted_loss_cpu.cpp): these formulas registered on the CPU op instead measured 190 µs against
+# 86 µs per forward + backward of a 32-row batch (2026-12-08, 1 thread), +0.1 ms on every autograd LossVal step.
 def _setup_cross_entropy(forward_op, ctx, inputs, output):
     ctx.forward_op = forward_op
     input, target, weight, from_logits, eps, need_grad = inputs
