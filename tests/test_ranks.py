@@ -104,3 +104,55 @@ def test_lossval_ranks_must_be_a_data_parallel_group():
     y = np.zeros(8, np.int64)
     with pytest.raises(ValueError, match="ranks must be None or the ranks of a data-parallel fit .*got ThreadRanks"):
         LossVal(epochs=1, verbose=False).fit(X, y, X, y, ranks=ThreadRanks(0, 1, {}))
+
+
+def test_ecoval_spreads_the_knn_expert_blocks_over_the_ranks(monkeypatch):
+    """The additive values' kNN expert (a search per training row) is made block by block; over ranks each rank
+    searches every world-th block and one all-gather orders them: the outputs of one process bit for bit."""
+    from lossval_fast.valuation.ecoval import propagation
+
+    monkeypatch.setattr(propagation, "ROW_BLOCK", 24)
+    monkeypatch.setattr(propagation, "NEIGHBOUR_BLOCK_BYTES", 8 * 12 * 150)   # 12 query rows per step (150 ref.)
+    calls = []
+    search = propagation.knn_expert
+
+    def counted(est, Z, self_rows):
+        calls.append(len(Z))
+        return search(est, Z, self_rows)
+    monkeypatch.setattr(propagation, "knn_expert", counted)
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(150, 3))
+    y = (X[:, 0] + 0.5 * rng.normal(size=150) > 0).astype(np.int64)
+    Xv = rng.normal(size=(40, 3))
+    yv = (Xv[:, 0] > 0).astype(np.int64)
+    make = lambda: EcoVal(4, n_init=1, verbose=False, random_state=1, backend="loop")   # noqa: E731
+    single = make().fit(X, y, Xv, yv)
+    blocks = len(calls)
+    assert "knn" in propagation.EXPERTS[single.intrinsic_kind_] and blocks == 7   # ceil(150 / 24) blocks
+    calls.clear()
+    results, _ = _on_ranks(2, lambda ranks: make().fit(X, y, Xv, yv, ranks=ranks))
+    assert sorted(calls) == sorted([24] * 6 + [6]) and len(calls) == blocks   # each block searched once, somewhere
+    assert np.abs(single.relevance_).max() > 0   # the validation votes' search ran over the ranks too (7 blocks)
+    for est in results:
+        assert np.array_equal(est.evidence_, single.evidence_) and np.array_equal(est.relevance_, single.relevance_)
+        assert np.array_equal(est.values_, single.values_)   # the loop path: every training as in one process
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_blocked_neighbour_search_over_ranks_is_one_process_search(world):
+    """Reference blocks spread over the ranks, the ranks' top-k merged: the same indices and distances as one
+    process (duplicated rows in other blocks, queries that are rows), also with a rank that has no block."""
+    from lossval_fast.valuation.ecoval import propagation
+
+    rng = np.random.default_rng(2)
+    Z = np.round(rng.normal(size=(70, 3)), 1)
+    Z[40:50] = Z[:10]                                   # exact ties across blocks
+    Q = np.concatenate([Z[:5], rng.normal(size=(12, 3))])
+    rows = propagation.TrainingRows(array=Z)
+    idx, d2 = propagation.neighbours_in_blocks(Q, rows, 6, ref_block=16)
+    results, _ = _on_ranks(world, lambda ranks: propagation.neighbours_in_blocks(Q, rows, 6, ref_block=16,
+                                                                                 ranks=ranks))
+    for i, d in results:
+        assert np.array_equal(i, idx) and np.array_equal(d, d2)
+    few, _ = _on_ranks(6, lambda ranks: propagation.neighbours_in_blocks(Q, rows, 6, ref_block=16, ranks=ranks))
+    assert all(np.array_equal(i, idx) for i, _ in few)  # 5 blocks over 6 ranks: one rank has none

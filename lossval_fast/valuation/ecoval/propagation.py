@@ -253,12 +253,22 @@ def knn_expert(est, Zk: np.ndarray, self_rows) -> np.ndarray:
 
 def knn_expert_in_blocks(est, rows: "TrainingRows", self_rows) -> np.ndarray:
     """knn_expert for all n training rows, made block by block from ``rows`` (no (n, d) float64 copy). The blocks
-    are whole multiples of neighbours' own query blocks, so every row meets the same arithmetic as in one call."""
+    are whole multiples of neighbours' own query blocks, so every row meets the same arithmetic as in one call. In a
+    fit over ranks (est._ranks) the blocks are spread over them."""
     n = rows.n
     inner = max(1, min(n, NEIGHBOUR_BLOCK_BYTES // (8 * max(len(est._knn_Z), 1))))
     step = inner * max(1, ROW_BLOCK // inner)
-    parts = [knn_expert(est, rows.block(lo, min(n, lo + step)), self_rows[lo:lo + step])
-             for lo in range(0, n, step)]
+    starts = list(range(0, n, step))
+    ranks = est._ranks
+    if ranks is not None and ranks.world > 1 and len(starts) > 1:
+        # a fit over ranks: each rank searches every world-th block, one all-gather puts them in order (every block
+        # is computed as in one process, so the outputs are those of one process bit for bit)
+        mine = {lo: knn_expert(est, rows.block(lo, min(n, lo + step)), self_rows[lo:lo + step])
+                for lo in starts[ranks.rank::ranks.world]}
+        done = {lo: part for gathered in ranks.all_gather(mine) for lo, part in gathered.items()}
+        parts = [done[lo] for lo in starts]
+    else:
+        parts = [knn_expert(est, rows.block(lo, min(n, lo + step)), self_rows[lo:lo + step]) for lo in starts]
     return np.concatenate(parts) if parts else knn_expert(est, rows.block(0, 0), self_rows[:0])
 
 
@@ -316,10 +326,12 @@ def squared_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
 
 
-def neighbours_in_blocks(Z_query: np.ndarray, rows: TrainingRows, k: int, ref_block: int = None):
+def neighbours_in_blocks(Z_query: np.ndarray, rows: TrainingRows, k: int, ref_block: int = None, ranks=None):
     """(idx (m, k), d2 (m, k)): each query row's k nearest training rows, the reference made block by block from
     ``rows`` (no (n, d) copy, no (m, n) matrix): a running top-k merged with each block's, ties to the lower index
-    (among the candidates a block's top-k keeps)."""
+    (among the candidates a block's top-k keeps). ranks (a base.Ranks): each rank merges every world-th reference
+    block, one all-gather merges the ranks' top-k by the same rule (the k smallest (distance, index) pairs of the
+    same candidates: the result of one process bit for bit)."""
     n = rows.n
     k = int(min(k, n))
     q = torch.as_tensor(np.asarray(Z_query, np.float64))
@@ -332,7 +344,9 @@ def neighbours_in_blocks(Z_query: np.ndarray, rows: TrainingRows, k: int, ref_bl
     step = ref_block or max(k, ROW_BLOCK)
     # queries in blocks too, so that one (queries, step) work matrix stays within NEIGHBOUR_BLOCK_BYTES
     q_step = max(1, min(m, NEIGHBOUR_BLOCK_BYTES // (8 * step)))
-    for lo in range(0, n, step):
+    starts = range(0, n, step)
+    spread = ranks is not None and ranks.world > 1 and len(starts) > 1
+    for lo in (starts[ranks.rank::ranks.world] if spread else starts):
         ref = torch.as_tensor(rows.block(lo, min(n, lo + step)), dtype=torch.float64)
         rn, ref_t = (ref * ref).sum(1), ref.T
         kk = min(k, ref.shape[0])
@@ -348,18 +362,26 @@ def neighbours_in_blocks(Z_query: np.ndarray, rows: TrainingRows, k: int, ref_bl
             order = torch.sort(cand_d, dim=1, stable=True).indices[:, :k]
             best_d[qs:qs + q_step] = cand_d.gather(1, order)
             best_i[qs:qs + q_step] = cand_i.gather(1, order)
+    if spread:
+        parts = ranks.all_gather((best_d.numpy(), best_i.numpy()))
+        cand_d = torch.as_tensor(np.concatenate([d for d, _ in parts], 1))
+        cand_i = torch.as_tensor(np.concatenate([i for _, i in parts], 1))
+        by_index = torch.sort(cand_i, dim=1, stable=True).indices
+        cand_d, cand_i = cand_d.gather(1, by_index), cand_i.gather(1, by_index)
+        order = torch.sort(cand_d, dim=1, stable=True).indices[:, :k]
+        best_d, best_i = cand_d.gather(1, order), cand_i.gather(1, order)
     return best_i.numpy(), best_d.numpy()
 
 
-def validation_votes(Z_train, codes, Z_val, val_codes, k: int, ref_block: int = None):
+def validation_votes(Z_train, codes, Z_val, val_codes, k: int, ref_block: int = None, ranks=None):
     """Each validation point v's k nearest training points N_k(v) (squared Euclidean distance, ties to the lower
     index). Returns (votes (n,), kth (m,)): votes[j] = sum over the v with j in N_k(v) of +1 where y_j = y_v and -1
     otherwise (what j does for a k-NN vote on the validation set); kth[v] the squared distance of v's k-th nearest
     training point, which decides whether a new point would enter N_k(v). Z_train: an (n, d) array or the
-    TrainingRows, searched block by block."""
+    TrainingRows, searched block by block (over the ranks when given: neighbours_in_blocks)."""
     rows = Z_train if isinstance(Z_train, TrainingRows) else TrainingRows(array=np.asarray(Z_train, np.float64))
     k = int(min(k, rows.n))
-    idx, _ = neighbours_in_blocks(Z_val, rows, k, ref_block)
+    idx, _ = neighbours_in_blocks(Z_val, rows, k, ref_block, ranks)
     agree = codes[idx] == np.asarray(val_codes)[:, None]
     votes = np.bincount(idx.ravel(), weights=np.where(agree, 1.0, -1.0).ravel(), minlength=rows.n)
     kth = ((Z_val - rows.take(idx[:, -1])) ** 2).sum(-1)
@@ -392,7 +414,7 @@ def relevance(est, rows: TrainingRows) -> np.ndarray:
         est._val_Z = None
         return np.zeros(n)
     Z_val = embed(est.embed, data.X_val, data.Xs_val, "X_val")
-    votes, kth = validation_votes(rows, est._y_code, Z_val, data.y_val_code, est.knn_k)
+    votes, kth = validation_votes(rows, est._y_code, Z_val, data.y_val_code, est.knn_k, ranks=est._ranks)
     est._val_Z, est._val_kth = Z_val, kth
     est._relevance_unit = est.relevance_weight / (min(est.knn_k, n) * len(Z_val))
     return est._relevance_unit * votes
